@@ -1,0 +1,30 @@
+"""structops: convolution layers as matrix-free structured linear operators.
+
+Every operator is a :class:`pylops.LinearOperator` that knows its structure
+(Toeplitz, doubly block Toeplitz, circulant, channel blocks) and uses it for
+fast batched products and parameter Jacobians, on NumPy or CuPy arrays.
+"""
+
+from . import testing
+from ._backend import cupy_available, get_xp, set_blas_threads
+from ._base import StructuredOperator
+from .circulant import Circulant
+from .conv import Conv1D, Conv2D, Conv3D, ConvND
+from .toeplitz import Toeplitz
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "StructuredOperator",
+    "Toeplitz",
+    "Circulant",
+    "ConvND",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "get_xp",
+    "cupy_available",
+    "set_blas_threads",
+    "testing",
+    "__version__",
+]

@@ -1,0 +1,666 @@
+"""Convolution layers of CNNs (1-D, 2-D, 3-D, multi-channel) as structured operators.
+
+A layer with zero padding is a (doubly, triply) block Toeplitz matrix; with
+``padding="circular"`` it is block circulant. Two algorithms compute the same
+products:
+
+* ``"direct"``: shifted matrix products. The padded input is split into
+  ``prod(stride)`` polyphase components laid out flat, so that every kernel tap
+  is a plain offset into one contiguous array; one GEMM per phase multiplies all
+  taps by the channel matrices and the taps are summed by shifted adds. Cost
+  ``O(c_out c_in prod(k) N)``, in large BLAS calls (no per-tap small GEMMs,
+  which multi-threaded BLAS handles badly on small machines).
+* ``"fft"``: products on the periodic grid of the padded input, with the
+  channel mixing done frequency by frequency. Cost
+  ``O((c_in + c_out) N log N + c_in c_out N)``, independent of the kernel size.
+
+``method="auto"`` picks the cheaper one from an operation count.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import numpy as np
+import scipy.fft as _sp_fft
+
+from ._backend import get_fft, get_xp
+from ._base import StructuredOperator, split_batch
+from ._validate import as_param_array, result_dtype
+
+__all__ = ["ConvND", "Conv1D", "Conv2D", "Conv3D", "resolve_padding", "conv_output_shape"]
+
+_PADDING_NAMES = ("same", "valid", "full", "circular")
+# Largest temporary of a chunk of the direct algorithm, in bytes.
+_CHUNK_BYTES = 4 * 2**20
+
+
+def _as_int_tuple(value, D: int, name: str, minimum: int = 1) -> tuple:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value),) * D
+    try:
+        value = tuple(int(v) for v in value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a tuple of {D} ints; got {value!r}") from None
+    if len(value) != D:
+        raise ValueError(f"{name} has {len(value)} entries {value}; expected {D} (one per spatial axis)")
+    if any(v < minimum for v in value):
+        raise ValueError(f"{name} must be >= {minimum} on every axis; got {value}")
+    return value
+
+
+def resolve_padding(padding, kernel_size, dilation, in_shape):
+    """Resolve a padding spec into ``((lo, hi), ...)`` per axis and a circular flag.
+
+    Parameters
+    ----------
+    padding : str, int or tuple
+        ``"same"``, ``"valid"``, ``"full"``, ``"circular"``, an int (both sides
+        of every axis) or a tuple with one int or ``(lo, hi)`` pair per axis.
+    kernel_size, dilation, in_shape : tuple of int
+
+    Returns
+    -------
+    pairs : tuple of (int, int)
+    circular : bool
+    """
+    D = len(kernel_size)
+    e = tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
+    if isinstance(padding, str):
+        name = padding.lower()
+        if name not in _PADDING_NAMES:
+            raise ValueError(f"unknown padding {padding!r}; expected one of {_PADDING_NAMES}, an int or a tuple")
+        if name in ("same", "circular"):
+            even = [ax for ax in range(D) if e[ax] % 2 == 0]
+            if even:
+                raise ValueError(
+                    f"padding={name!r} needs an odd effective kernel size dilation*(k-1)+1 on every "
+                    f"axis to pad symmetrically; got {e} (kernel {tuple(kernel_size)}, dilation "
+                    f"{tuple(dilation)}); pass explicit (lo, hi) pairs instead"
+                )
+        if name == "circular":
+            big = [ax for ax in range(D) if e[ax] > in_shape[ax]]
+            if big:
+                raise ValueError(
+                    f"padding='circular' needs the effective kernel size {e} to be at most the "
+                    f"input size {tuple(in_shape)} on every axis"
+                )
+        if name in ("same", "circular"):
+            return tuple(((x - 1) // 2, (x - 1) // 2) for x in e), name == "circular"
+        if name == "valid":
+            return ((0, 0),) * D, False
+        return tuple((x - 1, x - 1) for x in e), False
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        if padding < 0:
+            raise ValueError(f"padding must be non-negative; got {padding}")
+        return ((int(padding), int(padding)),) * D, False
+    if isinstance(padding, (tuple, list)):
+        if len(padding) != D:
+            raise ValueError(f"padding {padding!r} has {len(padding)} entries; expected {D} (one per spatial axis)")
+        pairs = []
+        for p in padding:
+            if isinstance(p, (int, np.integer)) and not isinstance(p, bool):
+                p = (int(p), int(p))
+            elif isinstance(p, (tuple, list)) and len(p) == 2:
+                p = (int(p[0]), int(p[1]))
+            else:
+                raise ValueError(f"padding entry {p!r} in {padding!r}; expected an int or a (lo, hi) pair")
+            if min(p) < 0:
+                raise ValueError(f"padding must be non-negative; got {padding!r}")
+            pairs.append(p)
+        return tuple(pairs), False
+    raise TypeError(f"padding {padding!r} of type {type(padding).__name__}; expected a str, an int or a tuple")
+
+
+def conv_output_shape(in_shape, kernel_size, stride, padding_pairs, dilation) -> tuple:
+    """Output size per axis: ``floor((n + lo + hi - e) / stride) + 1``.
+
+    Raises ``ValueError`` when the effective kernel is larger than the padded input.
+    """
+    out = []
+    for n, k, s, (lo, hi), d in zip(in_shape, kernel_size, stride, padding_pairs, dilation):
+        e = d * (k - 1) + 1
+        if n + lo + hi < e:
+            raise ValueError(
+                f"kernel {tuple(kernel_size)} (effective size {e} with dilation {d}) is larger than the "
+                f"padded input: size {n} + padding ({lo}, {hi}) = {n + lo + hi} on an axis; expected "
+                f"at least {e}"
+            )
+        out.append((n + lo + hi - e) // s + 1)
+    return tuple(out)
+
+
+class _Geometry:
+    """Index bookkeeping of a layer: padding, polyphase grid, tap offsets."""
+
+    def __init__(self, in_shape, kernel_size, stride, dilation, pads, circular):
+        self.in_shape, self.k, self.s, self.dil = in_shape, kernel_size, stride, dilation
+        self.pads, self.circular = pads, circular
+        self.out_shape = conv_output_shape(in_shape, kernel_size, stride, pads, dilation)
+        D = len(in_shape)
+        self.D = D
+        # padded extent, rounded up to whole polyphase cells
+        P = [n + lo + hi for n, (lo, hi) in zip(in_shape, pads)]
+        self.Q = tuple(-(-p // s) for p, s in zip(P, stride))
+        self.P = tuple(q * s for q, s in zip(self.Q, stride))
+        fs = [int(np.prod(self.Q[ax + 1 :], dtype=np.int64)) for ax in range(D)]
+        self.nphase = int(np.prod(stride))
+        self.T = int(np.prod(kernel_size))
+        # taps grouped by polyphase component: phase -> (kernel tap indices, flat offsets)
+        groups = {}
+        for t, d in enumerate(product(*[range(k) for k in kernel_size])):
+            r = tuple((di * dl) % s for di, dl, s in zip(d, dilation, stride))
+            off = sum(((di * dl) // s) * f for di, dl, s, f in zip(d, dilation, stride, fs))
+            groups.setdefault(r, ([], []))
+            groups[r][0].append(t)
+            groups[r][1].append(off)
+        self.phases = [
+            (int(np.ravel_multi_index(r, stride)), np.array(ti), offs) for r, (ti, offs) in groups.items()
+        ]
+        self.max_off = max(max(offs) for _, _, offs in self.phases)
+        self.cell = int(np.prod(self.Q))
+
+    # -- padded, polyphase layout ------------------------------------------
+    def to_phases(self, X, c: int, dtype):
+        """``(c * N, B)`` input -> ``(nphase, c, B * cell)`` padded polyphase buffer."""
+        xp = get_xp(X)
+        B = X.shape[1]
+        D = self.D
+        buf = xp.zeros((c, B) + self.P, dtype=dtype)
+        inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.pads, self.in_shape))
+        buf[(slice(None), slice(None)) + inner] = xp.moveaxis(X.reshape((c,) + self.in_shape + (B,)), -1, 1)
+        if self.circular:
+            for ax in range(D):
+                lo, hi = self.pads[ax]
+                n = self.in_shape[ax]
+                a = 2 + ax
+                _sl = _axis_slicer(buf.ndim, a)
+                if lo:
+                    buf[_sl(0, lo)] = buf[_sl(n, n + lo)]
+                if hi:
+                    buf[_sl(lo + n, lo + n + hi)] = buf[_sl(lo, lo + hi)]
+        if self.nphase == 1:
+            return buf.reshape(1, c, -1)
+        split = (c, B) + tuple(v for q, s in zip(self.Q, self.s) for v in (q, s))
+        perm = tuple(3 + 2 * ax for ax in range(D)) + (0, 1) + tuple(2 + 2 * ax for ax in range(D))
+        ph = xp.ascontiguousarray(buf.reshape(split).transpose(perm))
+        return ph.reshape(self.nphase, c, -1)
+
+    def from_phases(self, G, c: int, B: int):
+        """Adjoint of :meth:`to_phases`: ``(nphase, c, B * cell)`` -> ``(c * N, B)``."""
+        xp = get_xp(G)
+        D = self.D
+        if self.nphase == 1:
+            buf = G.reshape((c, B) + self.P)
+        else:
+            ph = G.reshape(tuple(self.s) + (c, B) + self.Q)
+            perm = (D, D + 1) + tuple(v for ax in range(D) for v in (D + 2 + ax, ax))
+            buf = ph.transpose(perm).reshape((c, B) + self.P)
+        if self.circular:
+            for ax in reversed(range(D)):
+                lo, hi = self.pads[ax]
+                n = self.in_shape[ax]
+                _sl = _axis_slicer(buf.ndim, 2 + ax)
+                if hi:
+                    buf[_sl(lo, lo + hi)] += buf[_sl(lo + n, lo + n + hi)]
+                if lo:
+                    buf[_sl(n, n + lo)] += buf[_sl(0, lo)]
+        inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.pads, self.in_shape))
+        x = buf[(slice(None), slice(None)) + inner]
+        return xp.moveaxis(x, 1, -1).reshape(-1, B)
+
+    def to_cells(self, Y, c: int, dtype):
+        """``(c * M, B)`` output -> ``(c, B * cell)`` zero-filled output grid."""
+        xp = get_xp(Y)
+        B = Y.shape[1]
+        ext = xp.zeros((c, B) + self.Q, dtype=dtype)
+        valid = tuple(slice(0, o) for o in self.out_shape)
+        ext[(slice(None), slice(None)) + valid] = xp.moveaxis(Y.reshape((c,) + self.out_shape + (B,)), -1, 1)
+        return ext.reshape(c, -1)
+
+    def from_cells(self, ext, c: int, B: int):
+        """``(c, B * cell)`` output grid -> ``(c * M, B)`` (valid entries only)."""
+        xp = get_xp(ext)
+        valid = tuple(slice(0, o) for o in self.out_shape)
+        y = ext.reshape((c, B) + self.Q)[(slice(None), slice(None)) + valid]
+        return xp.moveaxis(y, 1, -1).reshape(-1, B)
+
+    def chunks(self, length: int, rows: int, itemsize: int):
+        """Split ``range(length)`` into chunks whose ``rows x (chunk + max_off)`` temporaries fit the budget."""
+        size = max(4 * self.max_off, _CHUNK_BYTES // max(rows * itemsize, 1), 256)
+        for j0 in range(0, length, size):
+            yield j0, min(length, j0 + size)
+
+
+def _axis_slicer(ndim, axis):
+    def sl(a, b):
+        idx = [slice(None)] * ndim
+        idx[axis] = slice(a, b)
+        return tuple(idx)
+
+    return sl
+
+
+# -- direct algorithm -----------------------------------------------------------
+def _direct_forward(geo: _Geometry, Kt, phases, co: int, B: int):
+    """``Kt``: ``(c_out, c_in, T)`` taps; ``phases``: ``(nphase, c_in, L)`` -> ``(c_out, L)``."""
+    xp = get_xp(phases, Kt)
+    L = phases.shape[2]
+    n_valid = L - geo.max_off
+    dtype = np.result_type(Kt.dtype, phases.dtype)
+    out = xp.zeros((co, L), dtype=dtype)
+    for ph, taps, offs in geo.phases:
+        Kr = Kt[:, :, taps].transpose(2, 0, 1).reshape(len(taps) * co, -1)
+        x = phases[ph]
+        for j0, j1 in geo.chunks(n_valid, Kr.shape[0], dtype.itemsize):
+            Z = (Kr @ x[:, j0 : j1 + geo.max_off]).reshape(len(taps), co, -1)
+            acc = out[:, j0:j1]
+            for t, off in enumerate(offs):
+                acc += Z[t, :, off : off + (j1 - j0)]
+    return out
+
+
+def _direct_adjoint(geo: _Geometry, Kt, ext, ci: int):
+    """Adjoint of :func:`_direct_forward`: ``(c_out, L)`` -> ``(nphase, c_in, L)``."""
+    xp = get_xp(ext, Kt)
+    L = ext.shape[1]
+    n_valid = L - geo.max_off
+    dtype = np.result_type(Kt.dtype, ext.dtype)
+    G = xp.zeros((geo.nphase, ci, L), dtype=dtype)
+    for ph, taps, offs in geo.phases:
+        KrH = Kt[:, :, taps].conj().transpose(2, 1, 0).reshape(len(taps) * ci, -1)
+        g = G[ph]
+        for j0, j1 in geo.chunks(n_valid, KrH.shape[0], dtype.itemsize):
+            Z = (KrH @ ext[:, j0:j1]).reshape(len(taps), ci, -1)
+            for t, off in enumerate(offs):
+                g[:, j0 + off : j1 + off] += Z[t]
+    return G
+
+
+def _direct_kernel_grad(geo: _Geometry, phases, ext, co: int, ci: int):
+    """``G[o, i, t] = sum_j conj(x_t[i, j]) w[o, j]``: the adjoint in the kernel, ``(c_out, c_in, T)``."""
+    xp = get_xp(phases, ext)
+    L = ext.shape[1]
+    n_valid = L - geo.max_off
+    dtype = np.result_type(phases.dtype, ext.dtype)
+    G = xp.empty((co, ci, geo.T), dtype=dtype)
+    w = ext[:, :n_valid]
+    for ph, taps, offs in geo.phases:
+        x = phases[ph]
+        for t, off in zip(taps, offs):
+            G[:, :, t] = w @ x[:, off : off + n_valid].conj().T
+    return G
+
+
+# -- FFT algorithm -----------------------------------------------------------------
+class _FFTPlan:
+    """Periodic-grid form of a layer: ``z = h (*) xx`` on a grid of size ``F``, ``y = z[::stride]``.
+
+    ``xx`` is the input zero-extended to ``F`` (or ``F = n`` for circular
+    padding), and ``h[(lo - d * dilation) mod F] = K[:, :, d]``, so that
+    ``z[m] = sum_d K[d] xx[(m + d * dilation - lo) mod F]``.
+    """
+
+    def __init__(self, geo: _Geometry, real: bool):
+        self.geo, self.real = geo, real
+        if geo.circular:
+            self.F = tuple(geo.in_shape)
+        else:
+            # large enough that no read wraps into the image and no two taps share a slot
+            self.F = tuple(
+                _sp_fft.next_fast_len(max(n + max(lo, hi), dl * (k - 1) + 1), real=real)
+                for n, (lo, hi), k, dl in zip(geo.in_shape, geo.pads, geo.k, geo.dil)
+            )
+        D = geo.D
+        self.axes = tuple(range(2, 2 + D))
+        self.idx = tuple(
+            np.array([(lo - d * dl) % F for d in range(k)])
+            for (lo, _), k, dl, F in zip(geo.pads, geo.k, geo.dil, self.F)
+        )
+
+    def _fft(self, a):
+        fft = get_fft(get_xp(a))
+        return fft.rfftn(a, s=self.F, axes=self.axes) if self.real else fft.fftn(a, s=self.F, axes=self.axes)
+
+    def _ifft(self, a):
+        fft = get_fft(get_xp(a))
+        return fft.irfftn(a, s=self.F, axes=self.axes) if self.real else fft.ifftn(a, s=self.F, axes=self.axes)
+
+    def kernel_spectrum(self, K):
+        """``(c_out, c_in, *k)`` kernel -> ``(c_out, c_in, *Fhat)`` spectrum of ``h``."""
+        xp = get_xp(K)
+        h = xp.zeros(K.shape[:2] + self.F, dtype=K.dtype)
+        grid = np.ix_(*self.idx)
+        h[(slice(None), slice(None)) + grid] = K
+        return self._fft(h)
+
+    def input_spectrum(self, X, c: int):
+        """``(c * N, B)`` -> ``(c, B, *Fhat)``."""
+        xp = get_xp(X)
+        B = X.shape[1]
+        x = xp.moveaxis(X.reshape((c,) + self.geo.in_shape + (B,)), -1, 1)
+        return self._fft(x)  # zero-extends to F
+
+    def output_spectrum(self, Y, c: int):
+        """``(c * M, B)`` -> spectrum of the zero-upsampled output on the grid, ``(c, B, *Fhat)``."""
+        xp = get_xp(Y)
+        B = Y.shape[1]
+        z = xp.zeros((c, B) + self.F, dtype=Y.dtype)
+        sub = tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(self.geo.s, self.geo.out_shape))
+        z[(slice(None), slice(None)) + sub] = xp.moveaxis(Y.reshape((c,) + self.geo.out_shape + (B,)), -1, 1)
+        return self._fft(z)
+
+    @staticmethod
+    def mix(H, Xh, adjoint: bool):
+        """Channel mixing per frequency: ``Z[o] = sum_i H[o, i] X[i]`` (or the adjoint)."""
+        xp = get_xp(H, Xh)
+        if adjoint:
+            H = H.conj().swapaxes(0, 1)
+        co, ci = H.shape[:2]
+        Z = xp.zeros((co,) + Xh.shape[1:], dtype=np.result_type(H.dtype, Xh.dtype))
+        if ci <= co:
+            for i in range(ci):
+                Z += H[:, i, None] * Xh[i]
+        else:
+            for o in range(co):
+                Z[o] = (H[o, :, None] * Xh).sum(axis=0)
+        return Z
+
+    def forward(self, H, Xh):
+        """Output ``(c_out * M, B)`` from the kernel spectrum and input spectrum."""
+        geo = self.geo
+        z = self._ifft(self.mix(H, Xh, adjoint=False))
+        sub = tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(geo.s, geo.out_shape))
+        y = z[(slice(None), slice(None)) + sub]
+        xp = get_xp(y)
+        return xp.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+
+    def adjoint(self, H, Zh):
+        """Input-space ``(c_in * N, B)`` from the kernel spectrum and output spectrum."""
+        geo = self.geo
+        xx = self._ifft(self.mix(H, Zh, adjoint=True))
+        inner = tuple(slice(0, n) for n in geo.in_shape)
+        x = xx[(slice(None), slice(None)) + inner]
+        xp = get_xp(x)
+        return xp.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+
+    def kernel_grad(self, Xh, Zh):
+        """``G[o, i, d] = sum_p conj(xx[i, p s + d dil - lo]) w[o, p]``, shape ``(c_out, c_in, *k)``."""
+        S = (Zh[:, None] * Xh[None].conj()).sum(axis=2)  # (co, ci, *Fhat)
+        corr = self._ifft(S)  # corr[t] = sum_m w_up[m] conj(xx[m - t]); t = lo - d dil
+        return corr[(slice(None), slice(None)) + np.ix_(*self.idx)]
+
+
+def _fft_cheaper(geo: _Geometry, co: int, ci: int) -> bool:
+    """Operation-count choice between the direct and the FFT algorithm."""
+    T = geo.T
+    direct = 2.0 * T * co * ci * geo.cell
+    F = 1.0
+    for n, (lo, hi) in zip(geo.in_shape, geo.pads):
+        F *= n + max(lo, hi) if not geo.circular else n
+    fft = 2.5 * (co + ci) * F * math.log2(max(F, 2.0)) + 4.0 * co * ci * F
+    # the direct algorithm runs in large BLAS calls, several times faster per flop
+    return fft * 4.0 < direct
+
+
+class ConvND(StructuredOperator):
+    r"""N-D multi-channel convolution layer (cross-correlation, as in PyTorch).
+
+    Parameters
+    ----------
+    kernel : array, shape ``(c_out, c_in, k_1, ..., k_D)``
+        Real or complex, NumPy or CuPy; float32 stays float32.
+    in_shape : tuple of int, ``(n_1, ..., n_D)``
+        Spatial shape of one input channel.
+    stride : int or tuple of int
+    padding : str, int or tuple
+        ``"same"``, ``"valid"``, ``"full"``, ``"circular"``, an int (zeros on
+        both sides) or one int / ``(lo, hi)`` pair per axis.
+    dilation : int or tuple of int
+    method : {"auto", "direct", "fft"}
+        Algorithm for the products; ``"auto"`` picks the cheaper.
+
+    Attributes
+    ----------
+    dims : tuple
+        ``(c_in, n_1, ..., n_D)``.
+    dimsd : tuple
+        ``(c_out, m_1, ..., m_D)``, ``m = floor((n + lo + hi - e) / stride) + 1``.
+    padding : tuple of (int, int)
+        The resolved padding per axis.
+
+    Notes
+    -----
+    With effective kernel size ``e = dilation (k - 1) + 1`` and padding
+    ``(lo, hi)`` per axis, the forward and adjoint products are
+
+    .. math::
+
+        y[o, p] = \sum_{i, d} K[o, i, d]\, x[i, p \cdot s + d \cdot \delta - lo],
+        \qquad
+        x^*[i, q] = \sum_{o, p, d:\ p s + d \delta - lo = q} \overline{K[o, i, d]}\, y[o, p],
+
+    where ``x`` is zero outside the image (zero padding: block Toeplitz
+    structure) or periodic (``"circular"``: block circulant for stride 1).
+    :meth:`jacobian` gives ``dK -> K(dK) x``; its adjoint is the weight gradient
+    ``G[o, i, d] = sum_p y[o, p] conj(x[i, p s + d delta - lo])``.
+
+    Examples
+    --------
+    >>> import numpy as np, structops
+    >>> K = np.random.default_rng(0).standard_normal((4, 3, 3, 3))
+    >>> op = structops.Conv2D(K, (8, 8))
+    >>> op.dims, op.dimsd
+    ((3, 8, 8), (4, 8, 8))
+    >>> X = np.ones((op.shape[1], 5))  # a batch of 5 images, one call
+    >>> (op @ X).shape
+    (256, 5)
+    """
+
+    def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto"):
+        kernel = as_param_array(kernel, "kernel", min_ndim=3)
+        if isinstance(in_shape, (int, np.integer)):
+            in_shape = (int(in_shape),)
+        in_shape = tuple(int(n) for n in in_shape)
+        D = kernel.ndim - 2
+        if len(in_shape) != D:
+            raise ValueError(
+                f"kernel of shape {tuple(kernel.shape)} has {D} spatial axes but in_shape {in_shape} has "
+                f"{len(in_shape)}; expected kernel (c_out, c_in, *k) with len(k) == len(in_shape)"
+            )
+        if any(n < 1 for n in in_shape):
+            raise ValueError(f"in_shape must be positive; got {in_shape}")
+        self.kernel = kernel
+        self.xp = get_xp(kernel)
+        self.c_out, self.c_in = int(kernel.shape[0]), int(kernel.shape[1])
+        self.kernel_size = tuple(int(k) for k in kernel.shape[2:])
+        self.in_shape = in_shape
+        self.stride = _as_int_tuple(stride, D, "stride")
+        self.dilation = _as_int_tuple(dilation, D, "dilation")
+        self.padding, self.circular = resolve_padding(padding, self.kernel_size, self.dilation, in_shape)
+        self._geo = _Geometry(in_shape, self.kernel_size, self.stride, self.dilation, self.padding, self.circular)
+        self.out_shape = self._geo.out_shape
+        if method not in ("auto", "direct", "fft"):
+            raise ValueError(f"unknown method {method!r}; expected 'auto', 'direct' or 'fft'")
+        if method == "auto":
+            method = "fft" if _fft_cheaper(self._geo, self.c_out, self.c_in) else "direct"
+        self.method = method
+        self._taps = kernel.reshape(self.c_out, self.c_in, -1)
+        self._plans = {}
+        self._H = {}
+        super().__init__(dims=(self.c_in,) + in_shape, dimsd=(self.c_out,) + self.out_shape, dtype=kernel.dtype, name="K")
+
+    # -- FFT pieces, built on first use -------------------------------------------
+    def _plan(self, real: bool) -> _FFTPlan:
+        if real not in self._plans:
+            self._plans[real] = _FFTPlan(self._geo, real)
+        return self._plans[real]
+
+    def _spectrum(self, dtype):
+        dtype = np.dtype(dtype)
+        if dtype not in self._H:
+            self._H[dtype] = self._plan(dtype.kind == "f").kernel_spectrum(self.kernel.astype(dtype, copy=False))
+        return self._H[dtype]
+
+    # -- products -------------------------------------------------------------------
+    def _forward(self, X):
+        self._check_input(X, self.shape[1], self.kernel)
+        dtype = result_dtype(self.kernel, X)
+        return _conv_forward(self, self.kernel, X, dtype)
+
+    def _backward(self, Y):
+        self._check_input(Y, self.shape[0], self.kernel)
+        dtype = result_dtype(self.kernel, Y)
+        geo = self._geo
+        B = Y.shape[1]
+        if self.method == "fft":
+            real = dtype.kind == "f"
+            plan = self._plan(real)
+            return plan.adjoint(self._spectrum(dtype), plan.output_spectrum(Y.astype(dtype, copy=False), self.c_out)).astype(dtype, copy=False)
+        ext = geo.to_cells(Y, self.c_out, dtype)
+        G = _direct_adjoint(geo, self._taps, ext, self.c_in)
+        return geo.from_phases(G, self.c_in, B)
+
+    def jacobian(self, x):
+        """Jacobian of ``K -> K x``: the operator ``dK -> ConvND(dK, ...) x``.
+
+        Parameters
+        ----------
+        x : array
+            ``(N,)``, ``dims``, or a batch ``(N, B)`` / ``(*dims, B)``.
+
+        Returns
+        -------
+        LinearOperator
+            ``dims = kernel.shape``, ``dimsd = self.dimsd`` (or
+            ``(*self.dimsd, B)`` for a batch); the adjoint is the weight
+            gradient.
+        """
+        get_xp(x, self.kernel)
+        X, batched = split_batch(x, self.dims, self.shape[1], "x")
+        return _ConvKernelJacobian(self, X, batched)
+
+
+def _conv_forward(layer: ConvND, K, X, dtype):
+    """``K x`` for the layer geometry of ``layer`` and any kernel ``K`` of the same shape."""
+    geo = layer._geo
+    B = X.shape[1]
+    co = K.shape[0]
+    if layer.method == "fft":
+        real = dtype.kind == "f"
+        plan = layer._plan(real)
+        H = layer._spectrum(dtype) if K is layer.kernel else plan.kernel_spectrum(K.astype(dtype, copy=False))
+        return plan.forward(H, plan.input_spectrum(X.astype(dtype, copy=False), layer.c_in)).astype(dtype, copy=False)
+    phases = geo.to_phases(X, layer.c_in, dtype)
+    ext = _direct_forward(geo, K.reshape(co, layer.c_in, -1), phases, co, B)
+    return geo.from_cells(ext, co, B)
+
+
+class _ConvKernelJacobian(StructuredOperator):
+    """``dK -> K(dK) X`` for a fixed input batch ``X``; adjoint = weight gradient.
+
+    Several directions (columns of a ``matmat``) are stacked along the output
+    channels, so they are one product too.
+    """
+
+    def __init__(self, layer: ConvND, X, batched: bool):
+        self.layer = layer
+        self.xp = layer.xp
+        self.B = X.shape[1]
+        dtype = result_dtype(layer.kernel, X)
+        self._dtype = dtype
+        geo = layer._geo
+        if layer.method == "fft":
+            self._plan = layer._plan(dtype.kind == "f")
+            self._Xh = self._plan.input_spectrum(X.astype(dtype, copy=False), layer.c_in)
+        else:
+            self._phases = geo.to_phases(X, layer.c_in, dtype)
+        dimsd = layer.dimsd + ((self.B,) if batched else ())
+        super().__init__(dims=layer.kernel.shape, dimsd=dimsd, dtype=dtype, name="J")
+
+    def _forward(self, dK):
+        layer, geo = self.layer, self.layer._geo
+        nd = dK.shape[1]
+        co, ci = layer.c_out, layer.c_in
+        # directions stacked as extra output channels: kernel (nd * c_out, c_in, ...)
+        Ks = self.xp.moveaxis(dK.reshape(co, ci, -1, nd), -1, 0).reshape(nd * co, ci, -1)
+        if layer.method == "fft":
+            H = self._plan.kernel_spectrum(Ks.reshape((nd * co, ci) + layer.kernel_size).astype(self._dtype, copy=False))
+            Y = self._plan.forward(H, self._Xh)
+        else:
+            ext = _direct_forward(geo, Ks, self._phases, nd * co, self.B)
+            Y = geo.from_cells(ext, nd * co, self.B)
+        # (nd * c_out * M, B) -> (c_out * M * B, nd)
+        Y = Y.reshape(nd, -1)
+        return Y.T.astype(self.dtype, copy=False)
+
+    def _backward(self, W):
+        layer, geo = self.layer, self.layer._geo
+        nd = W.shape[1]
+        co, ci = layer.c_out, layer.c_in
+        # (c_out * M * B, nd) -> outputs of a layer with nd * c_out channels, batch B
+        Wc = W.T.reshape(nd * co * int(np.prod(layer.out_shape)), self.B)
+        if layer.method == "fft":
+            Zh = self._plan.output_spectrum(Wc.astype(self._dtype, copy=False), nd * co)
+            G = self._plan.kernel_grad(self._Xh, Zh)
+        else:
+            ext = geo.to_cells(Wc, nd * co, self._dtype)
+            G = _direct_kernel_grad(geo, self._phases, ext, nd * co, ci)
+        G = G.reshape(nd, -1)
+        return G.T.astype(self.dtype, copy=False)
+
+
+class Conv1D(ConvND):
+    """1-D convolution layer: kernel ``(c_out, c_in, k)`` on inputs ``(c_in, n)``.
+
+    See :class:`ConvND` for the parameters and the maths.
+
+    Examples
+    --------
+    >>> import numpy as np, structops
+    >>> op = structops.Conv1D(np.ones((2, 1, 3)), 10, padding="valid")
+    >>> op.dimsd
+    (2, 8)
+    """
+
+    def __init__(self, kernel, n, stride=1, padding="same", dilation=1, method="auto"):
+        if hasattr(kernel, "ndim") and kernel.ndim != 3:
+            raise ValueError(f"Conv1D needs a kernel of shape (c_out, c_in, k); got shape {tuple(kernel.shape)}")
+        if not isinstance(n, (int, np.integer)):
+            n = tuple(n)
+            if len(n) != 1:
+                raise ValueError(f"Conv1D needs an int input length; got {n}")
+            n = n[0]
+        super().__init__(kernel, (int(n),), stride=stride, padding=padding, dilation=dilation, method=method)
+
+
+class Conv2D(ConvND):
+    """2-D convolution layer: kernel ``(c_out, c_in, kh, kw)`` on inputs ``(c_in, H, W)``.
+
+    See :class:`ConvND` for the parameters and the maths.
+
+    Examples
+    --------
+    >>> import numpy as np, structops
+    >>> op = structops.Conv2D(np.ones((16, 3, 3, 3)), (32, 32), stride=2)
+    >>> op.dimsd
+    (16, 16, 16)
+    """
+
+    def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto"):
+        if hasattr(kernel, "ndim") and kernel.ndim != 4:
+            raise ValueError(f"Conv2D needs a kernel of shape (c_out, c_in, kh, kw); got shape {tuple(kernel.shape)}")
+        super().__init__(kernel, in_shape, stride=stride, padding=padding, dilation=dilation, method=method)
+
+
+class Conv3D(ConvND):
+    """3-D convolution layer: kernel ``(c_out, c_in, kd, kh, kw)`` on inputs ``(c_in, D, H, W)``.
+
+    See :class:`ConvND` for the parameters and the maths.
+    """
+
+    def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto"):
+        if hasattr(kernel, "ndim") and kernel.ndim != 5:
+            raise ValueError(f"Conv3D needs a kernel of shape (c_out, c_in, kd, kh, kw); got shape {tuple(kernel.shape)}")
+        super().__init__(kernel, in_shape, stride=stride, padding=padding, dilation=dilation, method=method)
