@@ -309,10 +309,10 @@ class _FFTPlan:
         if geo.circular:
             self.F = tuple(geo.in_shape)
         else:
-            # large enough that no read wraps into the image and no two taps share a slot
+            # the padded length: no read wraps into the image, no two taps share a
+            # slot, and every output position has its own slot
             self.F = tuple(
-                _sp_fft.next_fast_len(max(n + max(lo, hi), dl * (k - 1) + 1), real=real)
-                for n, (lo, hi), k, dl in zip(geo.in_shape, geo.pads, geo.k, geo.dil)
+                _sp_fft.next_fast_len(n + lo + hi, real=real) for n, (lo, hi) in zip(geo.in_shape, geo.pads)
             )
         self.Fh = self.F[:-1] + (self.F[-1] // 2 + 1,) if real else self.F
         self.axes = tuple(range(2, 2 + geo.D))
@@ -408,8 +408,8 @@ def _fft_cheaper(geo: _Geometry, co: int, ci: int) -> bool:
     """
     direct = geo.T * geo.cell * (0.9 + 0.23 * co + 0.038 * co * ci)
     F = 1.0
-    for n, (lo, hi), k, dl in zip(geo.in_shape, geo.pads, geo.k, geo.dil):
-        F *= n if geo.circular else max(n + max(lo, hi), dl * (k - 1) + 1)
+    for n, (lo, hi) in zip(geo.in_shape, geo.pads):
+        F *= n if geo.circular else n + lo + hi
     fft = 0.2 * (co + ci) * F * math.log2(max(F, 2.0)) + 0.8 * co * ci * F / 2
     return fft < direct
 

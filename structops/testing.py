@@ -174,7 +174,8 @@ def taylor_test(f, jac, x, v=None, h0: float = 1.0, nsteps: int = 10, rng=None):
     Raises
     ------
     AssertionError
-        If ``E1`` neither decays at second order nor sits at rounding level.
+        If ``E1`` neither decays at second order over the last three halvings
+        (outside rounding level) nor sits at rounding level.
     """
     xp = get_xp(x)
     rng = np.random.default_rng(rng)
@@ -198,12 +199,11 @@ def taylor_test(f, jac, x, v=None, h0: float = 1.0, nsteps: int = 10, rng=None):
     scale = float(xp.linalg.norm(fx)) + table[:, 1].max()
     noise = 1e3 * eps * max(scale, np.finfo(float).tiny)
     E1 = table[:, 2]
-    ok = True
-    for k in range(nsteps - 1):
-        if E1[k] <= noise or E1[k + 1] <= noise:
-            continue  # rounding regime (f linear along v, or h tiny)
-        if E1[k + 1] > 0.35 * E1[k]:  # second order gives 0.25
-            ok = False
+    # ratios E1(h/2)/E1(h) outside the rounding regime (f linear along v, or h tiny);
+    # second order gives 0.25. Large steps may be pre-asymptotic, so the last
+    # three such ratios (the smallest steps) decide.
+    ratios = [E1[k + 1] / E1[k] for k in range(nsteps - 1) if E1[k] > noise and E1[k + 1] > noise]
+    ok = all(r <= 0.35 for r in ratios[-3:])
     if table[:, 1].max() == 0.0 and float(xp.linalg.norm(Jv)) > noise:
         ok = False
     if not ok:

@@ -1,0 +1,133 @@
+"""Property tests of the convolution layers over drawn shapes and options.
+
+Hypothesis draws the number of spatial axes, channels, sizes, kernel sizes,
+strides, dilations and paddings. Validity is computed here from the rules of
+the layer (even effective kernel with 'same'/'circular', circular wrap larger
+than the input, empty output); construction must raise ``ValueError`` exactly
+for the invalid draws, and the valid layers must match the dense loops and
+pass the dot test, with both the direct and the FFT method.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+import structops
+from structops.testing import assert_adjoint, assert_matches_dense
+
+from dense import as_tuple, dense_conv, out_shape, padding_pairs
+
+
+def per_axis(D, elem):
+    """An int, or a tuple of D ints."""
+    return st.one_of(elem, st.tuples(*([elem] * D)))
+
+
+def padding_spec(D):
+    pair = st.tuples(st.integers(0, 3), st.integers(0, 3))
+    entry = st.one_of(st.integers(0, 3), pair)
+    return st.one_of(
+        st.sampled_from(["same", "valid", "full", "circular"]),
+        st.integers(0, 3),
+        st.tuples(*([entry] * D)),
+    )
+
+
+@st.composite
+def conv_configs(draw):
+    D = draw(st.sampled_from([1, 2]))
+    nmax = 10 if D == 1 else 6
+    return dict(
+        D=D,
+        c_in=draw(st.integers(1, 3)),
+        c_out=draw(st.integers(1, 3)),
+        in_shape=tuple(draw(st.integers(1, nmax)) for _ in range(D)),
+        k=tuple(draw(st.integers(1, 4)) for _ in range(D)),
+        stride=draw(per_axis(D, st.integers(1, 3))),
+        dilation=draw(per_axis(D, st.integers(1, 2))),
+        padding=draw(padding_spec(D)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def expected_layout(cfg):
+    """``(pairs, out_shape)`` from the rules, or ``None`` when the layer is invalid."""
+    try:
+        pairs = padding_pairs(cfg["padding"], cfg["k"], cfg["dilation"], cfg["in_shape"])
+    except ValueError:
+        return None
+    out = out_shape(cfg["in_shape"], cfg["k"], cfg["stride"], pairs, cfg["dilation"])
+    if min(out) < 1:
+        return None
+    return pairs, out
+
+
+@pytest.mark.parametrize("method", ["direct", "fft"])
+@given(cfg=conv_configs())
+def test_conv_matches_dense_or_rejects(cfg, method):
+    rng = np.random.default_rng(cfg["seed"])
+    K = rng.standard_normal((cfg["c_out"], cfg["c_in"], *cfg["k"]))
+    args = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"],
+                method=method)
+    layout = expected_layout(cfg)
+    event("invalid layer" if layout is None else "valid layer")
+    if layout is None:
+        with pytest.raises(ValueError):
+            structops.ConvND(K, cfg["in_shape"], **args)
+        return
+    pairs, out = layout
+    op = structops.ConvND(K, cfg["in_shape"], **args)
+    D = cfg["D"]
+    s, dil = as_tuple(cfg["stride"], D), as_tuple(cfg["dilation"], D)
+    circular = cfg["padding"] == "circular"
+    assert tuple(op.out_shape) == out
+    assert tuple(op.dims) == (cfg["c_in"], *cfg["in_shape"])
+    assert tuple(op.dimsd) == (cfg["c_out"], *out)
+    assert tuple(op.stride) == s
+    assert tuple(op.dilation) == dil
+    assert tuple(tuple(p) for p in op.padding) == pairs
+    assert bool(op.circular) is circular
+    dense = dense_conv(K, cfg["in_shape"], s, pairs, dil, circular)
+    if not dense.any():
+        # every output reads padding only (e.g. an even dilated kernel skipping the
+        # centre of a 1-pixel axis): the layer is the zero map. Relative checks are
+        # meaningless there (FFT round-off against a zero reference); check absolutely.
+        x = rng.standard_normal(op.shape[1])
+        y = rng.standard_normal(op.shape[0])
+        assert np.abs(op.matvec(x)).max() <= 1e-12 * np.abs(K).sum() * np.abs(x).max()
+        assert np.abs(op.rmatvec(y)).max() <= 1e-12 * np.abs(K).sum() * np.abs(y).max()
+        return
+    assert_matches_dense(op, dense, rng=rng)
+    assert_adjoint(op, rng=rng)
+    # parameter Jacobian: J dK = K(dK) x, checked with the dense loops for dK
+    x = rng.standard_normal(op.shape[1])
+    J = op.jacobian(x)
+    assert tuple(J.dims) == K.shape
+    assert_adjoint(J, rng=rng)
+    dK = rng.standard_normal(K.shape)
+    want = dense_conv(dK, cfg["in_shape"], s, pairs, dil, circular) @ x
+    np.testing.assert_allclose(J.matvec(dK.ravel()), want, rtol=1e-10,
+                               atol=1e-12 * max(1.0, np.abs(want).max()))
+
+
+@given(cfg=conv_configs())
+def test_conv_wrappers_agree_with_convnd(cfg):
+    """Conv1D / Conv2D are ConvND with one / two spatial axes."""
+    if expected_layout(cfg) is None:
+        return
+    rng = np.random.default_rng(cfg["seed"])
+    K = rng.standard_normal((cfg["c_out"], cfg["c_in"], *cfg["k"]))
+    args = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"])
+    ref = structops.ConvND(K, cfg["in_shape"], **args)
+    if cfg["D"] == 1:
+        op = structops.Conv1D(K, cfg["in_shape"][0], **args)
+    else:
+        op = structops.Conv2D(K, cfg["in_shape"], **args)
+    assert op.shape == ref.shape
+    X = rng.standard_normal((op.shape[1], 2))
+    Y = rng.standard_normal((op.shape[0], 2))
+    np.testing.assert_allclose(op.matmat(X), ref.matmat(X), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(op.rmatmat(Y), ref.rmatmat(Y), rtol=1e-12, atol=1e-12)
