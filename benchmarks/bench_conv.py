@@ -1,0 +1,332 @@
+"""Multi-channel 2-D convolution layers: structops vs PyLops vs PyTorch (vs cuDNN).
+
+Run from the repository root::
+
+    python benchmarks/bench_conv.py            # full run
+    python benchmarks/bench_conv.py --quick    # fewer repetitions
+
+All implementations run side by side in one process. Before anything is timed,
+each competitor's output is compared with structops' output on the same input
+(relative 2-norm difference); a mismatch is reported and makes the script exit
+with status 1. Times are medians of ``--repeat`` runs after ``--warmup`` runs,
+measured with ``time.perf_counter``. The ratio column is
+``time(implementation) / time(structops)`` for the same case and operation:
+above 1 means structops is faster.
+
+Sections
+--------
+(a) 16 -> 16 channels, 3x3 kernel, 'same' padding, 64x64 image, float64, one
+    image: forward and adjoint of structops ``Conv2D``, of the ``pylops.Block``
+    of 256 ``Convolve2D(method="fft")`` a PyLops user would write, and of
+    ``torch.nn.functional.conv2d`` / ``conv_transpose2d`` (CPU).
+(b) the same on a batch of 32 images (structops ``matmat`` on ``(N, 32)``,
+    the PyLops block's ``matmat``, torch with batch 32).
+(c) float32: structops vs torch, one image and a batch of 32.
+(d) GPU, when CuPy and a CUDA build of torch see a device: 64 -> 64 channels,
+    3x3, 64x64, batch 64, float32 and float64, structops on CuPy arrays vs
+    cuDNN ``conv2d`` / ``conv_transpose2d``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+import numpy as np
+import pylops
+import scipy
+
+import structops
+
+ROWS: list = []
+FAILURES: list = []
+
+
+# ---------------------------------------------------------------- helpers
+def median_time(func, repeat: int, warmup: int, sync=None) -> float:
+    """Median wall time of ``func()`` (seconds); ``sync()`` waits for a device."""
+    for _ in range(warmup):
+        func()
+    if sync is not None:
+        sync()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        func()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def fmt_time(t: float) -> str:
+    if t != t:  # NaN: not timed
+        return "-"
+    if t < 1e-3:
+        return f"{t * 1e6:.1f} us"
+    if t < 1.0:
+        return f"{t * 1e3:.2f} ms"
+    return f"{t:.3f} s"
+
+
+def rel_diff(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), np.finfo(float).tiny))
+
+
+def agree(case: str, what: str, got, want, dtype) -> bool:
+    """Compare ``got`` (a competitor) with ``want`` (structops) before timing."""
+    tol = 1e-10 if np.dtype(dtype) == np.float64 else 1e-4
+    err = rel_diff(got, want)
+    if not err <= tol:
+        FAILURES.append(f"{case} / {what}: relative difference {err:.2e} > {tol:.0e}")
+        print(f"  MISMATCH {case} / {what}: relative difference {err:.2e} (tolerance {tol:.0e})")
+        return False
+    return True
+
+
+def record(case: str, op: str, impl: str, t: float, err: float | None = None):
+    ROWS.append({"case": case, "op": op, "impl": impl, "t": t, "err": err})
+
+
+def print_table():
+    header = ("case", "operation", "implementation", "median", "ratio", "rel. diff")
+    lines = []
+    base = {}
+    for r in ROWS:
+        if r["impl"].startswith("structops"):
+            base[(r["case"], r["op"])] = r["t"]
+    for r in ROWS:
+        b = base.get((r["case"], r["op"]))
+        ratio = "-" if b is None or r["t"] != r["t"] else f"{r['t'] / b:.2f}x"
+        err = "(reference)" if r["impl"].startswith("structops") else (
+            "-" if r["err"] is None else f"{r['err']:.1e}"
+        )
+        lines.append((r["case"], r["op"], r["impl"], fmt_time(r["t"]), ratio, err))
+    widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
+    sep = "  "
+    print(sep.join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    print(sep.join("-" * w for w in widths))
+    prev = None
+    for row in lines:
+        if prev is not None and row[0] != prev:
+            print()
+        prev = row[0]
+        cells = (v.rjust(w) if i in (3, 4) else v.ljust(w)
+                 for i, (v, w) in enumerate(zip(row, widths)))
+        print(sep.join(cells).rstrip())
+    print("\nratio = time / time(structops) for the same case and operation "
+          "(> 1: structops is faster);")
+    print("rel. diff = ||result - structops result|| / ||structops result||, "
+          "checked before timing.")
+
+
+def environment(torch):
+    print("environment")
+    print(f"  python      {platform.python_version()} ({platform.machine()}, {platform.system()})")
+    print(f"  structops   {structops.__version__}")
+    print(f"  numpy       {np.__version__}")
+    print(f"  scipy       {scipy.__version__}")
+    print(f"  pylops      {pylops.__version__}")
+    if torch is not None:
+        print(f"  torch       {torch.__version__} (intra-op threads: {torch.get_num_threads()})")
+    else:
+        print("  torch       not installed: torch rows skipped")
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        print("  BLAS        threadpoolctl not installed: thread counts not shown")
+    else:
+        for info in threadpool_info():
+            print(
+                f"  {info.get('user_api', '?'):<11} {info.get('internal_api', '?')} "
+                f"{info.get('version', '')} threads={info.get('num_threads', '?')} "
+                f"({info.get('prefix', '')})"
+            )
+    print()
+
+
+def pylops_layer(kernel, in_shape):
+    """The 'same' stride-1 layer as a user writes it with PyLops today.
+
+    ``Convolve2D`` is a true convolution of one channel; with the flipped
+    kernel and ``offset`` at its centre it equals the cross-correlation layer,
+    channel pair by channel pair.
+    """
+    c_out, c_in, kh, kw = kernel.shape
+    offset = ((kh - 1) // 2, (kw - 1) // 2)
+    return pylops.Block(
+        [
+            [
+                pylops.signalprocessing.Convolve2D(
+                    in_shape,
+                    h=kernel[o, i, ::-1, ::-1],
+                    offset=offset,
+                    method="fft",
+                    dtype=kernel.dtype,
+                )
+                for i in range(c_in)
+            ]
+            for o in range(c_out)
+        ]
+    )
+
+
+# ---------------------------------------------------------------- sections
+def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng):
+    """Forward and adjoint of one layer on the CPU, every implementation."""
+    dtype = kernel.dtype
+    c_out, c_in, kh, kw = kernel.shape
+    op = structops.Conv2D(kernel, (n, n), padding="same")
+    N, M = op.shape[1], op.shape[0]
+    if batch == 1:
+        x = rng.standard_normal(N).astype(dtype)
+        y = rng.standard_normal(M).astype(dtype)
+        fwd, adj = (lambda: op.matvec(x)), (lambda: op.rmatvec(y))
+    else:
+        x = rng.standard_normal((N, batch)).astype(dtype)
+        y = rng.standard_normal((M, batch)).astype(dtype)
+        fwd, adj = (lambda: op.matmat(x)), (lambda: op.rmatmat(y))
+    want_f, want_a = fwd(), adj()
+    if want_f.dtype != dtype:
+        FAILURES.append(f"{case}: structops returned {want_f.dtype} for {dtype} input")
+    record(case, "forward", "structops Conv2D", median_time(fwd, repeat, warmup))
+    record(case, "adjoint", "structops Conv2D", median_time(adj, repeat, warmup))
+
+    if with_pylops:
+        P = pylops_layer(kernel, (n, n))
+        if batch == 1:
+            pf, pa = (lambda: P.matvec(x)), (lambda: P.rmatvec(y))
+        else:
+            pf, pa = (lambda: P.matmat(x)), (lambda: P.rmatmat(y))
+        name = f"PyLops Block({c_out * c_in} Convolve2D)"
+        for what, f, want in (("forward", pf, want_f), ("adjoint", pa, want_a)):
+            got = f()
+            ok = agree(case, f"{name} {what}", got, want, dtype)
+            t = median_time(f, repeat, warmup) if ok else float("nan")
+            record(case, what, name, t, rel_diff(got, want))
+
+    if torch is not None:
+        F = torch.nn.functional
+        w = torch.from_numpy(np.ascontiguousarray(kernel))
+        pad = ((kh - 1) // 2, (kw - 1) // 2)
+        # torch is batch-first (B, C, H, W); structops stores one image per column.
+        # The layout change is done once, outside the timed region.
+        xt = torch.from_numpy(
+            np.ascontiguousarray(x.reshape(N, batch).T.reshape(batch, c_in, n, n))
+        )
+        yt = torch.from_numpy(
+            np.ascontiguousarray(y.reshape(M, batch).T.reshape(batch, c_out, n, n))
+        )
+
+        def back(t, rows):
+            out = t.numpy().reshape(batch, rows).T
+            return out.reshape((rows,) if batch == 1 else (rows, batch))
+
+        with torch.inference_mode():
+            tf = lambda: F.conv2d(xt, w, padding=pad)  # noqa: E731
+            ta = lambda: F.conv_transpose2d(yt, w, padding=pad)  # noqa: E731
+            for what, f, want, rows, tname in (
+                ("forward", tf, want_f, M, "torch conv2d (CPU)"),
+                ("adjoint", ta, want_a, N, "torch conv_transpose2d (CPU)"),
+            ):
+                got = back(f(), rows)
+                ok = agree(case, f"{tname}", got, want, dtype)
+                t = median_time(f, repeat, warmup) if ok else float("nan")
+                record(case, what, tname, t, rel_diff(got, want))
+
+
+def gpu_case(case, dtype, c, n, batch, repeat, warmup, torch):
+    import cupy as cp
+
+    rng = np.random.default_rng(3)
+    kernel = (rng.standard_normal((c, c, 3, 3)) / (3 * np.sqrt(c))).astype(dtype)
+    op = structops.Conv2D(cp.asarray(kernel), (n, n), padding="same")
+    N, M = op.shape[1], op.shape[0]
+    x = cp.asarray(rng.standard_normal((N, batch)).astype(dtype))
+    y = cp.asarray(rng.standard_normal((M, batch)).astype(dtype))
+    sync_cp = cp.cuda.Device().synchronize
+    fwd, adj = (lambda: op.matmat(x)), (lambda: op.rmatmat(y))
+    want_f, want_a = cp.asnumpy(fwd()), cp.asnumpy(adj())
+    record(case, "forward", "structops Conv2D (CuPy)", median_time(fwd, repeat, warmup, sync_cp))
+    record(case, "adjoint", "structops Conv2D (CuPy)", median_time(adj, repeat, warmup, sync_cp))
+
+    F = torch.nn.functional
+    dev = torch.device("cuda")
+    w = torch.from_numpy(kernel).to(dev)
+    xt = torch.from_numpy(np.ascontiguousarray(cp.asnumpy(x).T.reshape(batch, c, n, n))).to(dev)
+    yt = torch.from_numpy(np.ascontiguousarray(cp.asnumpy(y).T.reshape(batch, c, n, n))).to(dev)
+    with torch.inference_mode():
+        tf = lambda: F.conv2d(xt, w, padding=1)  # noqa: E731
+        ta = lambda: F.conv_transpose2d(yt, w, padding=1)  # noqa: E731
+        for what, f, want, rows, tname in (
+            ("forward", tf, want_f, M, "cuDNN conv2d"),
+            ("adjoint", ta, want_a, N, "cuDNN conv_transpose2d"),
+        ):
+            got = f().cpu().numpy().reshape(batch, rows).T
+            ok = agree(case, tname, got, want, dtype)
+            t = median_time(f, repeat, warmup, torch.cuda.synchronize) if ok else float("nan")
+            record(case, what, tname, t, rel_diff(got, want))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="3 repetitions instead of 7 (a rough run)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="timed repetitions (median reported)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed runs before timing (default 1)")
+    parser.add_argument("--no-pylops", action="store_true", help="skip the (slow) PyLops rows")
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (3 if args.quick else 7)
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    environment(torch)
+
+    rng = np.random.default_rng(0)
+    c, n, k = 16, 64, 3
+    kernel64 = rng.standard_normal((c, c, k, k)) / (k * np.sqrt(c))
+    kernel32 = kernel64.astype(np.float32)
+    print(f"layer: {c} -> {c} channels, {k}x{k} kernel, 'same' padding, {n}x{n} images; "
+          f"median of {repeat} after {args.warmup} warm-up run(s)\n")
+
+    t0 = time.perf_counter()
+    pyl = not args.no_pylops
+    cpu_case("(a) float64, 1 image", kernel64, n, 1, repeat, args.warmup, torch, pyl, rng)
+    cpu_case("(b) float64, batch 32", kernel64, n, 32, repeat, args.warmup, torch, pyl, rng)
+    cpu_case("(c) float32, 1 image", kernel32, n, 1, repeat, args.warmup, torch, False, rng)
+    cpu_case("(c) float32, batch 32", kernel32, n, 32, repeat, args.warmup, torch, False, rng)
+
+    gpu = structops.cupy_available() and torch is not None and torch.cuda.is_available()
+    if gpu:
+        torch.backends.cudnn.benchmark = False
+        # true float32 arithmetic in cuDNN (no TF32), as in the CPU rows
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        print(f"GPU: {torch.cuda.get_device_name(0)}, cuDNN {torch.backends.cudnn.version()}")
+        for dt in (np.float32, np.float64):
+            name = np.dtype(dt).name
+            gpu_case(f"(d) GPU {name}, 64 ch, batch 64", dt, 64, 64, 64, max(repeat, 10), 3, torch)
+    else:
+        why = "CuPy sees no CUDA device" if not structops.cupy_available() else "torch has no CUDA"
+        print(f"(d) GPU section skipped: {why}")
+    print(f"\n(total benchmark time {time.perf_counter() - t0:.1f} s)\n")
+
+    print_table()
+    if FAILURES:
+        print("\nFAILED agreement checks:")
+        for f in FAILURES:
+            print("  " + f)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

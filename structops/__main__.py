@@ -1,0 +1,8 @@
+"""``python -m structops``: the same command line as ``structops``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
