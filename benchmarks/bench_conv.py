@@ -39,38 +39,13 @@ import pylops
 import scipy
 
 import structops
+from structops.benchtools import format_time, median_time, pylops_conv2d_block
 
 ROWS: list = []
 FAILURES: list = []
 
 
 # ---------------------------------------------------------------- helpers
-def median_time(func, repeat: int, warmup: int, sync=None) -> float:
-    """Median wall time of ``func()`` (seconds); ``sync()`` waits for a device."""
-    for _ in range(warmup):
-        func()
-    if sync is not None:
-        sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        func()
-        if sync is not None:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def fmt_time(t: float) -> str:
-    if t != t:  # NaN: not timed
-        return "-"
-    if t < 1e-3:
-        return f"{t * 1e6:.1f} us"
-    if t < 1.0:
-        return f"{t * 1e3:.2f} ms"
-    return f"{t:.3f} s"
-
-
 def rel_diff(a, b) -> float:
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
@@ -105,7 +80,7 @@ def print_table():
         err = "(reference)" if r["impl"].startswith("structops") else (
             "-" if r["err"] is None else f"{r['err']:.1e}"
         )
-        lines.append((r["case"], r["op"], r["impl"], fmt_time(r["t"]), ratio, err))
+        lines.append((r["case"], r["op"], r["impl"], format_time(r["t"]), ratio, err))
     widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
     sep = "  "
     print(sep.join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
@@ -149,32 +124,6 @@ def environment(torch):
     print()
 
 
-def pylops_layer(kernel, in_shape):
-    """The 'same' stride-1 layer as a user writes it with PyLops today.
-
-    ``Convolve2D`` is a true convolution of one channel; with the flipped
-    kernel and ``offset`` at its centre it equals the cross-correlation layer,
-    channel pair by channel pair.
-    """
-    c_out, c_in, kh, kw = kernel.shape
-    offset = ((kh - 1) // 2, (kw - 1) // 2)
-    return pylops.Block(
-        [
-            [
-                pylops.signalprocessing.Convolve2D(
-                    in_shape,
-                    h=kernel[o, i, ::-1, ::-1],
-                    offset=offset,
-                    method="fft",
-                    dtype=kernel.dtype,
-                )
-                for i in range(c_in)
-            ]
-            for o in range(c_out)
-        ]
-    )
-
-
 # ---------------------------------------------------------------- sections
 def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng):
     """Forward and adjoint of one layer on the CPU, every implementation."""
@@ -197,7 +146,7 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng):
     record(case, "adjoint", "structops Conv2D", median_time(adj, repeat, warmup))
 
     if with_pylops:
-        P = pylops_layer(kernel, (n, n))
+        P = pylops_conv2d_block(kernel, (n, n))
         if batch == 1:
             pf, pa = (lambda: P.matvec(x)), (lambda: P.rmatvec(y))
         else:

@@ -18,34 +18,13 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 
 import numpy as np
 import scipy
 import scipy.linalg
 
 import structops
-
-
-def median_time(func, repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        func()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def fmt_time(t: float) -> str:
-    if t != t:
-        return "-"
-    if t < 1e-3:
-        return f"{t * 1e6:.1f} us"
-    if t < 1.0:
-        return f"{t * 1e3:.2f} ms"
-    return f"{t:.3f} s"
+from structops.benchtools import format_time, median_time
 
 
 def main(argv=None) -> int:
@@ -90,7 +69,7 @@ def main(argv=None) -> int:
         (
             f"{n:,}",
             name,
-            fmt_time(t),
+            format_time(t),
             "-" if t != t else f"{t / base[n]:.2f}x",
             "(reference)" if err is None else f"{err:.1e}",
         )

@@ -74,26 +74,11 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _median_time(func, repeat: int, warmup: int = 1) -> float:
-    """Median wall time of ``func()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        func()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    m = len(times)
-    return times[m // 2] if m % 2 else 0.5 * (times[m // 2 - 1] + times[m // 2])
+def _fmt_time_col(seconds: float) -> str:
+    """:func:`~structops.benchtools.format_time` right-aligned for the demo's table."""
+    from .benchtools import format_time
 
-
-def _fmt_time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:8.1f} us"
-    if seconds < 1.0:
-        return f"{seconds * 1e3:8.2f} ms"
-    return f"{seconds:8.3f} s "
+    return f"{format_time(seconds):>11}"
 
 
 def _fmt_bytes(nbytes: float) -> str:
@@ -102,37 +87,6 @@ def _fmt_bytes(nbytes: float) -> str:
             return f"{nbytes:.3g} {unit}"
         nbytes /= 1000.0
     return f"{nbytes:.3g} PB"  # pragma: no cover
-
-
-def pylops_conv2d_block(kernel, in_shape):
-    """A multi-channel 'same' stride-1 layer built from PyLops' ``Convolve2D``.
-
-    ``Convolve2D`` is a true (flipped) convolution of one channel with an
-    ``offset`` giving the centre of the filter, so the cross-correlation layer
-    ``y[o] = sum_i K[o, i] * x[i]`` is the ``pylops.Block`` of
-    ``Convolve2D(in_shape, h=K[o, i, ::-1, ::-1], offset=((kh-1)//2, (kw-1)//2))``.
-    This is how a PyLops user writes the layer today; it is the baseline of the
-    demo and of ``benchmarks/bench_conv.py``.
-    """
-    import pylops
-
-    c_out, c_in, kh, kw = kernel.shape
-    offset = ((kh - 1) // 2, (kw - 1) // 2)
-    return pylops.Block(
-        [
-            [
-                pylops.signalprocessing.Convolve2D(
-                    tuple(in_shape),
-                    h=kernel[o, i, ::-1, ::-1],
-                    offset=offset,
-                    method="fft",
-                    dtype=kernel.dtype,
-                )
-                for i in range(c_in)
-            ]
-            for o in range(c_out)
-        ]
-    )
 
 
 def _dot(a, b) -> float:
@@ -214,6 +168,7 @@ def demo(args) -> int:
     import numpy as np
 
     import structops
+    from structops.benchtools import median_time, pylops_conv2d_block
     from structops.testing import assert_adjoint
 
     c, n, k, b = args.channels, args.size, args.kernel_size, args.batch
@@ -267,8 +222,8 @@ def demo(args) -> int:
 
     label = f"batch of {b} images" if b > 1 else "one image"
     print(f"  timing         : forward + adjoint, {label}, median of {args.repeat}")
-    t_ours = _median_time(products(op), args.repeat)
-    print(f"    structops Conv2D                      {_fmt_time(t_ours)}")
+    t_ours = median_time(products(op), args.repeat)
+    print(f"    structops Conv2D                      {_fmt_time_col(t_ours)}")
 
     same = args.padding == "same" or (k % 2 == 1 and args.padding == (k - 1) // 2)
     if not same:
@@ -284,9 +239,9 @@ def demo(args) -> int:
     if not rel < 1e-10:
         print(f"    {'PyLops route':<38}DISAGREES with structops (relative difference {rel:.1e})")
         return 1
-    t_ref = _median_time(products(ref), args.repeat)
+    t_ref = median_time(products(ref), args.repeat)
     name = f"PyLops Block of {c * c} Convolve2D(fft)"
-    print(f"    {name:<38}{_fmt_time(t_ref)}   (same result to {rel:.1e})")
+    print(f"    {name:<38}{_fmt_time_col(t_ref)}   (same result to {rel:.1e})")
     print(f"    speed-up                              {t_ref / t_ours:8.1f}x")
     return 0 if dot_ok else 1
 

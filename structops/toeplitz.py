@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import scipy.fft as _sp_fft
 
 from ._backend import get_fft, get_xp

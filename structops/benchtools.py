@@ -1,0 +1,76 @@
+"""Helpers shared by the command line and the benchmarks: timing and baselines.
+
+Timings are medians of repeated wall-clock runs after warm-up runs; a ``sync``
+callable (e.g. ``cupy.cuda.Device().synchronize``) waits for a GPU before each
+clock reading. The baselines are what a user would write without structops.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+__all__ = ["median_time", "format_time", "pylops_conv2d_block"]
+
+
+def median_time(func, repeat: int = 5, warmup: int = 1, sync=None) -> float:
+    """Median wall time of ``func()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        func()
+    if sync is not None:
+        sync()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        func()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def format_time(seconds: float) -> str:
+    """``'412.3 us'``, ``'12.34 ms'`` or ``'1.234 s'``; ``'-'`` for NaN (not timed)."""
+    if seconds != seconds:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.3f} s"
+
+
+def pylops_conv2d_block(kernel, in_shape):
+    """The multi-channel 'same', stride-1 layer as a PyLops user writes it today.
+
+    ``pylops.signalprocessing.Convolve2D`` is a true (flipped) convolution of
+    one channel with an ``offset`` giving the centre of the filter, so the
+    cross-correlation layer ``y[o] = sum_i K[o, i] * x[i]`` is the
+    ``pylops.Block`` of ``Convolve2D(in_shape, h=K[o, i, ::-1, ::-1],
+    offset=((kh-1)//2, (kw-1)//2))``: ``c_out * c_in`` operators.
+
+    Parameters
+    ----------
+    kernel : ndarray, shape ``(c_out, c_in, kh, kw)``, odd ``kh``, ``kw``
+    in_shape : tuple of int, ``(H, W)``
+
+    Returns
+    -------
+    pylops.Block
+    """
+    import pylops
+
+    c_out, c_in, kh, kw = kernel.shape
+    offset = ((kh - 1) // 2, (kw - 1) // 2)
+    return pylops.Block(
+        [
+            [
+                pylops.signalprocessing.Convolve2D(
+                    tuple(in_shape), h=kernel[o, i, ::-1, ::-1], offset=offset, method="fft", dtype=kernel.dtype
+                )
+                for i in range(c_in)
+            ]
+            for o in range(c_out)
+        ]
+    )
