@@ -10,6 +10,7 @@ from ._backend import cupy_available, get_xp, set_blas_threads
 from ._base import StructuredOperator
 from .circulant import Circulant
 from .conv import Conv1D, Conv2D, Conv3D, ConvND
+from .spectral import cond, opnorm, plot_spectrum, singular_values, singular_vectors, SpectrumNotConvergedError
 from .toeplitz import Toeplitz
 
 __version__ = "0.1.0"
@@ -22,6 +23,12 @@ __all__ = [
     "Conv1D",
     "Conv2D",
     "Conv3D",
+    "singular_values",
+    "singular_vectors",
+    "opnorm",
+    "cond",
+    "plot_spectrum",
+    "SpectrumNotConvergedError",
     "get_xp",
     "cupy_available",
     "set_blas_threads",

@@ -166,10 +166,17 @@ def _blas_controllers():
     return _blas_libs
 
 
+_SETTING = object()
+
+
 @contextlib.contextmanager
-def blas_threads():
-    """Context in which BLAS uses the thread count set by :func:`set_blas_threads`."""
-    n = _blas_threads
+def blas_threads(n=_SETTING):
+    """Context in which BLAS uses ``n`` threads (default: :func:`set_blas_threads`'s count).
+
+    ``n=None`` leaves the BLAS library's setting alone.
+    """
+    if n is _SETTING:
+        n = _blas_threads
     libs = _blas_controllers() if n is not None else []
     old = [lib.num_threads for lib in libs]
     changed = [(lib, o) for lib, o in zip(libs, old) if o != n]

@@ -1,0 +1,79 @@
+"""The command line: ``structops demo`` and ``structops spectrum``, checked against dense SVDs."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dense import dense_conv, padding_pairs
+from structops.cli import main
+
+
+def _value(text, name):
+    m = re.search(rf"{name}\s*[:=]\s*(?:[<>]=\s*)?([0-9.eE+-]+)", text)
+    assert m, f"{name} not in output:\n{text}"
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("padding", ["same", "circular", "valid"])
+def test_spectrum_matches_dense_svd(tmp_path, capsys, padding):
+    rng = np.random.default_rng(3)
+    K = rng.standard_normal((3, 2, 3, 3))
+    path = tmp_path / "k.npy"
+    np.save(path, K)
+    png = tmp_path / "s.png"
+    status = main(["spectrum", "--kernel", str(path), "--size", "7", "--padding", padding, "--out", str(png)])
+    out = capsys.readouterr().out
+    assert status == 0
+    A = dense_conv(K, (7, 7), (1, 1), padding_pairs(padding, (3, 3), (1, 1), (7, 7)), (1, 1), padding == "circular")
+    s = np.linalg.svd(A, compute_uv=False)
+    assert _value(out, "sigma_max") == pytest.approx(s[0], rel=1e-8)
+    if s[-1] > 1e-10 * s[0]:
+        assert _value(out, "sigma_min") == pytest.approx(s[-1], rel=1e-6)
+        assert _value(out, "cond") == pytest.approx(s[0] / s[-1], rel=1e-5)
+    else:  # a rank-deficient layer (this 'valid' one is): sigma_min is a numerical zero
+        assert _value(out, "sigma_min") <= 1e-12 * s[0]
+        assert _value(out, "cond") >= 1e11
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spectrum_large_zero_padded_layer_plots_circular_surrogate(tmp_path, capsys):
+    png = tmp_path / "s.png"
+    assert main(["spectrum", "--c-in", "4", "--c-out", "4", "--size", "48", "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "circular layer" in out and png.stat().st_size > 1000
+    assert _value(out, "sigma_min") < _value(out, "sigma_max")
+
+
+def test_demo_runs_and_reports_speedup(capsys):
+    assert main(["demo", "--channels", "2", "--size", "16", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "passed" in out and "speed-up" in out
+    rng = np.random.default_rng(0)
+    K = rng.standard_normal((2, 2, 3, 3)) / (3 * np.sqrt(2))  # the demo's kernel for seed 0
+    A = dense_conv(K, (16, 16), (1, 1), ((1, 1), (1, 1)), (1, 1), False)
+    assert _value(out, "sigma_max") == pytest.approx(np.linalg.norm(A, 2), rel=1e-8)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["spectrum", "--padding", "diagonal"],
+        ["spectrum", "--kernel", "/nonexistent/k.npy"],
+        ["spectrum", "--kernel-size", "4", "--padding", "same"],
+        ["demo", "--channels", "0"],
+    ],
+)
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        status = main(argv)
+        raise SystemExit(status)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    res = subprocess.run([sys.executable, "-m", "structops", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "spectrum" in res.stdout and "demo" in res.stdout
