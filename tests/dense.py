@@ -107,8 +107,22 @@ def out_shape(in_shape, k, stride, pairs, dilation) -> tuple:
 def dense_conv(kernel, in_shape, stride, padding_pairs, dilation, circular) -> np.ndarray:
     """Dense ``(M, N)`` matrix of the convolution layer, by loops over o, i, p, d."""
     K = np.asarray(kernel)
-    c_out, c_in = K.shape[:2]
-    k = K.shape[2:]
+    return _dense_layer(lambda o, i, d, p: K[(o, i, *d)], K.shape[:2], K.shape[2:], K.dtype,
+                        in_shape, stride, padding_pairs, dilation, circular)
+
+
+def dense_extended(weights, in_shape, stride, padding_pairs, dilation, circular) -> np.ndarray:
+    """Dense matrix of the extended layer: weights ``(c_out, c_in, *k, *out)``, tap d of pixel p."""
+    w = np.asarray(weights)
+    D = len(tuple(in_shape))
+    return _dense_layer(lambda o, i, d, p: w[(o, i, *d, *p)], w.shape[:2], w.shape[2:2 + D], w.dtype,
+                        in_shape, stride, padding_pairs, dilation, circular)
+
+
+def _dense_layer(value, channels, k, dtype, in_shape, stride, padding_pairs, dilation, circular):
+    """Loops over o, i, p, d; ``value(o, i, d, p)`` is the weight of tap d at output pixel p."""
+    c_out, c_in = channels
+    k = tuple(k)
     D = len(k)
     in_shape = tuple(in_shape)
     s = as_tuple(stride, D)
@@ -119,7 +133,7 @@ def dense_conv(kernel, in_shape, stride, padding_pairs, dilation, circular) -> n
         raise ValueError(f"empty output {oshape}")
     M = c_out * int(np.prod(oshape))
     N = c_in * int(np.prod(in_shape))
-    A = np.zeros((M, N), dtype=np.result_type(K.dtype, np.float64))
+    A = np.zeros((M, N), dtype=np.result_type(dtype, np.float64))
     out_positions = list(itertools.product(*(range(m) for m in oshape)))
     offsets = list(itertools.product(*(range(kk) for kk in k)))
     for o in range(c_out):
@@ -140,7 +154,7 @@ def dense_conv(kernel, in_shape, stride, padding_pairs, dilation, circular) -> n
                     if not inside:
                         continue
                     col = np.ravel_multi_index((i, *idx), (c_in, *in_shape))
-                    A[row, col] += K[(o, i, *d)]
+                    A[row, col] += value(o, i, d, p)
     return A
 
 

@@ -12,6 +12,7 @@ Dense matrices stay small (at most a few hundred rows and columns).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,7 +21,7 @@ import numpy as np
 import structops
 from structops._backend import to_numpy
 
-from dense import dense_circulant_nd, dense_conv, dense_toeplitz, padding_pairs
+from dense import dense_circulant_nd, dense_conv, dense_extended, dense_toeplitz, out_shape, padding_pairs
 
 REAL = (np.float64, np.float32)
 COMPLEX = (np.complex128,)
@@ -299,6 +300,73 @@ _conv("conv3d_full_fft", (1, 1, 2, 2, 2), (3, 3, 2), "3d", padding="full", metho
 # ConvND used directly
 _conv("convnd_1d", (2, 3, 3), (7,), "nd", padding=1, stride=2)
 _conv("convnd_2d", (3, 2, 3, 3), (5, 4), "nd", padding="circular", dilation=(1, 1))
+
+
+# ExtendedConv: per-pixel kernels; the parameters are the per-pixel weights
+def extended_case(xp, rng, dtype, kshape, in_shape, stride=1, padding="same", dilation=1):
+    in_shape = tuple(in_shape)
+    D = len(in_shape)
+    pairs = padding_pairs(padding, kshape[2:], dilation, in_shape)
+    s = (stride,) * D if isinstance(stride, int) else tuple(stride)
+    dil = (dilation,) * D if isinstance(dilation, int) else tuple(dilation)
+    oshape = out_shape(in_shape, kshape[2:], s, pairs, dil)
+    w = random_array(rng, tuple(kshape) + tuple(oshape), dtype)
+    circular = padding == "circular"
+
+    def build(weights):
+        return structops.ExtendedConvND(weights, in_shape, stride=stride, padding=padding, dilation=dilation)
+
+    dense = dense_extended(w, in_shape, s, pairs, dil, circular)
+
+    def torch_apply(theta, X):
+        return torch_extended(theta, X, in_shape, s, pairs, dil, circular)
+
+    return Case(build(xp.asarray(w)), dense, xp.asarray(w), build, "extended", torch_apply,
+                dict(in_shape=in_shape, stride=s, dilation=dil, pairs=pairs, circular=circular))
+
+
+def torch_extended(w, X, in_shape, stride, pairs, dilation, circular):
+    """Reference extended layer in PyTorch by gathering the pixel each tap reads.
+
+    ``w`` is ``(c_out, c_in, *k, *out)``, ``X`` is ``(N, B)``; returns ``(M, B)``.
+    """
+    import torch
+
+    D = len(in_shape)
+    c_out, c_in = w.shape[:2]
+    k, oshape = tuple(w.shape[2:2 + D]), tuple(w.shape[2 + D:])
+    taps = list(itertools.product(*(range(kk) for kk in k)))
+    pix = list(itertools.product(*(range(m) for m in oshape)))
+    idx = np.full((len(taps), len(pix)), -1)
+    for t, d in enumerate(taps):
+        for j, p in enumerate(pix):
+            q = [p[a] * stride[a] + d[a] * dilation[a] - pairs[a][0] for a in range(D)]
+            if circular:
+                q = [qa % n for qa, n in zip(q, in_shape)]
+            if all(0 <= qa < n for qa, n in zip(q, in_shape)):
+                idx[t, j] = np.ravel_multi_index(q, in_shape)
+    B = X.shape[1]
+    x = X.T.reshape(B, c_in, -1)
+    x = torch.cat([x, torch.zeros(B, c_in, 1, dtype=x.dtype)], dim=2)  # index -1: a zero
+    xg = x[:, :, torch.as_tensor(idx)]  # (B, c_in, T, P)
+    y = torch.einsum("oitp,bitp->bop", w.reshape(c_out, c_in, len(taps), len(pix)), xg)
+    return y.reshape(B, -1).T
+
+
+def _extended(name, kshape, in_shape, **kw):
+    def make(xp, rng, dtype):
+        return extended_case(xp, rng, dtype, kshape, in_shape, **kw)
+
+    make.__name__ = "make_" + name
+    register(REAL)(make)
+
+
+_extended("extended2d_same", (1, 1, 3, 3), (6, 5))
+_extended("extended2d_channels", (3, 2, 3, 3), (5, 5))
+_extended("extended2d_circular", (2, 2, 3, 3), (5, 6), padding="circular")
+_extended("extended2d_valid_stride2", (2, 1, 3, 2), (7, 6), padding="valid", stride=2)
+_extended("extended2d_dilation", (1, 2, 3, 3), (7, 7), dilation=(2, 1), padding=((2, 1), (1, 1)))
+_extended("extended1d_full", (2, 2, 3), (6,), padding="full")
 
 
 def host(a):

@@ -184,7 +184,7 @@ def test_jacobian_shape_and_adjoint(make, rng, xp, name, dtype):
     P = int(np.prod(case.param.shape))
     assert tuple(J.shape) == (op.shape[0], P)
     assert int(np.prod(J.dims)) == P
-    if case.family in ("conv", "circulant"):
+    if case.family in ("conv", "circulant", "extended"):
         assert tuple(J.dims) == tuple(case.param.shape)
         assert tuple(J.dimsd) == tuple(op.dimsd)
     assert np.dtype(J.dtype) == np.dtype(dtype)
