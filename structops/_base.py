@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from pylops import LinearOperator
+from scipy.sparse import issparse
 
 from ._backend import blas_threads, get_xp
 
@@ -48,6 +49,11 @@ def split_batch(x, dims, n: int, what: str = "x"):
     )
 
 
+def _dense(X):
+    """A scipy.sparse block (e.g. the identity of ``todense()``) as a dense array."""
+    return X.toarray() if issparse(X) else X
+
+
 class StructuredOperator(LinearOperator):
     """A ``pylops.LinearOperator`` with vectorised batched products.
 
@@ -77,11 +83,11 @@ class StructuredOperator(LinearOperator):
 
     def _matmat(self, X):
         with blas_threads():
-            return self._forward(X)
+            return self._forward(_dense(X))
 
     def _rmatmat(self, Y):
         with blas_threads():
-            return self._backward(Y)
+            return self._backward(_dense(Y))
 
     def _check_input(self, X, n: int, *params):
         """Common checks on a 2-D input: backend agreement and length."""

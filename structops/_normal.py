@@ -704,6 +704,11 @@ def smallest_singular_values(op, k=1, tol=1e-10, maxiter=None, *, method="auto",
     s = r = bound = U = None
     it = 0
     for it in range(1, maxiter + 1):
+        if it == _LANCZOS_AFTER and p < n:
+            # slow subspace iteration (clustered smallest values): Lanczos on the
+            # inverse, started from the current best vector, gives a better subspace
+            V, m = _lanczos_inverse(fac, n, p, V[:, 0])
+            n_solves += m
         X = fac.solve(V)
         n_solves += p
         if not np.all(np.isfinite(X)):
@@ -762,6 +767,31 @@ def smallest_singular_values(op, k=1, tol=1e-10, maxiter=None, *, method="auto",
         "left": None if U is None else (U[:, :k] if side == "input" else V[:, :k]),
     }
     return s[:k].copy(), info
+
+
+# Iterations of block inverse iteration before switching to Lanczos on the inverse.
+_LANCZOS_AFTER = 6
+
+
+def _lanczos_inverse(fac, n: int, p: int, v0):
+    """``p`` leading eigenvectors of ``G^{-1}`` (ARPACK), ``(n, p)``, and the solves used."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    count = [0]
+
+    def apply(v):
+        count[0] += 1
+        return fac.solve(v.reshape(-1, 1)).ravel()
+
+    Ginv = LinearOperator((n, n), matvec=apply, dtype=np.float64)
+    ncv = min(n, max(2 * p + 1, 20))
+    try:
+        _, V = eigsh(Ginv, k=p, which="LA", v0=v0, ncv=ncv, tol=1e-12, maxiter=100 * n)
+    except ArpackNoConvergence as e:  # keep what converged, fill up with the start block
+        V = e.eigenvectors if e.eigenvectors is not None and e.eigenvectors.shape[1] else v0.reshape(-1, 1)
+        if V.shape[1] < p:
+            V = np.hstack([V, np.random.default_rng(0).standard_normal((n, p - V.shape[1]))])
+    return V, count[0]
 
 
 def sigma_min(op, tol=1e-10, **kwargs):

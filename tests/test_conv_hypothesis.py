@@ -131,3 +131,15 @@ def test_conv_wrappers_agree_with_convnd(cfg):
     Y = rng.standard_normal((op.shape[0], 2))
     np.testing.assert_allclose(op.matmat(X), ref.matmat(X), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(op.rmatmat(Y), ref.rmatmat(Y), rtol=1e-12, atol=1e-12)
+
+
+def test_todense_of_a_large_layer_uses_sparse_identity_columns():
+    """PyLops' ``todense`` applies operators above 1000 columns to a scipy.sparse identity."""
+    from dense import dense_conv
+
+    rng = np.random.default_rng(0)
+    K = rng.standard_normal((2, 3, 3, 3))
+    op = structops.Conv2D(K, (19, 19))  # 1083 inputs, 722 outputs
+    np.testing.assert_allclose(op.todense(), dense_conv(K, (19, 19), (1, 1), ((1, 1), (1, 1)), (1, 1), False),
+                               atol=1e-13)
+    np.testing.assert_allclose(op.H.todense(), op.todense().T, atol=1e-13)

@@ -234,3 +234,16 @@ def test_rank_deficient_layer_gives_certified_numerical_zero():
     assert info["converged"]
     assert s[0] <= 1e-13 * s_dense[0]
     assert s[1] == pytest.approx(s_dense[-2], rel=1e-8)
+
+
+def test_clustered_smallest_values_converge():
+    """A wide 6 -> 3 layer whose smallest singular values cluster: block inverse iteration
+    alone stalls; the switch to Lanczos on the inverse certifies the value."""
+    rng = np.random.default_rng(0)
+    K = rng.standard_normal((3, 6, 3, 3))
+    op = structops.Conv2D(K, (20, 20))
+    s, info = smallest_singular_values(op, k=2)
+    assert info["converged"]
+    A = dense_conv(K, (20, 20), (1, 1), ((1, 1), (1, 1)), (1, 1), False)
+    s_dense = np.linalg.svd(A, compute_uv=False)
+    np.testing.assert_allclose(s, s_dense[::-1][:2], rtol=1e-9)
