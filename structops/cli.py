@@ -184,6 +184,15 @@ def demo(args) -> int:
     return 0 if dot_ok else 1
 
 
+#: name -> (help, module): subcommands whose module parses its own arguments (``module.main(argv)``).
+_DELEGATED = {
+    "regularize": (
+        "reproduce Guo (2019) Figure 4.1: exact Frobenius spectrum regularisation vs the paper's schedule",
+        "structops.solvers.regularize_cli",
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``structops`` argument parser, one subparser per registered command."""
     from . import __version__
@@ -199,11 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
         for flags, kwargs in arguments:
             p.add_argument(*flags, **kwargs)
         p.set_defaults(_func=func)
+    for name, (help_text, _) in _DELEGATED.items():  # listed here, parsed by their own module
+        sub.add_parser(name, help=help_text, description=help_text)
     return parser
 
 
 def main(argv=None) -> int:
     """Entry point of ``structops`` and ``python -m structops``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _DELEGATED:
+        import importlib
+
+        return int(importlib.import_module(_DELEGATED[argv[0]][1]).main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "_func", None)

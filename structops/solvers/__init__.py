@@ -3,6 +3,27 @@
 Options are keyword arguments; long runs report through a ``callback``.
 """
 
+from .spectrum import (
+    RegularizeResult,
+    clip_singular_values,
+    extreme_singular_values,
+    frobenius_penalty,
+    guo_schedule,
+    regularize_spectrum,
+    spectral_penalty,
+)
 from .varpro import VarProResult, conv_preconditioner, reduced_jacobian, varpro
 
-__all__ = ["varpro", "VarProResult", "reduced_jacobian", "conv_preconditioner"]
+__all__ = [
+    "varpro",
+    "VarProResult",
+    "reduced_jacobian",
+    "conv_preconditioner",
+    "frobenius_penalty",
+    "spectral_penalty",
+    "clip_singular_values",
+    "extreme_singular_values",
+    "regularize_spectrum",
+    "guo_schedule",
+    "RegularizeResult",
+]
