@@ -49,6 +49,7 @@ from ._backend import blas_threads, to_numpy
 __all__ = [
     "BandedNormal",
     "normal_matrix_banded",
+    "normal_solver",
     "smallest_singular_values",
     "sigma_min",
 ]
@@ -589,6 +590,44 @@ def _factorize(gram, method, shift=0.0):
     if method == "nd":
         return _NDFactor(gram, shift)
     raise ValueError(f"method={method!r}; expected 'auto', 'band' or 'nd'")
+
+
+def normal_solver(op, shift: float = 0.0, method: str = "auto"):
+    """Exact solves with ``A^T A + shift I`` for a zero-padded layer ``A``.
+
+    The banded normal matrix is assembled from the kernel and factorised once
+    (sparse Cholesky, see the module notes); every call is then two triangular
+    solves. Used e.g. as the exact inner solver of least-squares problems in the
+    layer's input (``shift`` > 0 for Tikhonov damping).
+
+    Parameters
+    ----------
+    op : ConvND
+        Zero padding, real kernel.
+    shift : float
+        Added to the diagonal; must make the matrix positive definite.
+    method : {"auto", "nd", "band"}
+
+    Returns
+    -------
+    callable
+        ``solve(X)`` for ``X`` of shape ``(N,)`` or ``(N, r)`` (host arrays), the
+        same shape back.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If ``A^T A + shift I`` is not numerically positive definite.
+    """
+    gram, _ = _gram(op, "input")
+    fac = _factorize(gram, method, float(shift))
+
+    def solve(X):
+        X = np.asarray(X, dtype=np.float64)
+        Y = fac.solve(X.reshape(X.shape[0], -1))
+        return Y.reshape(X.shape)
+
+    return solve
 
 
 # ---------------------------------------------------------------------------

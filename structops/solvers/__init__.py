@@ -12,13 +12,14 @@ from .spectrum import (
     regularize_spectrum,
     spectral_penalty,
 )
-from .varpro import VarProResult, conv_preconditioner, reduced_jacobian, varpro
+from .varpro import VarProResult, conv_preconditioner, normal_preconditioner, reduced_jacobian, varpro
 
 __all__ = [
     "varpro",
     "VarProResult",
     "reduced_jacobian",
     "conv_preconditioner",
+    "normal_preconditioner",
     "frobenius_penalty",
     "spectral_penalty",
     "clip_singular_values",
