@@ -190,6 +190,10 @@ _DELEGATED = {
         "reproduce Guo (2019) Figure 4.1: exact Frobenius spectrum regularisation vs the paper's schedule",
         "structops.solvers.regularize_cli",
     ),
+    "landscape": (
+        "extended vs conventional convolution: loss landscapes and training trajectories (the extended-conv seed)",
+        "structops.landscape",
+    ),
 }
 
 

@@ -85,3 +85,14 @@ def test_regularize_subcommand_is_delegated(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "L-BFGS" in out and "Guo schedule" in out
     assert len(list(tmp_path.glob("*.png"))) == 4
+
+
+def test_landscape_subcommand_is_delegated(tmp_path, capsys):
+    import json
+
+    status = main(["landscape", "--grid", "3", "--pairs", "1", "--iters", "2", "--inner-iters", "3",
+                   "--image", "6", "--out", str(tmp_path)])
+    assert status == 0
+    data = json.loads((tmp_path / "landscape.json").read_text())
+    assert len(data["alpha"]) == len(data["beta"]) == 3
+    assert len(data["conventional"]) == 3 and len(data["extended"][0]) == 3

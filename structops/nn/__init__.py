@@ -6,6 +6,7 @@ See :mod:`structops.nn.layers` for the layer protocol (``forward``, ``jvp``,
 
 from .activations import ACTIVATIONS, Activation, get_activation
 from .layers import Layer, Network, ResidualLayer, SingleLayer, dense
+from .extended import ExtendedConvModel, ExtendedNetwork, ExtendedSingleLayer
 
 __all__ = [
     "Activation",
@@ -16,4 +17,7 @@ __all__ = [
     "ResidualLayer",
     "Network",
     "dense",
+    "ExtendedConvModel",
+    "ExtendedSingleLayer",
+    "ExtendedNetwork",
 ]

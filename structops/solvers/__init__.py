@@ -3,6 +3,16 @@
 Options are keyword arguments; long runs report through a ``callback``.
 """
 
+from .extended import (
+    ExtendedTrainResult,
+    InnerResult,
+    OptimResult,
+    inner_solve,
+    joint_objective,
+    reduced_objective,
+    train_extended,
+    train_joint,
+)
 from .spectrum import (
     RegularizeResult,
     clip_singular_values,
@@ -27,4 +37,12 @@ __all__ = [
     "regularize_spectrum",
     "guo_schedule",
     "RegularizeResult",
+    "train_extended",
+    "train_joint",
+    "inner_solve",
+    "reduced_objective",
+    "joint_objective",
+    "ExtendedTrainResult",
+    "InnerResult",
+    "OptimResult",
 ]

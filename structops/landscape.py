@@ -1,0 +1,507 @@
+r"""Loss landscapes and training trajectories of conventional vs extended conv networks.
+
+The experiments of the extended-convolution seed on its toy network: four
+3x3, one-channel, stride-1, ``'same'``-padded convolution layers, each
+followed by a sigmoid, on a 16x16 image. A target is simulated from a fixed
+input ``z = 0.01 N(0, I)`` and a fixed "global minimum" ``w*``:
+``y = G(z; w*)``.
+
+* Landscapes (equations 9 and 10 of the seed). With two filter-normalised
+  random directions ``delta``, ``eta`` (Li et al., 2018) and
+  ``w = w* + alpha delta + beta eta``,
+
+  .. math::
+
+      L(\alpha, \beta) = \tfrac12 \|y - G(z; w)\|^2, \qquad
+      L_{ext}(\alpha, \beta) = \min_{\underline w}
+      \tfrac12 \|y - G_{ext}(z; \underline w, b)\|^2
+      + \tfrac{\lambda^2}{2} \sum_l \|\underline W_l - W_l\|_F^2,
+
+  the inner minimum by L-BFGS (memory 100, 100 iterations) started from the
+  conventional layer (so ``L_ext <= L`` and both vanish at ``(0, 0)``).
+* Trajectories: from ``(alpha, beta) = (-2, 2), (2, 2), (2, -2)``, 200
+  iterations of Adam (lr 0.05) and L-BFGS (memory 100) on ``L`` (conventional)
+  and on the reduced objective ``L_ext`` by variable projection
+  (:func:`structops.solvers.extended.train_extended`); losses divided by
+  their first value.
+
+Run as ``structops landscape [--quick] [--out DIR]``; :func:`main` writes PNG
+figures and ``landscape.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .nn.extended import ExtendedNetwork, ExtendedSingleLayer
+from .nn.layers import Network
+from .solvers.extended import adam, data_objective, inner_solve, lbfgs, train_extended
+
+__all__ = [
+    "ToyProblem",
+    "toy_problem",
+    "filter_normalized_direction",
+    "landscape_conventional",
+    "landscape_extended",
+    "trajectory",
+    "basin_fraction",
+    "ProgressBar",
+    "main",
+]
+
+#: the reference table (final normalised losses read off the seed's Figure 4)
+REFERENCE_TABLE = {
+    "(-2, 2)": {"conv_adam": 5e-3, "conv_lbfgs": 3e-6, "ext_adam": 1.3e-3, "ext_lbfgs": 5e-7},
+    "(2, 2)": {"conv_adam": 2.5e-3, "conv_lbfgs": 7e-6, "ext_adam": 3e-3, "ext_lbfgs": 1e-5},
+    "(2, -2)": {"conv_adam": 1.4e-2, "conv_lbfgs": 6e-3, "ext_adam": 6.5e-4, "ext_lbfgs": 3e-6},
+}
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    """The seed's toy regression problem.
+
+    Attributes
+    ----------
+    ext : ExtendedNetwork
+        The extended network; ``ext.conventional()`` is ``conv``.
+    conv : Network
+        The conventional network (its ``theta`` is ``ext``'s ``primary``).
+    w_star : ndarray, shape ``(num_primary,)``
+        The artificial global minimum (kernels, biases).
+    z : ndarray, shape ``(n_in, 1)``
+        The input.
+    y : ndarray, shape ``(n_out, 1)``
+        ``G(z; w*)``.
+    lam : float
+        Penalty weight ``lambda``.
+    """
+
+    ext: ExtendedNetwork
+    conv: Network
+    w_star: np.ndarray
+    z: np.ndarray
+    y: np.ndarray
+    lam: float
+
+
+def toy_problem(n_layers: int = 4, image=(16, 16), kernel_size: int = 3, channels: int = 1,
+                lam: float = 0.04, activation="sigmoid", padding="same", seed=0) -> ToyProblem:
+    """Build the toy problem: ``n_layers`` conv layers with a sigmoid after each.
+
+    ``w*`` has Glorot-uniform kernels (limit ``sqrt(6 / (fan_in + fan_out))``)
+    and zero biases (the deep-learning defaults of the reference code);
+    ``z = 0.01 N(0, I)``, ``y = G(z; w*)``.
+
+    Parameters
+    ----------
+    n_layers : int
+    image : tuple of int
+        Spatial shape ``(H, W)``.
+    kernel_size, channels : int
+        Square kernels; the same number of channels in every layer.
+    lam : float
+    activation : str
+    padding : str or int
+    seed : int
+    """
+    rng = np.random.default_rng(seed)
+    k = (channels, channels, kernel_size, kernel_size)
+    layers = [ExtendedSingleLayer(k, image, activation, True, padding=padding) for _ in range(n_layers)]
+    # a 'valid' stack shrinks the image: rebuild with the right input shapes
+    if padding != "same":
+        layers, shape = [], tuple(image)
+        for _ in range(n_layers):
+            lay = ExtendedSingleLayer(k, shape, activation, True, padding=padding)
+            layers.append(lay)
+            shape = lay.model.out_shape
+    ext = ExtendedNetwork(layers)
+    conv = ext.conventional()
+    fan = channels * kernel_size**2
+    limit = np.sqrt(6.0 / (2 * fan))
+    parts = []
+    for lay in ext.layers:
+        parts.append(rng.uniform(-limit, limit, lay.num_kernel))
+        parts.append(np.zeros(lay.num_primary - lay.num_kernel))
+    w_star = np.concatenate(parts)
+    z = 0.01 * rng.standard_normal((ext.n_in, 1))
+    y = conv(w_star, z)
+    return ToyProblem(ext, conv, w_star, z, y, float(lam))
+
+
+def filter_normalized_direction(ext: ExtendedNetwork, w, rng=None):
+    r"""A random direction normalised filter by filter (Li et al., 2018).
+
+    Parameters
+    ----------
+    ext : ExtendedNetwork
+        Gives the layer layout of ``w`` (its ``primary``).
+    w : ndarray, shape ``(num_primary,)``
+    rng : seed or Generator
+
+    Returns
+    -------
+    d : ndarray, shape ``(num_primary,)``
+        For every layer and output filter ``o``:
+        ``d[o] <- d[o] ||w[o]|| / ||d[o]||`` with ``d[o]`` standard normal;
+        bias entries zero.
+    """
+    rng = np.random.default_rng(rng)
+    out = []
+    for lay, p in zip(ext.layers, ext.split_primary(w)):
+        K = p[: lay.num_kernel].reshape(lay.kernel_shape[0], -1)
+        D = rng.standard_normal(K.shape)
+        nd = np.linalg.norm(D, axis=1, keepdims=True)
+        D = D * np.linalg.norm(K, axis=1, keepdims=True) / np.where(nd > 0, nd, 1)
+        out.append(D.reshape(-1))
+        out.append(np.zeros(lay.num_primary - lay.num_kernel))
+    return np.concatenate(out)
+
+
+class ProgressBar:
+    """A text progress bar on a stream (stderr by default).
+
+    Parameters
+    ----------
+    total : int
+    label : str
+    stream : file, optional
+    width : int
+    """
+
+    def __init__(self, total: int, label: str = "", stream=None, width: int = 30):
+        self.total, self.label, self.width = max(int(total), 1), label, width
+        self.stream = sys.stderr if stream is None else stream
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, k: int = 1):
+        """Advance by ``k`` and redraw."""
+        self.n = min(self.n + k, self.total)
+        frac = self.n / self.total
+        fill = int(round(self.width * frac))
+        el = time.perf_counter() - self.t0
+        eta = el / frac - el if frac > 0 else 0.0
+        self.stream.write(f"\r{self.label:<28s} [{'#' * fill}{'.' * (self.width - fill)}] "
+                          f"{self.n}/{self.total} {el:6.1f}s eta {eta:6.1f}s")
+        if self.n == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _conv_loss(problem: ToyProblem, w):
+    Z = problem.conv(w, problem.z)
+    r = Z - problem.y
+    return 0.5 * float(np.vdot(r, r))
+
+
+def landscape_conventional(problem: ToyProblem, d1, d2, alphas, betas, progress=None):
+    """Equation 9 on the grid: ``L[i, j] = 0.5 ||y - G(z; w* + alphas[i] d1 + betas[j] d2)||^2``.
+
+    Returns
+    -------
+    L : ndarray, shape ``(len(alphas), len(betas))``
+    """
+    L = np.empty((len(alphas), len(betas)))
+    for i, a in enumerate(alphas):
+        for j, b in enumerate(betas):
+            L[i, j] = _conv_loss(problem, problem.w_star + a * d1 + b * d2)
+        if progress is not None:
+            progress.update(len(betas))
+    return L
+
+
+def _ext_point(args):
+    problem, w, opts = args
+    return inner_solve(problem.ext, w, problem.z, problem.y, problem.lam, **opts).value
+
+
+def _map(fn, items, jobs, progress):
+    """``[fn(x) for x in items]``, over ``jobs`` processes, updating ``progress``."""
+    out = []
+    if jobs <= 1:
+        for it in items:
+            out.append(fn(it))
+            if progress is not None:
+                progress.update()
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
+        for r in ex.map(fn, items, chunksize=1):
+            out.append(r)
+            if progress is not None:
+                progress.update()
+    return out
+
+
+def landscape_extended(problem: ToyProblem, d1, d2, alphas, betas, *, maxiter: int = 100, memory: int = 100,
+                       jobs: int = 1, progress=None):
+    """Equation 10 on the grid: the inner minimum at every ``w = w* + alpha d1 + beta d2``.
+
+    The inner problem (per-pixel weights, L-BFGS with ``memory``, ``maxiter``
+    iterations) starts from the conventional layers (``ext.expand(w)``).
+
+    Parameters
+    ----------
+    problem : ToyProblem
+    d1, d2 : ndarray, shape ``(num_primary,)``
+    alphas, betas : 1-D arrays
+    maxiter, memory : int
+    jobs : int
+        Worker processes (grid points are independent).
+    progress : ProgressBar, optional
+
+    Returns
+    -------
+    L : ndarray, shape ``(len(alphas), len(betas))``
+    """
+    opts = dict(maxiter=maxiter, memory=memory)
+    items = [(problem, problem.w_star + a * d1 + b * d2, opts) for a in alphas for b in betas]
+    vals = _map(_ext_point, items, jobs, progress)
+    return np.asarray(vals).reshape(len(alphas), len(betas))
+
+
+def trajectory(problem: ToyProblem, w0, kind: str, method: str, *, maxiter: int = 200, lr: float = 0.05,
+               memory: int = 100, inner_maxiter: int = 100, aux_init: str = "random", seed=0):
+    """Losses along one optimisation run, divided by the first.
+
+    Parameters
+    ----------
+    problem : ToyProblem
+    w0 : ndarray, shape ``(num_primary,)``
+        Starting primary (conventional) parameters.
+    kind : {"conv", "ext"}
+        Equation 9 (conventional network, all parameters) or the reduced
+        objective of equation 10 (variable projection).
+    method : {"adam", "lbfgs"}
+    maxiter, lr, memory : outer optimiser options
+    inner_maxiter : int
+        Inner L-BFGS iterations (``kind="ext"``).
+    aux_init : {"random", "primary"}
+        Initial per-pixel weights (``kind="ext"``): standard normal (the seed)
+        or the starting kernels.
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``"loss"`` (normalised, list), ``"raw"`` (list), and for ``"ext"``
+        ``"misfit"`` (normalised by the first loss).
+    """
+    if kind == "conv":
+        def fun(w):
+            return data_objective(problem.conv, w, problem.z, problem.y)
+
+        res = adam(fun, w0, lr=lr, maxiter=maxiter) if method == "adam" else \
+            lbfgs(fun, w0, maxiter=maxiter, memory=memory)
+        raw = np.asarray(res.history)
+        return {"loss": (raw / raw[0]).tolist(), "raw": raw.tolist(), "message": res.message}
+    if kind == "ext":
+        res = train_extended(problem.ext, w0, problem.z, problem.y, lam=problem.lam, method=method,
+                             maxiter=maxiter, lr=lr, memory=memory, aux_init=aux_init, rng=seed,
+                             inner_maxiter=inner_maxiter)
+        raw = res.history["loss"]
+        return {"loss": (raw / raw[0]).tolist(), "raw": raw.tolist(),
+                "misfit": (res.history["misfit"] / raw[0]).tolist(), "message": res.message}
+    raise ValueError(f"kind must be 'conv' or 'ext'; got {kind!r}")
+
+
+def _traj_task(args):
+    problem, w0, kind, method, opts = args
+    return trajectory(problem, w0, kind, method, **opts)
+
+
+def basin_fraction(L, threshold: float = 0.1, scale=None) -> float:
+    """Fraction of the grid where the normalised loss ``(L - min) / scale`` is below ``threshold``.
+
+    ``scale`` defaults to ``L.max()`` (each landscape normalised by itself, as
+    in the seed's figures); pass the conventional landscape's maximum to
+    compare both on one scale.
+    """
+    L = np.asarray(L, dtype=float)
+    s = float(L.max()) if scale is None else float(scale)
+    return float(np.mean((L - L.min()) / s < threshold))
+
+
+# ------------------------------------------------------------------------ figures
+def _plot_landscapes(path, alphas, betas, pairs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(pairs)
+    fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 6.6), squeeze=False)
+    A, B = np.meshgrid(alphas, betas, indexing="ij")
+    for j, pair in enumerate(pairs):
+        for i, key in enumerate(("conventional", "extended")):
+            L = np.asarray(pair[key])
+            Ln = (L - L.min()) / L.max()
+            ax = axes[i, j]
+            cs = ax.contourf(A, B, Ln, levels=20, cmap="jet")
+            ax.contour(A, B, Ln, levels=[0.1], colors="w", linewidths=1)
+            ax.plot(0, 0, "*", color="darkred", ms=12)
+            ax.set_title(f"{key}, pair {j + 1}", fontsize=9)
+            ax.set_xlabel(r"$\alpha$")
+            ax.set_ylabel(r"$\beta$")
+            fig.colorbar(cs, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_trajectories(path, traj):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    starts = list(traj)
+    fig, axes = plt.subplots(1, len(starts), figsize=(4.2 * len(starts), 3.6), squeeze=False)
+    styles = {"conv_adam": ("C0", "-"), "conv_lbfgs": ("C1", "-"), "ext_adam": ("C0", "--"),
+              "ext_lbfgs": ("C1", "--")}
+    for ax, s in zip(axes[0], starts):
+        for key, run in traj[s].items():
+            c, ls = styles[key]
+            ax.semilogy(np.maximum(run["loss"], 1e-16), color=c, ls=ls, label=key)
+        ax.set_title(f"start {s}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("normalised loss")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- command
+def build_parser(prog: str = "structops landscape") -> argparse.ArgumentParser:
+    """The argument parser of the ``landscape`` command."""
+    p = argparse.ArgumentParser(prog=prog, description=(
+        "Loss landscapes (seed equations 9 and 10) and training trajectories of a 4-layer sigmoid CNN "
+        "with conventional vs extended convolutions; writes PNG figures and landscape.json into --out."))
+    p.add_argument("--quick", action="store_true", help="coarse 7x7 grid, one direction pair, short runs")
+    p.add_argument("--out", default="landscape_out", help="output folder (default: landscape_out)")
+    p.add_argument("--grid", type=int, default=None, help="grid points per axis (default 21; quick 7)")
+    p.add_argument("--pairs", type=int, default=None, help="direction pairs (default 3; quick 1)")
+    p.add_argument("--iters", type=int, default=None, help="trajectory iterations (default 200; quick 40)")
+    p.add_argument("--inner-iters", type=int, default=None, help="inner L-BFGS iterations (default 100; quick 50)")
+    p.add_argument("--image", type=int, default=16, help="image side (default 16)")
+    p.add_argument("--layers", type=int, default=4, help="number of layers (default 4)")
+    p.add_argument("--lam", type=float, default=0.04, help="penalty weight lambda (default 0.04)")
+    p.add_argument("--aux-init", choices=("random", "primary"), default="random",
+                   help="initial per-pixel weights of the trajectories (default random, as in the seed)")
+    p.add_argument("--no-trajectories", action="store_true", help="landscapes only")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores, at most 16)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the landscape experiments; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments after ``landscape`` (default ``sys.argv[1:]``).
+    """
+    args = build_parser().parse_args(argv)
+    quick = args.quick
+    n = args.grid or (7 if quick else 21)
+    npairs = args.pairs or (1 if quick else 3)
+    iters = args.iters if args.iters is not None else (40 if quick else 200)
+    inner = args.inner_iters or (50 if quick else 100)
+    jobs = args.jobs or min(os.cpu_count() or 1, 16)
+    if n < 2 or npairs < 1 or iters < 1 or inner < 1 or jobs < 1:
+        print("error: --grid must be >= 2 and --pairs, --iters, --inner-iters, --jobs >= 1", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    prob = toy_problem(n_layers=args.layers, image=(args.image, args.image), lam=args.lam, seed=args.seed)
+    alphas = np.linspace(-4, 4, n)
+    betas = np.linspace(-4, 4, n)
+    rng = np.random.default_rng(args.seed + 1)
+    dirs = [(filter_normalized_direction(prob.ext, prob.w_star, rng),
+             filter_normalized_direction(prob.ext, prob.w_star, rng)) for _ in range(npairs)]
+
+    pairs = []
+    for k, (d1, d2) in enumerate(dirs):
+        Lc = landscape_conventional(prob, d1, d2, alphas, betas)
+        bar = ProgressBar(n * n, f"extended landscape {k + 1}/{npairs}")
+        Le = landscape_extended(prob, d1, d2, alphas, betas, maxiter=inner, jobs=jobs, progress=bar)
+        pairs.append({"conventional": Lc.tolist(), "extended": Le.tolist(),
+                      "basin_fraction": {"conventional": basin_fraction(Lc), "extended": basin_fraction(Le),
+                                         "extended_on_conventional_scale": basin_fraction(Le, scale=Lc.max())}})
+    t_land = time.perf_counter() - t0
+
+    traj, table = {}, {}
+    if not args.no_trajectories:
+        starts = [(-2.0, 2.0), (2.0, 2.0), (2.0, -2.0)]
+        d1, d2 = dirs[0]
+        opts_c = dict(maxiter=iters, lr=0.05, memory=100)
+        opts_e = dict(opts_c, inner_maxiter=inner, aux_init=args.aux_init, seed=args.seed)
+        tasks, keys = [], []
+        for a, b in starts:
+            w0 = prob.w_star + a * d1 + b * d2
+            s = f"({a:g}, {b:g})"
+            for kind in ("ext", "conv"):  # the long runs first
+                for method in ("adam", "lbfgs"):
+                    tasks.append((prob, w0, kind, method, opts_e if kind == "ext" else opts_c))
+                    keys.append((s, f"{kind}_{method}"))
+        bar = ProgressBar(len(tasks), "trajectories")
+        runs = _map(_traj_task, tasks, jobs, bar)
+        for (s, key), run in zip(keys, runs):
+            traj.setdefault(s, {})[key] = run
+        for s in traj:
+            traj[s] = {k: traj[s][k] for k in ("conv_adam", "conv_lbfgs", "ext_adam", "ext_lbfgs")}
+            table[s] = {k: v["loss"][-1] for k, v in traj[s].items()}
+    t_total = time.perf_counter() - t0
+
+    out = {
+        "alpha": alphas.tolist(),
+        "beta": betas.tolist(),
+        "conventional": pairs[0]["conventional"],
+        "extended": pairs[0]["extended"],
+        "pairs": pairs,
+        "trajectories": traj,
+        "final_normalized_loss": table,
+        "reference_final_normalized_loss": REFERENCE_TABLE,
+        "settings": {"quick": quick, "grid": n, "pairs": npairs, "iterations": iters, "inner_iterations": inner,
+                     "lambda": args.lam, "layers": args.layers, "image": args.image, "aux_init": args.aux_init,
+                     "seed": args.seed, "adam_lr": 0.05, "lbfgs_memory": 100},
+        "seconds": {"landscapes": t_land, "total": t_total},
+    }
+    with open(os.path.join(args.out, "landscape.json"), "w") as f:
+        json.dump(out, f)
+    _plot_landscapes(os.path.join(args.out, "landscapes.png"), alphas, betas, pairs)
+    if traj:
+        _plot_trajectories(os.path.join(args.out, "trajectories.png"), traj)
+
+    print(f"landscapes: {n}x{n} grid, {npairs} direction pair(s); basin (normalised loss < 0.1) area fraction:")
+    for k, p in enumerate(pairs):
+        bf = p["basin_fraction"]
+        print(f"  pair {k + 1}: conventional {bf['conventional']:.3f}  extended {bf['extended']:.3f}  "
+              f"(extended on the conventional scale {bf['extended_on_conventional_scale']:.3f})")
+    if table:
+        cols = ("conv_adam", "conv_lbfgs", "ext_adam", "ext_lbfgs")
+        print(f"final normalised loss after {iters} iterations (ours | reference):")
+        print(f"  {'start':<9s}" + "".join(f"{c:>22s}" for c in cols))
+        for s in table:
+            ref = REFERENCE_TABLE.get(s, {})
+            print(f"  {s:<9s}" + "".join(f"{table[s][c]:>11.1e} | {ref.get(c, float('nan')):<8.1e}" for c in cols))
+    print(f"wrote {args.out}/landscape.json, landscapes.png" + (", trajectories.png" if traj else "")
+          + f" in {t_total:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

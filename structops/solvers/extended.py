@@ -1,0 +1,587 @@
+r"""Variable-projection training of networks of extended convolution layers.
+
+The extended network ``G_ext(X; theta)`` (:class:`~structops.nn.extended.ExtendedNetwork`)
+has auxiliary per-pixel weights ``w`` (in ``theta``) and primary parameters
+``primary = [K, b]`` (kernels and biases of the conventional network). The
+training objective (the seed's equation 5) is
+
+.. math::
+
+    \Phi(w, K, b) = \tfrac12 \|Y - G_{ext}(X; w, b)\|^2
+    + \tfrac{\lambda^2}{2} \sum_l \|\underline{W}_l(w_l) - W_l(K_l)\|_F^2 .
+
+Variable projection eliminates the auxiliary weights (equation 6),
+
+.. math::
+
+    \bar\Phi(K, b) = \min_w \Phi(w, K, b), \qquad
+    \nabla_K \bar\Phi = \nabla_K P(\hat w, K), \quad
+    \nabla_b \bar\Phi = \nabla_b \tfrac12\|Y - G_{ext}(X; \hat w, b)\|^2,
+
+(the envelope theorem: at the inner minimiser ``w_hat`` the derivative through
+``w_hat`` vanishes), so the gradient of the reduced objective with respect to
+the kernels is the gradient of the penalty at ``w_hat`` (the seed's
+equation 7). The inner problem is solved over the per-pixel weights that are
+matrix entries (the border mask) with SciPy's L-BFGS-B, warm-started from the
+previous outer iteration.
+
+Functions
+---------
+:func:`inner_solve`
+    Equation 6 at fixed primary parameters.
+:func:`reduced_objective`
+    ``(value, gradient, inner result)`` of the reduced objective.
+:func:`joint_objective`
+    ``Phi`` and its gradients in both blocks (for comparison).
+:func:`train_extended`
+    Outer loop: Adam, L-BFGS, the seed's gradient step or the closed-form
+    kernel average.
+:func:`train_joint`
+    Joint minimisation of ``Phi`` over ``(w, K, b)`` (L-BFGS or Adam).
+:func:`adam`, :func:`lbfgs`
+    The two generic outer optimisers, also used for conventional networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+
+from ..nn.extended import ExtendedNetwork
+
+__all__ = [
+    "InnerResult",
+    "ExtendedTrainResult",
+    "OptimResult",
+    "inner_solve",
+    "reduced_objective",
+    "joint_objective",
+    "data_objective",
+    "train_extended",
+    "train_joint",
+    "adam",
+    "lbfgs",
+]
+
+
+# ------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class InnerResult:
+    """Result of :func:`inner_solve`.
+
+    Attributes
+    ----------
+    theta : ndarray, shape ``(num_params,)``
+        Extended-network parameters at the inner minimiser (biases = primary biases).
+    value : float
+        ``misfit + penalty``.
+    misfit : float
+        ``0.5 ||Y - G_ext(X; theta)||^2``.
+    penalty : float
+        ``lam^2/2 sum_l ||W_ext,l - W_l||_F^2``.
+    nit, nfev : int
+        L-BFGS iterations and function evaluations.
+    success : bool
+    message : str
+    """
+
+    theta: np.ndarray
+    value: float
+    misfit: float
+    penalty: float
+    nit: int
+    nfev: int
+    success: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class OptimResult:
+    """Result of :func:`adam` / :func:`lbfgs`.
+
+    Attributes
+    ----------
+    x : ndarray
+        Final iterate.
+    fun : float
+        Objective at ``x``.
+    history : ndarray, shape ``(nit + 1,)``
+        Objective at the initial point and after every iteration.
+    nit, nfev : int
+    success : bool
+    message : str
+    """
+
+    x: np.ndarray
+    fun: float
+    history: np.ndarray
+    nit: int
+    nfev: int
+    success: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class ExtendedTrainResult:
+    """Result of :func:`train_extended` and :func:`train_joint`.
+
+    Attributes
+    ----------
+    primary : ndarray, shape ``(num_primary,)``
+        Final primary parameters (kernels, biases).
+    theta : ndarray, shape ``(num_params,)``
+        Final auxiliary (per-pixel) parameters of the extended network.
+    loss : float
+        Final objective (reduced for VarPro, joint for :func:`train_joint`).
+    history : dict of str to ndarray
+        Per outer iteration (first entry: the starting point): ``"loss"``,
+        ``"misfit"``, ``"penalty"``, ``"grad_norm"`` and, for VarPro,
+        ``"inner_nit"``.
+    nit, nfev : int
+        Outer iterations and objective evaluations (inner solves for VarPro).
+    success : bool
+    message : str
+    method : str
+    """
+
+    primary: np.ndarray
+    theta: np.ndarray
+    loss: float
+    history: dict = field(repr=False)
+    nit: int
+    nfev: int
+    success: bool
+    message: str
+    method: str
+
+
+# ---------------------------------------------------------------- objectives
+def _check(net, X, Y):
+    if not isinstance(net, ExtendedNetwork):
+        raise TypeError(f"net must be a structops.nn.extended.ExtendedNetwork; got {type(net).__name__}")
+    if X.ndim != 2 or X.shape[0] != net.n_in:
+        raise ValueError(f"X has shape {tuple(X.shape)}; expected ({net.n_in}, B), one example per column")
+    if Y.shape != (net.n_out, X.shape[1]):
+        raise ValueError(f"Y has shape {tuple(Y.shape)}; expected ({net.n_out}, {X.shape[1]})")
+
+
+def data_objective(net, theta, X, Y):
+    """``0.5 ||G(X; theta) - Y||^2`` and its gradient in ``theta`` (any protocol network).
+
+    Parameters
+    ----------
+    net : Layer
+        A network of the layer protocol.
+    theta : ndarray, shape ``(net.num_params,)``
+    X : ndarray, shape ``(n_in, B)``
+    Y : ndarray, shape ``(n_out, B)``
+
+    Returns
+    -------
+    value : float
+    grad : ndarray, shape ``(net.num_params,)``
+    """
+    Z, st = net.forward(theta, X)
+    R = Z - Y
+    g, _ = net.vjp(theta, st, R)
+    return 0.5 * float(np.vdot(R, R).real), g
+
+
+def joint_objective(net: ExtendedNetwork, theta, primary, X, Y, lam: float):
+    r"""The joint objective (equation 5) and its gradients.
+
+    ``Phi = 0.5 ||Y - G_ext(X; w, b)||^2 + lam^2/2 sum_l ||W_ext,l - W_l||_F^2``,
+    with ``w`` from ``theta`` and the biases ``b`` from ``primary`` (the biases
+    in ``theta`` are ignored).
+
+    Parameters
+    ----------
+    net : ExtendedNetwork
+    theta : ndarray, shape ``(num_params,)``
+    primary : ndarray, shape ``(num_primary,)``
+    X, Y : ndarray, shapes ``(n_in, B)``, ``(n_out, B)``
+    lam : float
+
+    Returns
+    -------
+    value : float
+    grad_theta : ndarray, shape ``(num_params,)``
+        Zero on the biases and on the weights outside the border mask.
+    grad_primary : ndarray, shape ``(num_primary,)``
+        ``-lam^2 sum_p m (w - K)`` on the kernels, the misfit gradient on the biases.
+    parts : tuple of float
+        ``(misfit, penalty)``.
+    """
+    _check(net, X, Y)
+    ti, pi = net.bias_index
+    theta = theta.copy()
+    theta[ti] = primary[pi]
+    mis, gd = data_objective(net, theta, X, Y)
+    pen, gt, gp = net.penalty(theta, primary, lam)
+    gp = gp.copy()
+    gp[pi] = gd[ti]
+    g_theta = (gd + gt) * net.aux_mask
+    return mis + pen, g_theta, gp, (mis, pen)
+
+
+def inner_solve(net: ExtendedNetwork, primary, X, Y, lam: float, theta0=None, *, maxiter: int = 100,
+                memory: int = 100, ftol: float = 1e-15, gtol: float = 1e-12) -> InnerResult:
+    r"""Minimise the joint objective over the per-pixel weights (equation 6).
+
+    Parameters
+    ----------
+    net : ExtendedNetwork
+    primary : ndarray, shape ``(num_primary,)``
+        Fixed kernels and biases.
+    X, Y : ndarray, shapes ``(n_in, B)``, ``(n_out, B)``
+    lam : float
+    theta0 : ndarray, shape ``(num_params,)``, optional
+        Warm start; default ``net.expand(primary)`` (penalty zero, misfit that
+        of the conventional network).
+    maxiter, memory : int
+        L-BFGS iterations and memory (``maxcor``).
+    ftol, gtol : float
+        SciPy L-BFGS-B stopping tolerances.
+
+    Returns
+    -------
+    InnerResult
+
+    Notes
+    -----
+    The unknowns are the entries of ``w`` that exist in the matrices
+    (``net.aux_mask``); the others do not affect the objective and keep their
+    starting values.
+    """
+    _check(net, X, Y)
+    theta = net.expand(primary) if theta0 is None else np.array(theta0, dtype=float, copy=True)
+    ti, pi = net.bias_index
+    theta[ti] = primary[pi]
+    idx = np.flatnonzero(net.aux_mask)
+    last = {}
+
+    def fg(u):
+        th = theta.copy()
+        th[idx] = u
+        mis, gd = data_objective(net, th, X, Y)
+        pen, gt, _ = net.penalty(th, primary, lam)
+        last["u"], last["parts"] = u.copy(), (mis, pen)
+        return mis + pen, (gd + gt)[idx]
+
+    res = minimize(fg, theta[idx], jac=True, method="L-BFGS-B",
+                   options=dict(maxcor=memory, maxiter=maxiter, ftol=ftol, gtol=gtol))
+    theta[idx] = res.x
+    if not np.array_equal(last["u"], res.x):
+        fg(res.x)
+    mis, pen = last["parts"]
+    return InnerResult(theta, float(mis + pen), float(mis), float(pen), int(res.nit), int(res.nfev),
+                       bool(res.success), str(res.message))
+
+
+def reduced_objective(net: ExtendedNetwork, primary, X, Y, lam: float, theta0=None, **inner):
+    r"""The reduced objective ``min_w Phi(w, K, b)`` and its gradient in ``primary``.
+
+    Parameters
+    ----------
+    net, primary, X, Y, lam, theta0
+        As for :func:`inner_solve`.
+    **inner
+        Options of :func:`inner_solve` (``maxiter``, ``memory``, ``ftol``, ``gtol``).
+
+    Returns
+    -------
+    value : float
+    grad : ndarray, shape ``(num_primary,)``
+    inner : InnerResult
+
+    Notes
+    -----
+    With ``w_hat`` the inner minimiser, ``grad_K = -lam^2 sum_p m (w_hat - K)``
+    (the gradient of the penalty, equation 7) and ``grad_b`` the misfit
+    gradient in the biases; exact when the inner problem is solved exactly.
+    """
+    res = inner_solve(net, primary, X, Y, lam, theta0, **inner)
+    ti, pi = net.bias_index
+    _, gt, gp = net.penalty(res.theta, primary, lam)
+    gp = gp.copy()
+    if ti.size:
+        _, gd = data_objective(net, res.theta, X, Y)
+        gp[pi] = gd[ti]
+    return res.value, gp, res
+
+
+# ---------------------------------------------------------------- optimisers
+def adam(fun, x0, *, lr: float = 0.05, maxiter: int = 200, betas=(0.9, 0.999), eps: float = 1e-8,
+         callback=None) -> OptimResult:
+    r"""Adam (Kingma and Ba, 2014) on ``fun(x) -> (value, grad)``.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(x) -> (float, ndarray)``.
+    x0 : ndarray
+    lr : float
+        Step size.
+    maxiter : int
+        Number of steps; ``maxiter + 1`` evaluations (the last at the final iterate).
+    betas : (float, float)
+        Moment decay rates.
+    eps : float
+    callback : callable, optional
+        ``callback(k, x, value)`` after each evaluation; return ``True`` to stop.
+
+    Returns
+    -------
+    OptimResult
+
+    Notes
+    -----
+    ``m <- b1 m + (1-b1) g``, ``v <- b2 v + (1-b2) g^2``,
+    ``x <- x - lr (m / (1-b1^k)) / (sqrt(v / (1-b2^k)) + eps)``.
+    """
+    b1, b2 = betas
+    x = np.array(x0, dtype=float, copy=True)
+    m = np.zeros_like(x)
+    v = np.zeros_like(x)
+    hist = []
+    stopped = False
+    for k in range(maxiter + 1):
+        f, g = fun(x)
+        hist.append(f)
+        if callback is not None and callback(k, x, f):
+            stopped = True
+            break
+        if k == maxiter:
+            break
+        if not np.isfinite(f):
+            break
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mh = m / (1 - b1 ** (k + 1))
+        vh = v / (1 - b2 ** (k + 1))
+        x = x - lr * mh / (np.sqrt(vh) + eps)
+    nit = len(hist) - 1
+    msg = "stopped by callback" if stopped else ("non-finite objective" if not np.isfinite(hist[-1])
+                                                 else "maximum number of iterations")
+    return OptimResult(x, float(hist[-1]), np.asarray(hist), nit, len(hist), bool(np.isfinite(hist[-1])), msg)
+
+
+def lbfgs(fun, x0, *, maxiter: int = 200, memory: int = 100, ftol: float = 0.0, gtol: float = 0.0,
+          callback=None) -> OptimResult:
+    """SciPy L-BFGS-B on ``fun(x) -> (value, grad)``, recording the objective per iteration.
+
+    Parameters
+    ----------
+    fun : callable
+    x0 : ndarray
+    maxiter, memory : int
+        Iterations and ``maxcor``.
+    ftol, gtol : float
+        Stopping tolerances (default 0: run ``maxiter`` iterations unless the
+        line search fails).
+    callback : callable, optional
+        ``callback(k, x, value)`` at ``x0`` (``k = 0``) and after each iteration;
+        return ``True`` to stop.
+
+    Returns
+    -------
+    OptimResult
+        ``history[k]`` is the objective after iteration ``k`` (``history[0]`` at ``x0``).
+    """
+    x0 = np.array(x0, dtype=float, copy=True)
+    cache = {}
+
+    def cached(x):  # the first evaluation (at x0) is reused by SciPy's first call
+        if "x" in cache and np.array_equal(cache["x"], x):
+            return cache["fg"]
+        cache["x"], cache["fg"] = x.copy(), fun(x)
+        return cache["fg"]
+
+    f0, _ = cached(x0)
+    hist = [float(f0)]
+    if callback is not None and callback(0, x0, hist[0]):
+        return OptimResult(x0, hist[0], np.asarray(hist), 0, 1, True, "stopped by callback")
+
+    def cb(intermediate_result):
+        hist.append(float(intermediate_result.fun))
+        if callback is not None and callback(len(hist) - 1, intermediate_result.x, hist[-1]):
+            raise StopIteration
+
+    res = minimize(cached, x0, jac=True, method="L-BFGS-B", callback=cb,
+                   options=dict(maxcor=memory, maxiter=maxiter, ftol=ftol, gtol=gtol))
+    return OptimResult(res.x, float(res.fun), np.asarray(hist), int(res.nit), int(res.nfev),
+                       bool(res.success), str(res.message))
+
+
+# --------------------------------------------------------------- training loops
+def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, method: str = "adam",
+                   maxiter: int = 200, lr: float = 0.05, memory: int = 100, theta0=None, aux_init="primary",
+                   rng=None, inner_maxiter: int = 100, inner_memory: int = 100, inner_ftol: float = 1e-15,
+                   inner_gtol: float = 1e-12, callback=None) -> ExtendedTrainResult:
+    r"""Variable-projection training of an extended network (equations 5-7).
+
+    Each outer iteration solves the inner problem (equation 6) over the
+    per-pixel weights, warm-started from the previous inner solution, and
+    updates the primary parameters with the gradient of the reduced objective.
+
+    Parameters
+    ----------
+    net : ExtendedNetwork
+    primary0 : ndarray, shape ``(num_primary,)``
+    X, Y : ndarray, shapes ``(n_in, B)``, ``(n_out, B)``
+    lam : float
+        Penalty weight ``lambda`` (the penalty is ``lam^2/2 ||.||_F^2``).
+    method : {"adam", "lbfgs", "gradient", "average"}
+        Outer update: Adam (step ``lr``) or L-BFGS (memory ``memory``) on the
+        reduced objective; ``"gradient"``: the seed's step (equation 7),
+        ``primary <- primary - lr grad``; ``"average"``: the closed-form
+        minimiser of the penalty over the kernels (the masked pixel average
+        of ``w_hat``), the biases by a gradient step.
+    maxiter : int
+        Outer iterations.
+    theta0 : ndarray, optional
+        Initial per-pixel weights (overrides ``aux_init``).
+    aux_init : {"primary", "random"}
+        ``"primary"``: ``net.expand(primary0)``; ``"random"``: standard normal
+        entries (the seed's trajectories).
+    rng : seed or Generator, optional
+        For ``aux_init="random"``.
+    inner_maxiter, inner_memory, inner_ftol, inner_gtol
+        Options of :func:`inner_solve`.
+    callback : callable, optional
+        ``callback(k, primary, value, inner)`` after each evaluation; return
+        ``True`` to stop.
+
+    Returns
+    -------
+    ExtendedTrainResult
+
+    Notes
+    -----
+    The reduced gradient is (envelope theorem)
+    ``grad_K = -lam^2 sum_p m (w_hat - K)``, ``grad_b = J_b^T (G_ext - Y)``;
+    the reduced objective is ``Phi(w_hat, K, b)``.
+    """
+    _check(net, X, Y)
+    primary0 = np.array(primary0, dtype=float, copy=True)
+    if theta0 is None:
+        if aux_init == "primary":
+            theta0 = net.expand(primary0)
+        elif aux_init == "random":
+            theta0 = np.random.default_rng(rng).standard_normal(net.num_params)
+        else:
+            raise ValueError(f"aux_init must be 'primary' or 'random'; got {aux_init!r}")
+    state = {"theta": np.array(theta0, dtype=float, copy=True), "inner": None}
+    hist = {"loss": [], "misfit": [], "penalty": [], "grad_norm": [], "inner_nit": []}
+    opts = dict(maxiter=inner_maxiter, memory=inner_memory, ftol=inner_ftol, gtol=inner_gtol)
+    nfev = [0]
+
+    def fun(p):
+        val, g, res = reduced_objective(net, p, X, Y, lam, state["theta"], **opts)
+        state["theta"], state["inner"], state["p"] = res.theta, res, p.copy()
+        nfev[0] += 1
+        return val, g
+
+    def record(k, p, val):
+        res = state["inner"]
+        hist["loss"].append(val)
+        hist["misfit"].append(res.misfit)
+        hist["penalty"].append(res.penalty)
+        hist["inner_nit"].append(res.nit)
+        _, g, _ = net.penalty(res.theta, p, lam)
+        hist["grad_norm"].append(float(np.linalg.norm(g)))
+        return bool(callback(k, p, val, res)) if callback is not None else False
+
+    if method == "adam":
+        out = adam(fun, primary0, lr=lr, maxiter=maxiter, callback=record)
+    elif method == "lbfgs":
+        out = lbfgs(fun, primary0, maxiter=maxiter, memory=memory, callback=record)
+    elif method in ("gradient", "average"):
+        p = primary0.copy()
+        ti, pi = net.bias_index
+        kern = np.ones(net.num_primary, dtype=bool)
+        kern[pi] = False
+        msg, stopped = "maximum number of iterations", False
+        for k in range(maxiter + 1):
+            val, g = fun(p)
+            if record(k, p, val):
+                stopped = True
+                break
+            if k == maxiter:
+                break
+            if method == "gradient":
+                p = p - lr * g
+            else:
+                avg = net.project(state["theta"])
+                p = np.where(kern, avg, p - lr * g)
+        out = OptimResult(p, float(hist["loss"][-1]), np.asarray(hist["loss"]), len(hist["loss"]) - 1,
+                          nfev[0], True, "stopped by callback" if stopped else msg)
+    else:
+        raise ValueError(f"method must be 'adam', 'lbfgs', 'gradient' or 'average'; got {method!r}")
+    history = {k: np.asarray(v) for k, v in hist.items()}
+    final = state["inner"]
+    if not np.array_equal(out.x, state["p"]):  # make theta consistent with the final primary
+        _, _, final = reduced_objective(net, out.x, X, Y, lam, state["theta"], **opts)
+    return ExtendedTrainResult(np.asarray(out.x), final.theta, float(final.value), history, out.nit, nfev[0],
+                               out.success, out.message, f"varpro-{method}")
+
+
+def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, method: str = "lbfgs",
+                maxiter: int = 200, lr: float = 0.05, memory: int = 100, theta0=None, aux_init="primary",
+                rng=None, callback=None) -> ExtendedTrainResult:
+    """Joint minimisation of equation 5 over the per-pixel weights and the primary parameters.
+
+    Parameters
+    ----------
+    net, primary0, X, Y, lam, theta0, aux_init, rng
+        As for :func:`train_extended`.
+    method : {"lbfgs", "adam"}
+    maxiter, lr, memory
+        Optimiser options.
+    callback : callable, optional
+        ``callback(k, x, value)``; ``x = [w (existing entries), primary]``.
+
+    Returns
+    -------
+    ExtendedTrainResult
+    """
+    _check(net, X, Y)
+    primary0 = np.array(primary0, dtype=float, copy=True)
+    if theta0 is None:
+        theta0 = net.expand(primary0) if aux_init == "primary" else \
+            np.random.default_rng(rng).standard_normal(net.num_params)
+    theta = np.array(theta0, dtype=float, copy=True)
+    idx = np.flatnonzero(net.aux_mask)
+    n = idx.size
+    parts = {}
+
+    def fun(x):
+        th = theta.copy()
+        th[idx] = x[:n]
+        val, gt, gp, pp = joint_objective(net, th, x[n:], X, Y, lam)
+        parts["last"] = pp
+        return val, np.concatenate([gt[idx], gp])
+
+    hist = {"misfit": [], "penalty": []}
+
+    def cb(k, x, v):  # called right after the evaluation at x
+        hist["misfit"].append(parts["last"][0])
+        hist["penalty"].append(parts["last"][1])
+        return bool(callback(k, x, v)) if callback is not None else False
+
+    x0 = np.concatenate([theta[idx], primary0])
+    if method == "lbfgs":
+        out = lbfgs(fun, x0, maxiter=maxiter, memory=memory, callback=cb)
+    elif method == "adam":
+        out = adam(fun, x0, lr=lr, maxiter=maxiter, callback=cb)
+    else:
+        raise ValueError(f"method must be 'lbfgs' or 'adam'; got {method!r}")
+    theta[idx] = out.x[:n]
+    primary = out.x[n:]
+    ti, pi = net.bias_index
+    theta[ti] = primary[pi]
+    history = {"loss": out.history, **{k: np.asarray(v) for k, v in hist.items()}}
+    return ExtendedTrainResult(primary, theta, out.fun, history, out.nit, out.nfev, out.success, out.message,
+                               f"joint-{method}")
