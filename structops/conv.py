@@ -34,6 +34,56 @@ __all__ = ["ConvND", "Conv1D", "Conv2D", "Conv3D", "resolve_padding", "conv_outp
 _PADDING_NAMES = ("same", "valid", "full", "circular")
 # Largest temporary of a chunk of the direct algorithm, in bytes.
 _CHUNK_BYTES = 4 * 2**20
+# Small index arrays and masks copied to a device, by (backend, device, key): the
+# products index device arrays with them, and a host array there would be copied
+# to the device on every call.
+_DEVICE_CONSTANTS: dict = {}
+_MAX_DEVICE_CONSTANTS = 1024
+
+
+def _device_id(xp):
+    """Current device of a GPU array module (``None`` for NumPy or without one)."""
+    try:
+        return int(xp.cuda.Device().id)
+    except Exception:
+        return None
+
+
+def _device_constant(xp, key, make):
+    """The host array ``make()`` as an array of ``xp``, copied to a device once per ``key``.
+
+    Parameters
+    ----------
+    xp : module
+        ``numpy`` (``make()`` is returned as it is) or ``cupy``.
+    key : hashable
+        Identifies the constant (e.g. the geometry it was derived from).
+    make : callable
+        ``make() -> numpy.ndarray``; called once per backend, device and key.
+
+    Returns
+    -------
+    array
+        Treat it as read-only: it is shared by every caller with the same key.
+    """
+    if xp is np:
+        return make()
+    k = (xp.__name__, id(xp), _device_id(xp), key)
+    arr = _DEVICE_CONSTANTS.get(k)
+    if arr is None:
+        if len(_DEVICE_CONSTANTS) >= _MAX_DEVICE_CONSTANTS:
+            _DEVICE_CONSTANTS.clear()
+        arr = _DEVICE_CONSTANTS[k] = xp.asarray(make())
+    return arr
+
+
+def _take_taps(Kt, taps):
+    """``Kt[:, :, taps]`` with the tap indices on the backend of ``Kt``."""
+    xp = get_xp(Kt)
+    if xp is np:
+        return Kt[:, :, taps]
+    key = ("taps",) + tuple(int(t) for t in taps)
+    return Kt[:, :, _device_constant(xp, key, lambda: np.asarray(taps, dtype=np.intp))]
 
 
 def _as_int_tuple(value, D: int, name: str, minimum: int = 1) -> tuple:
@@ -251,7 +301,7 @@ def _direct_forward(geo: _Geometry, Kt, phases, co: int, B: int):
     dtype = np.result_type(Kt.dtype, phases.dtype)
     out = xp.zeros((co, L), dtype=dtype)
     for ph, taps, offs in geo.phases:
-        Kr = Kt[:, :, taps].transpose(2, 0, 1).reshape(len(taps) * co, -1)
+        Kr = _take_taps(Kt, taps).transpose(2, 0, 1).reshape(len(taps) * co, -1)
         x = phases[ph]
         for j0, j1 in geo.chunks(n_valid, Kr.shape[0], dtype.itemsize):
             Z = (Kr @ x[:, j0 : j1 + geo.max_off]).reshape(len(taps), co, -1)
@@ -269,7 +319,7 @@ def _direct_adjoint(geo: _Geometry, Kt, ext, ci: int):
     dtype = np.result_type(Kt.dtype, ext.dtype)
     G = xp.zeros((geo.nphase, ci, L), dtype=dtype)
     for ph, taps, offs in geo.phases:
-        KrH = Kt[:, :, taps].conj().transpose(2, 1, 0).reshape(len(taps) * ci, -1)
+        KrH = _take_taps(Kt, taps).conj().transpose(2, 1, 0).reshape(len(taps) * ci, -1)
         g = G[ph]
         for j0, j1 in geo.chunks(n_valid, KrH.shape[0], dtype.itemsize):
             Z = (KrH @ ext[:, j0:j1]).reshape(len(taps), ci, -1)
@@ -321,6 +371,17 @@ class _FFTPlan:
             for (lo, _), k, dl, F in zip(geo.pads, geo.k, geo.dil, self.F)
         )
 
+    def _ix(self, xp):
+        """Open mesh of the tap positions ``idx`` (``np.ix_``) on the backend ``xp``."""
+        if xp is np:
+            return np.ix_(*self.idx)
+        D = len(self.idx)
+        return tuple(
+            _device_constant(xp, ("ix", tuple(int(v) for v in i), ax, D),
+                            lambda i=i, ax=ax: i.reshape((-1,) + (1,) * (D - 1 - ax)))
+            for ax, i in enumerate(self.idx)
+        )
+
     def _fft(self, a):
         """``(c, B, *space)`` -> frequency-first ``(n_freq, c, B)`` (zero-extended to ``F``)."""
         xp = get_xp(a)
@@ -339,7 +400,7 @@ class _FFTPlan:
         """``(c_out, c_in, *k)`` kernel -> ``(n_freq, c_out, c_in)`` spectrum of ``h``."""
         xp = get_xp(K)
         h = xp.zeros(K.shape[:2] + self.F, dtype=K.dtype)
-        h[(slice(None), slice(None)) + np.ix_(*self.idx)] = K
+        h[(slice(None), slice(None)) + self._ix(xp)] = K
         return self._fft(h)
 
     def input_spectrum(self, X, c: int):
@@ -394,7 +455,7 @@ class _FFTPlan:
         xp = get_xp(Xf, Zf)
         S = xp.matmul(Zf, Xf.conj().transpose(0, 2, 1))  # (n_freq, c_out, c_in), summed over B
         corr = self._ifft(S)  # corr[o, i, t] = sum_m w_up[o, m] conj(xx[i, m - t]); t = lo - d dil
-        return corr[(slice(None), slice(None)) + np.ix_(*self.idx)]
+        return corr[(slice(None), slice(None)) + self._ix(xp)]
 
 
 def _fft_cheaper(geo: _Geometry, co: int, ci: int) -> bool:

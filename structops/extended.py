@@ -10,12 +10,14 @@ replaced by per-pixel ones.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ._backend import get_xp
 from ._base import StructuredOperator, split_batch
 from ._validate import as_param_array, result_dtype
-from .conv import ConvND, _as_int_tuple, _Geometry, conv_output_shape, resolve_padding
+from .conv import ConvND, _as_int_tuple, _device_constant, _Geometry, conv_output_shape, resolve_padding
 
 __all__ = ["ExtendedConvND", "ExtendedConv1D", "ExtendedConv2D", "extension_penalty"]
 
@@ -131,21 +133,18 @@ class ExtendedConvND(StructuredOperator):
 
         Tap ``d`` at output pixel ``p`` reads input pixel ``p s + d delta - lo``;
         under zero padding the entry exists only when that pixel is inside the
-        image. All entries exist for circular padding.
+        image. All entries exist for circular padding. A NumPy array (a new
+        copy on every call).
         """
-        D = len(self.in_shape)
-        if self.circular:
-            return np.ones(self.kernel_size + self.out_shape, dtype=bool)
-        mask = np.ones((1,) * (2 * D), dtype=bool)
-        for ax, (n, k, s, dl, (lo, _), o) in enumerate(
-            zip(self.in_shape, self.kernel_size, self.stride, self.dilation, self.padding, self.out_shape)
-        ):
-            q = np.arange(o)[None, :] * s + np.arange(k)[:, None] * dl - lo  # (k, o)
-            inside = (q >= 0) & (q < n)
-            shape = [1] * (2 * D)
-            shape[ax], shape[D + ax] = k, o
-            mask = mask & inside.reshape(shape)
-        return mask
+        return _border_mask(*self._mask_key()).copy()
+
+    def _mask_key(self):
+        return (self.in_shape, self.kernel_size, self.stride, self.dilation, self.padding, self.circular)
+
+    def _border_mask(self):
+        """:meth:`border_mask` on the backend of the weights (built once per geometry; read-only)."""
+        key = self._mask_key()
+        return _device_constant(self.xp, ("border_mask",) + key, lambda: _border_mask(*key))
 
     def kernel_average(self):
         """The conventional kernel nearest in Frobenius norm: the masked average over pixels.
@@ -156,7 +155,7 @@ class ExtendedConvND(StructuredOperator):
         """
         xp = self.xp
         D = len(self.in_shape)
-        m = xp.asarray(self.border_mask(), dtype=self.weights.dtype)
+        m = self._border_mask().astype(self.weights.dtype)
         axes = tuple(range(2 + D, 2 + 2 * D))
         count = m.sum(axis=tuple(range(D, 2 * D)))
         total = (self.weights * m).sum(axis=axes)
@@ -202,6 +201,26 @@ class ExtendedConvND(StructuredOperator):
         get_xp(x, self.weights)
         X, batched = split_batch(x, self.dims, self.shape[1], "x")
         return _ExtendedWeightJacobian(self, X, batched)
+
+
+@functools.lru_cache(maxsize=256)
+def _border_mask(in_shape, kernel_size, stride, dilation, padding, circular):
+    """Host border mask of a geometry (cached, read-only); see :meth:`ExtendedConvND.border_mask`."""
+    D = len(in_shape)
+    out_shape = tuple(conv_output_shape(in_shape, kernel_size, stride, padding, dilation))
+    if circular:
+        mask = np.ones(kernel_size + out_shape, dtype=bool)
+    else:
+        mask = np.ones((1,) * (2 * D), dtype=bool)
+        for ax, (n, k, s, dl, (lo, _), o) in enumerate(zip(in_shape, kernel_size, stride, dilation, padding,
+                                                           out_shape)):
+            q = np.arange(o)[None, :] * s + np.arange(k)[:, None] * dl - lo  # (k, o)
+            inside = (q >= 0) & (q < n)
+            shape = [1] * (2 * D)
+            shape[ax], shape[D + ax] = k, o
+            mask = mask & inside.reshape(shape)
+    mask.setflags(write=False)
+    return mask
 
 
 def _extended_forward(geo, cells, phases, B: int):
@@ -290,7 +309,7 @@ def extension_penalty(layer: ExtendedConvND, kernel, lam: float = 1.0):
     D = len(layer.in_shape)
     if tuple(kernel.shape) != tuple(layer.weights.shape[: 2 + D]):
         raise ValueError(f"kernel has shape {tuple(kernel.shape)}; expected {tuple(layer.weights.shape[:2 + D])}")
-    m = xp.asarray(layer.border_mask())
+    m = layer._border_mask()
     diff = (layer.weights - kernel.reshape(kernel.shape + (1,) * D)) * m
     value = 0.5 * lam**2 * float(xp.vdot(diff.ravel(), diff.ravel()).real)
     grad_w = lam**2 * diff

@@ -17,8 +17,12 @@ input ``z = 0.01 N(0, I)`` and a fixed "global minimum" ``w*``:
       \tfrac12 \|y - G_{ext}(z; \underline w, b)\|^2
       + \tfrac{\lambda^2}{2} \sum_l \|\underline W_l - W_l\|_F^2,
 
-  the inner minimum by L-BFGS (memory 100, 100 iterations) started from the
-  conventional layer (so ``L_ext <= L`` and both vanish at ``(0, 0)``).
+  the inner minimum by L-BFGS (memory 100, 100 iterations) started, as in the
+  reference code, from standard normal per-pixel weights at every grid point
+  (or, with ``init="primary"``, from the conventional layers, which gives
+  ``L_ext <= L``). Both landscapes vanish at ``(0, 0)``. Each is shown
+  normalised by its own maximum, ``(L - min L) / max L``, and the low-loss
+  basin is where that is below 0.1 (:func:`basin_fraction`).
 * Trajectories: from ``(alpha, beta) = (-2, 2), (2, 2), (2, -2)``, 200
   iterations of Adam (lr 0.05) and L-BFGS (memory 100) on ``L`` (conventional)
   and on the reduced objective ``L_ext`` by variable projection
@@ -219,8 +223,8 @@ def landscape_conventional(problem: ToyProblem, d1, d2, alphas, betas, progress=
 
 
 def _ext_point(args):
-    problem, w, opts = args
-    return inner_solve(problem.ext, w, problem.z, problem.y, problem.lam, **opts).value
+    problem, w, theta0, opts = args
+    return inner_solve(problem.ext, w, problem.z, problem.y, problem.lam, theta0, **opts).value
 
 
 def _map(fn, items, jobs, progress):
@@ -245,11 +249,8 @@ def _map(fn, items, jobs, progress):
 
 
 def landscape_extended(problem: ToyProblem, d1, d2, alphas, betas, *, maxiter: int = 100, memory: int = 100,
-                       jobs: int = 1, progress=None):
+                       init: str = "random", seed=0, jobs: int = 1, progress=None):
     """Equation 10 on the grid: the inner minimum at every ``w = w* + alpha d1 + beta d2``.
-
-    The inner problem (per-pixel weights, L-BFGS with ``memory``, ``maxiter``
-    iterations) starts from the conventional layers (``ext.expand(w)``).
 
     Parameters
     ----------
@@ -257,6 +258,16 @@ def landscape_extended(problem: ToyProblem, d1, d2, alphas, betas, *, maxiter: i
     d1, d2 : ndarray, shape ``(num_primary,)``
     alphas, betas : 1-D arrays
     maxiter, memory : int
+        Inner L-BFGS iterations and memory.
+    init : {"random", "primary"}
+        Start of the inner problem at every grid point: standard normal
+        per-pixel weights drawn afresh for every point (as the reference code
+        does), or the conventional layers ``ext.expand(w)``, which makes the
+        landscape deterministic in the optimiser and never above the
+        conventional one (``L_ext <= L``).
+    seed : int
+        With ``init="random"``, point ``(i, j)`` draws from
+        ``default_rng([seed, i, j])``.
     jobs : int
         Worker processes (grid points are independent).
     progress : ProgressBar, optional
@@ -265,8 +276,15 @@ def landscape_extended(problem: ToyProblem, d1, d2, alphas, betas, *, maxiter: i
     -------
     L : ndarray, shape ``(len(alphas), len(betas))``
     """
+    if init not in ("random", "primary"):
+        raise ValueError(f"init must be 'random' or 'primary'; got {init!r}")
     opts = dict(maxiter=maxiter, memory=memory)
-    items = [(problem, problem.w_star + a * d1 + b * d2, opts) for a in alphas for b in betas]
+    items = []
+    for i, a in enumerate(alphas):
+        for j, b in enumerate(betas):
+            theta0 = None if init == "primary" else \
+                np.random.default_rng([seed, i, j]).standard_normal(problem.ext.num_params)
+            items.append((problem, problem.w_star + a * d1 + b * d2, theta0, opts))
     vals = _map(_ext_point, items, jobs, progress)
     return np.asarray(vals).reshape(len(alphas), len(betas))
 
@@ -392,7 +410,7 @@ def build_parser(prog: str = "structops landscape") -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="coarse 7x7 grid, one direction pair, short runs")
     p.add_argument("--out", default="landscape_out", help="output folder (default: landscape_out)")
     p.add_argument("--grid", type=int, default=None, help="grid points per axis (default 21; quick 7)")
-    p.add_argument("--pairs", type=int, default=None, help="direction pairs (default 3; quick 1)")
+    p.add_argument("--pairs", type=int, default=None, help="direction pairs (default 4; quick 1)")
     p.add_argument("--iters", type=int, default=None, help="trajectory iterations (default 200; quick 40)")
     p.add_argument("--inner-iters", type=int, default=None, help="inner L-BFGS iterations (default 100; quick 50)")
     p.add_argument("--image", type=int, default=16, help="image side (default 16)")
@@ -400,6 +418,9 @@ def build_parser(prog: str = "structops landscape") -> argparse.ArgumentParser:
     p.add_argument("--lam", type=float, default=0.04, help="penalty weight lambda (default 0.04)")
     p.add_argument("--aux-init", choices=("random", "primary"), default="random",
                    help="initial per-pixel weights of the trajectories (default random, as in the seed)")
+    p.add_argument("--inner-init", choices=("random", "primary"), default="random",
+                   help="start of the inner problem at every landscape point: standard normal per-pixel weights "
+                        "(default, as in the reference code) or the conventional layers")
     p.add_argument("--no-trajectories", action="store_true", help="landscapes only")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores, at most 16)")
     p.add_argument("--seed", type=int, default=0)
@@ -417,7 +438,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quick = args.quick
     n = args.grid or (7 if quick else 21)
-    npairs = args.pairs or (1 if quick else 3)
+    npairs = args.pairs or (1 if quick else 4)
     iters = args.iters if args.iters is not None else (40 if quick else 200)
     inner = args.inner_iters or (50 if quick else 100)
     jobs = args.jobs or min(os.cpu_count() or 1, 16)
@@ -437,11 +458,15 @@ def main(argv=None) -> int:
     for k, (d1, d2) in enumerate(dirs):
         Lc = landscape_conventional(prob, d1, d2, alphas, betas)
         bar = ProgressBar(n * n, f"extended landscape {k + 1}/{npairs}")
-        Le = landscape_extended(prob, d1, d2, alphas, betas, maxiter=inner, jobs=jobs, progress=bar)
+        Le = landscape_extended(prob, d1, d2, alphas, betas, maxiter=inner, init=args.inner_init,
+                                seed=args.seed + 1000 * (k + 1), jobs=jobs, progress=bar)
         pairs.append({"conventional": Lc.tolist(), "extended": Le.tolist(),
                       "basin_fraction": {"conventional": basin_fraction(Lc), "extended": basin_fraction(Le),
                                          "extended_on_conventional_scale": basin_fraction(Le, scale=Lc.max())}})
     t_land = time.perf_counter() - t0
+    wider = sum(p["basin_fraction"]["extended"] > p["basin_fraction"]["conventional"] for p in pairs)
+    wider_common = sum(p["basin_fraction"]["extended_on_conventional_scale"] > p["basin_fraction"]["conventional"]
+                       for p in pairs)
 
     traj, table = {}, {}
     if not args.no_trajectories:
@@ -472,11 +497,13 @@ def main(argv=None) -> int:
         "conventional": pairs[0]["conventional"],
         "extended": pairs[0]["extended"],
         "pairs": pairs,
+        "extended_basin_wider": {"own_scale": wider, "conventional_scale": wider_common, "pairs": npairs},
         "trajectories": traj,
         "final_normalized_loss": table,
         "reference_final_normalized_loss": REFERENCE_TABLE,
         "settings": {"quick": quick, "grid": n, "pairs": npairs, "iterations": iters, "inner_iterations": inner,
                      "lambda": args.lam, "layers": args.layers, "image": args.image, "aux_init": args.aux_init,
+                     "inner_init": args.inner_init,
                      "seed": args.seed, "adam_lr": 0.05, "lbfgs_memory": 100},
         "seconds": {"landscapes": t_land, "total": t_total},
     }
@@ -491,6 +518,8 @@ def main(argv=None) -> int:
         bf = p["basin_fraction"]
         print(f"  pair {k + 1}: conventional {bf['conventional']:.3f}  extended {bf['extended']:.3f}  "
               f"(extended on the conventional scale {bf['extended_on_conventional_scale']:.3f})")
+    print(f"  extended basin wider: {wider} of {npairs} pair(s), each landscape on its own scale; "
+          f"{wider_common} of {npairs} on the conventional scale")
     if table:
         cols = ("conv_adam", "conv_lbfgs", "ext_adam", "ext_lbfgs")
         print(f"final normalised loss after {iters} iterations (ours | reference):")

@@ -215,3 +215,17 @@ def test_adam_and_lbfgs_on_a_quadratic():
     assert len(r1.history) == 3001 and np.allclose(r1.x, x_star, atol=1e-3)
     r2 = lbfgs(f, np.zeros(3), maxiter=50, gtol=1e-12)
     assert np.allclose(r2.x, x_star, atol=1e-8) and r2.history[0] == pytest.approx(1.5)
+
+
+def test_float32_stays_float32():
+    net, w_star, X, Y, lam = _tiny(10)
+    p0 = (w_star + 0.3).astype(np.float32)
+    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+    for method in ("adam", "lbfgs"):
+        res = train_extended(net, p0, X32, Y32, lam=lam, method=method, maxiter=2, inner_maxiter=5)
+        assert res.primary.dtype == res.theta.dtype == np.float32
+        res = train_joint(net, p0, X32, Y32, lam=lam, method=method, maxiter=2)
+        assert res.primary.dtype == res.theta.dtype == np.float32
+    assert inner_solve(net, p0, X32, Y32, lam, maxiter=3).theta.dtype == np.float32
+    # float64 data keeps float64 parameters, whatever the starting point's dtype
+    assert train_extended(net, p0, X, Y, lam=lam, maxiter=1, inner_maxiter=3).primary.dtype == np.float64

@@ -41,7 +41,7 @@ def test_tiny_landscapes_have_their_zero_minimum_at_the_origin(tiny):
     d2 = LS.filter_normalized_direction(tiny.ext, tiny.w_star, rng)
     grid = np.linspace(-2, 2, 5)
     Lc = LS.landscape_conventional(tiny, d1, d2, grid, grid)
-    Le = LS.landscape_extended(tiny, d1, d2, grid, grid, maxiter=30)
+    Le = LS.landscape_extended(tiny, d1, d2, grid, grid, maxiter=30, init="primary")
     for L in (Lc, Le):
         assert L.shape == (5, 5)
         assert np.unravel_index(np.argmin(L), L.shape) == (2, 2)
@@ -50,6 +50,26 @@ def test_tiny_landscapes_have_their_zero_minimum_at_the_origin(tiny):
     # the inner problem starts from the conventional layers: never above
     assert np.all(Le <= Lc * (1 + 1e-12) + 1e-20)
     assert Le.max() < Lc.max()
+
+
+def test_random_inner_start_is_reproducible_and_finds_the_minimum(tiny):
+    rng = np.random.default_rng(1)
+    d1 = LS.filter_normalized_direction(tiny.ext, tiny.w_star, rng)
+    d2 = LS.filter_normalized_direction(tiny.ext, tiny.w_star, rng)
+    grid = np.linspace(-2, 2, 3)
+    La = LS.landscape_extended(tiny, d1, d2, grid, grid, maxiter=200, init="random", seed=5)
+    Lb = LS.landscape_extended(tiny, d1, d2, grid, grid, maxiter=200, init="random", seed=5)
+    Lp = LS.landscape_extended(tiny, d1, d2, grid, grid, maxiter=200, init="primary")
+    np.testing.assert_array_equal(La, Lb)
+    Lc = LS.landscape_extended(tiny, d1, d2, grid, grid, maxiter=3, init="random", seed=6)
+    assert not np.allclose(Lc, La)  # a different draw, stopped early, lands elsewhere
+    # from a random start the inner solve still reaches the global minimum at w*
+    assert La[1, 1] < 1e-6 * La.max()
+    assert np.unravel_index(np.argmin(La), La.shape) == (1, 1)
+    # away from w*, both starts find inner minima of the same size
+    np.testing.assert_allclose(La, Lp, rtol=0.5, atol=1e-6 * Lp.max())
+    with pytest.raises(ValueError, match="init"):
+        LS.landscape_extended(tiny, d1, d2, grid, grid, init="zeros")
 
 
 def test_trajectories_are_normalized_and_decrease(tiny):
@@ -86,6 +106,9 @@ def test_command_writes_json_and_figures(tmp_path, capsys):
     assert np.asarray(data["conventional"]).shape == (3, 3)
     assert np.asarray(data["extended"]).shape == (3, 3)
     assert len(data["pairs"]) == 2
+    wider = data["extended_basin_wider"]
+    assert wider["pairs"] == 2 and 0 <= wider["own_scale"] <= 2 and 0 <= wider["conventional_scale"] <= 2
+    assert data["settings"]["inner_init"] == "random"
     assert set(data["trajectories"]) == {"(-2, 2)", "(2, 2)", "(2, -2)"}
     for runs in data["trajectories"].values():
         assert set(runs) == {"conv_adam", "conv_lbfgs", "ext_adam", "ext_lbfgs"}

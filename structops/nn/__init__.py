@@ -6,7 +6,7 @@ See :mod:`structops.nn.layers` for the layer protocol (``forward``, ``jvp``,
 
 from .activations import ACTIVATIONS, Activation, get_activation
 from .layers import Layer, Network, ResidualLayer, SingleLayer, dense
-from .extended import ExtendedConvModel, ExtendedNetwork, ExtendedSingleLayer
+from .extended import ExtendedConvModel, ExtendedNetwork, ExtendedSingleLayer, ParameterIndex
 
 __all__ = [
     "Activation",
@@ -20,4 +20,5 @@ __all__ = [
     "ExtendedConvModel",
     "ExtendedSingleLayer",
     "ExtendedNetwork",
+    "ParameterIndex",
 ]

@@ -26,15 +26,39 @@ extended network.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._backend import get_xp
-from ..conv import ConvND
+from ..conv import ConvND, _device_id
 from ..extended import ExtendedConvND, extension_penalty
 from ..parametric import ConvModel, ParametricModel
 from .layers import Network, SingleLayer
 
-__all__ = ["ExtendedConvModel", "ExtendedSingleLayer", "ExtendedNetwork"]
+__all__ = ["ExtendedConvModel", "ExtendedSingleLayer", "ExtendedNetwork", "ParameterIndex"]
+
+
+class ParameterIndex(NamedTuple):
+    """Masks and index arrays of an :class:`ExtendedNetwork`'s parameter vectors, on one backend.
+
+    Attributes
+    ----------
+    aux_mask : bool array, shape ``(num_params,)``
+        The per-pixel weights that are matrix entries (the auxiliary variables).
+    aux_index : int array, shape ``(n_aux,)``
+        Their positions in ``theta`` (``flatnonzero(aux_mask)``).
+    bias_theta, bias_primary : int arrays, shape ``(n_bias,)``
+        Positions of the biases in ``theta`` and in ``primary``.
+    kernel_mask : bool array, shape ``(num_primary,)``
+        The kernel entries of ``primary`` (``False`` on the biases).
+    """
+
+    aux_mask: object
+    aux_index: object
+    bias_theta: object
+    bias_primary: object
+    kernel_mask: object
 
 
 class ExtendedConvModel(ParametricModel):
@@ -244,6 +268,7 @@ class ExtendedNetwork(Network):
         sizes = [lay.num_primary for lay in layers]
         self.primary_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         self.num_primary = int(self.primary_offsets[-1])
+        self._index_cache = {}
 
     @classmethod
     def from_network(cls, net: Network) -> "ExtendedNetwork":
@@ -274,17 +299,61 @@ class ExtendedNetwork(Network):
     @property
     def aux_mask(self):
         """Boolean ``(num_params,)``: the per-pixel weights that exist (the auxiliary variables)."""
-        return np.concatenate([lay.mask for lay in self.layers])
+        return self.index_arrays().aux_mask.copy()
 
     @property
     def bias_index(self):
         """``(theta_index, primary_index)``: integer positions of the biases in both vectors."""
-        ti, pi = [], []
+        ix = self.index_arrays()
+        return ix.bias_theta.copy(), ix.bias_primary.copy()
+
+    def index_arrays(self, xp=np) -> ParameterIndex:
+        """The masks and index arrays of the parameter vectors as arrays of ``xp``.
+
+        Built once per backend (and device) and cached, so that indexing
+        device arrays with them copies nothing between host and device.
+
+        Parameters
+        ----------
+        xp : module
+            ``numpy`` (default) or ``cupy``, e.g. ``get_xp(theta)``.
+
+        Returns
+        -------
+        ParameterIndex
+            Shared, read-only arrays: copy them before modifying.
+
+        Examples
+        --------
+        >>> net = ExtendedNetwork([ExtendedSingleLayer((1, 1, 3, 3), (4, 4))])
+        >>> ix = net.index_arrays()
+        >>> net.num_params, int(ix.aux_mask.sum()), ix.bias_theta.tolist(), ix.bias_primary.tolist()
+        (145, 100, [144], [9])
+        """
+        cache = self.__dict__.setdefault("_index_cache", {})
+        key = (getattr(xp, "__name__", None), id(xp), _device_id(xp))
+        ix = cache.get(key)
+        if ix is None:
+            host = cache.get("host")
+            if host is None:
+                host = cache["host"] = self._host_index()
+            ix = cache[key] = host if xp is np else ParameterIndex(*(xp.asarray(a) for a in host))
+        return ix
+
+    def _host_index(self) -> ParameterIndex:
+        aux = np.concatenate([lay.mask for lay in self.layers])
+        ti, pi = [np.zeros(0, dtype=np.intp)], [np.zeros(0, dtype=np.intp)]
         for lay, a, b in zip(self.layers, self.offsets[:-1], self.primary_offsets[:-1]):
             nb = lay.num_params - lay.pK
             ti.append(np.arange(a + lay.pK, a + lay.pK + nb))
             pi.append(np.arange(b + lay.num_kernel, b + lay.num_kernel + nb))
-        return np.concatenate(ti).astype(int), np.concatenate(pi).astype(int)
+        ti, pi = np.concatenate(ti).astype(int), np.concatenate(pi).astype(int)
+        kern = np.ones(self.num_primary, dtype=bool)
+        kern[pi] = False
+        out = ParameterIndex(aux, np.flatnonzero(aux), ti, pi, kern)
+        for a in out:
+            a.setflags(write=False)
+        return out
 
     def penalty(self, theta, primary, lam: float):
         """Summed :meth:`ExtendedSingleLayer.penalty`: ``(value, grad_theta, grad_primary)``."""

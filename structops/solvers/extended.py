@@ -25,6 +25,13 @@ equation 7). The inner problem is solved over the per-pixel weights that are
 matrix entries (the border mask) with SciPy's L-BFGS-B, warm-started from the
 previous outer iteration.
 
+Backends: the arrays (``primary``, ``X``, ``Y``, ``theta``) may be NumPy or
+CuPy arrays; results come back in the same array type and floating precision
+(float32 stays float32). The networks' products and Adam run on the device
+of the data; SciPy's L-BFGS-B, which only takes host arrays, runs on float64
+host copies of the parameter vector alone (one copy each way per objective
+evaluation, ``O(num_params)``).
+
 Functions
 ---------
 :func:`inner_solve`
@@ -44,11 +51,13 @@ Functions
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
 
+from .._backend import get_xp, to_numpy
 from ..nn.extended import ExtendedNetwork
 
 __all__ = [
@@ -74,7 +83,8 @@ class InnerResult:
     Attributes
     ----------
     theta : ndarray, shape ``(num_params,)``
-        Extended-network parameters at the inner minimiser (biases = primary biases).
+        Extended-network parameters at the inner minimiser (biases = primary biases),
+        on the backend (NumPy or CuPy) and in the precision of the inputs.
     value : float
         ``misfit + penalty``.
     misfit : float
@@ -104,11 +114,11 @@ class OptimResult:
     Attributes
     ----------
     x : ndarray
-        Final iterate.
+        Final iterate, on the backend and in the precision of ``x0``.
     fun : float
         Objective at ``x``.
     history : ndarray, shape ``(nit + 1,)``
-        Objective at the initial point and after every iteration.
+        Objective at the initial point and after every iteration (NumPy).
     nit, nfev : int
     success : bool
     message : str
@@ -132,13 +142,14 @@ class ExtendedTrainResult:
     primary : ndarray, shape ``(num_primary,)``
         Final primary parameters (kernels, biases).
     theta : ndarray, shape ``(num_params,)``
-        Final auxiliary (per-pixel) parameters of the extended network.
+        Final auxiliary (per-pixel) parameters of the extended network. Both on
+        the backend (NumPy or CuPy) and in the precision of the inputs.
     loss : float
         Final objective (reduced for VarPro, joint for :func:`train_joint`).
     history : dict of str to ndarray
         Per outer iteration (first entry: the starting point): ``"loss"``,
         ``"misfit"``, ``"penalty"``, ``"grad_norm"`` and, for VarPro,
-        ``"inner_nit"``.
+        ``"inner_nit"`` (NumPy arrays).
     nit, nfev : int
         Outer iterations and objective evaluations (inner solves for VarPro).
     success : bool
@@ -167,6 +178,31 @@ def _check(net, X, Y):
         raise ValueError(f"Y has shape {tuple(Y.shape)}; expected ({net.n_out}, {X.shape[1]})")
 
 
+def _float_dtype(*arrays) -> np.dtype:
+    """Floating dtype of the parameters: that of the arrays (float32 stays float32), else float64."""
+    dts = [a.dtype for a in arrays if hasattr(a, "dtype")]
+    dt = np.result_type(*dts) if dts else np.dtype(np.float64)
+    return dt if dt.kind == "f" else np.dtype(np.float64)
+
+
+def _start(x0, dtype=None):
+    """A copy of ``x0`` on its own backend, as a floating array (float32 stays float32)."""
+    xp = get_xp(x0)
+    x = xp.array(x0, copy=True)
+    dt = np.dtype(dtype) if dtype is not None else (x.dtype if x.dtype.kind == "f" else np.dtype(np.float64))
+    return x.astype(dt, copy=False)
+
+
+def _host(a):
+    """Float64 host copy of a parameter vector (for SciPy; no copy for a float64 NumPy array)."""
+    return np.asarray(to_numpy(a), dtype=np.float64)
+
+
+def _random_theta(net, rng, xp, dtype):
+    """Standard normal per-pixel weights, drawn on the host (the same numbers on every backend)."""
+    return xp.asarray(np.random.default_rng(rng).standard_normal(net.num_params), dtype=dtype)
+
+
 def data_objective(net, theta, X, Y):
     """``0.5 ||G(X; theta) - Y||^2`` and its gradient in ``theta`` (any protocol network).
 
@@ -182,11 +218,14 @@ def data_objective(net, theta, X, Y):
     -------
     value : float
     grad : ndarray, shape ``(net.num_params,)``
+        On the backend of ``theta`` and ``X``.
     """
     Z, st = net.forward(theta, X)
+    xp = get_xp(Z, Y)
     R = Z - Y
     g, _ = net.vjp(theta, st, R)
-    return 0.5 * float(np.vdot(R, R).real), g
+    r = R.ravel()
+    return 0.5 * float(xp.vdot(r, r).real), g
 
 
 def joint_objective(net: ExtendedNetwork, theta, primary, X, Y, lam: float):
@@ -215,14 +254,14 @@ def joint_objective(net: ExtendedNetwork, theta, primary, X, Y, lam: float):
         ``(misfit, penalty)``.
     """
     _check(net, X, Y)
-    ti, pi = net.bias_index
+    ix = net.index_arrays(get_xp(theta, primary, X, Y))
     theta = theta.copy()
-    theta[ti] = primary[pi]
+    theta[ix.bias_theta] = primary[ix.bias_primary]
     mis, gd = data_objective(net, theta, X, Y)
     pen, gt, gp = net.penalty(theta, primary, lam)
     gp = gp.copy()
-    gp[pi] = gd[ti]
-    g_theta = (gd + gt) * net.aux_mask
+    gp[ix.bias_primary] = gd[ix.bias_theta]
+    g_theta = (gd + gt) * ix.aux_mask
     return mis + pen, g_theta, gp, (mis, pen)
 
 
@@ -254,25 +293,34 @@ def inner_solve(net: ExtendedNetwork, primary, X, Y, lam: float, theta0=None, *,
     The unknowns are the entries of ``w`` that exist in the matrices
     (``net.aux_mask``); the others do not affect the objective and keep their
     starting values.
+
+    ``theta`` is on the backend of ``primary`` and ``X`` (NumPy or CuPy) with
+    their floating precision. SciPy's L-BFGS-B works on float64 host copies
+    of the unknowns only: every evaluation copies them to the device and the
+    gradient back (``O(num_params)`` each way); the network's products stay on
+    the device.
     """
     _check(net, X, Y)
-    theta = net.expand(primary) if theta0 is None else np.array(theta0, dtype=float, copy=True)
-    ti, pi = net.bias_index
-    theta[ti] = primary[pi]
-    idx = np.flatnonzero(net.aux_mask)
+    xp = get_xp(primary, X, Y, theta0)
+    dtype = _float_dtype(primary, X, Y)
+    primary = xp.asarray(primary, dtype=dtype)
+    theta = net.expand(primary) if theta0 is None else _start(theta0, dtype)
+    ix = net.index_arrays(xp)
+    theta[ix.bias_theta] = primary[ix.bias_primary]
+    idx = ix.aux_index
     last = {}
 
     def fg(u):
         th = theta.copy()
-        th[idx] = u
+        th[idx] = xp.asarray(u, dtype=dtype)
         mis, gd = data_objective(net, th, X, Y)
         pen, gt, _ = net.penalty(th, primary, lam)
         last["u"], last["parts"] = u.copy(), (mis, pen)
-        return mis + pen, (gd + gt)[idx]
+        return mis + pen, _host((gd + gt)[idx])
 
-    res = minimize(fg, theta[idx], jac=True, method="L-BFGS-B",
+    res = minimize(fg, _host(theta[idx]), jac=True, method="L-BFGS-B",
                    options=dict(maxcor=memory, maxiter=maxiter, ftol=ftol, gtol=gtol))
-    theta[idx] = res.x
+    theta[idx] = xp.asarray(res.x, dtype=dtype)
     if not np.array_equal(last["u"], res.x):
         fg(res.x)
     mis, pen = last["parts"]
@@ -303,12 +351,13 @@ def reduced_objective(net: ExtendedNetwork, primary, X, Y, lam: float, theta0=No
     gradient in the biases; exact when the inner problem is solved exactly.
     """
     res = inner_solve(net, primary, X, Y, lam, theta0, **inner)
-    ti, pi = net.bias_index
-    _, gt, gp = net.penalty(res.theta, primary, lam)
+    xp = get_xp(res.theta)
+    ix = net.index_arrays(xp)
+    _, gt, gp = net.penalty(res.theta, xp.asarray(primary, dtype=res.theta.dtype), lam)
     gp = gp.copy()
-    if ti.size:
+    if ix.bias_theta.size:
         _, gd = data_objective(net, res.theta, X, Y)
-        gp[pi] = gd[ti]
+        gp[ix.bias_primary] = gd[ix.bias_theta]
     return res.value, gp, res
 
 
@@ -320,8 +369,9 @@ def adam(fun, x0, *, lr: float = 0.05, maxiter: int = 200, betas=(0.9, 0.999), e
     Parameters
     ----------
     fun : callable
-        ``fun(x) -> (float, ndarray)``.
+        ``fun(x) -> (float, ndarray)``; ``x`` and the gradient on the backend of ``x0``.
     x0 : ndarray
+        NumPy or CuPy; float32 stays float32, other dtypes become float64.
     lr : float
         Step size.
     maxiter : int
@@ -340,32 +390,38 @@ def adam(fun, x0, *, lr: float = 0.05, maxiter: int = 200, betas=(0.9, 0.999), e
     -----
     ``m <- b1 m + (1-b1) g``, ``v <- b2 v + (1-b2) g^2``,
     ``x <- x - lr (m / (1-b1^k)) / (sqrt(v / (1-b2^k)) + eps)``.
+
+    The iterates and moments stay on the backend of ``x0`` (no host copies);
+    only the objective values (floats) are recorded on the host.
     """
     b1, b2 = betas
-    x = np.array(x0, dtype=float, copy=True)
-    m = np.zeros_like(x)
-    v = np.zeros_like(x)
+    x = _start(x0)
+    xp = get_xp(x)
+    m = xp.zeros_like(x)
+    v = xp.zeros_like(x)
     hist = []
     stopped = False
     for k in range(maxiter + 1):
         f, g = fun(x)
+        f = float(f)
         hist.append(f)
         if callback is not None and callback(k, x, f):
             stopped = True
             break
         if k == maxiter:
             break
-        if not np.isfinite(f):
+        if not math.isfinite(f):
             break
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         mh = m / (1 - b1 ** (k + 1))
         vh = v / (1 - b2 ** (k + 1))
-        x = x - lr * mh / (np.sqrt(vh) + eps)
+        x = x - lr * mh / (xp.sqrt(vh) + eps)
     nit = len(hist) - 1
-    msg = "stopped by callback" if stopped else ("non-finite objective" if not np.isfinite(hist[-1])
+    finite = math.isfinite(hist[-1])
+    msg = "stopped by callback" if stopped else ("non-finite objective" if not finite
                                                  else "maximum number of iterations")
-    return OptimResult(x, float(hist[-1]), np.asarray(hist), nit, len(hist), bool(np.isfinite(hist[-1])), msg)
+    return OptimResult(x, hist[-1], np.asarray(hist), nit, len(hist), finite, msg)
 
 
 def lbfgs(fun, x0, *, maxiter: int = 200, memory: int = 100, ftol: float = 0.0, gtol: float = 0.0,
@@ -375,7 +431,9 @@ def lbfgs(fun, x0, *, maxiter: int = 200, memory: int = 100, ftol: float = 0.0, 
     Parameters
     ----------
     fun : callable
+        ``fun(x) -> (float, ndarray)``; ``x`` and the gradient on the backend of ``x0``.
     x0 : ndarray
+        NumPy or CuPy; float32 stays float32, other dtypes become float64.
     maxiter, memory : int
         Iterations and ``maxcor``.
     ftol, gtol : float
@@ -388,30 +446,44 @@ def lbfgs(fun, x0, *, maxiter: int = 200, memory: int = 100, ftol: float = 0.0, 
     Returns
     -------
     OptimResult
-        ``history[k]`` is the objective after iteration ``k`` (``history[0]`` at ``x0``).
+        ``history[k]`` is the objective after iteration ``k`` (``history[0]`` at ``x0``);
+        ``x`` on the backend and in the precision of ``x0``.
+
+    Notes
+    -----
+    SciPy's L-BFGS-B only takes host arrays: it runs on a float64 host copy of
+    the parameter vector, and every evaluation copies the iterate to the
+    backend of ``x0`` and the gradient back (``O(num_params)`` each way), so
+    ``fun`` itself (the network's products) runs on the device.
     """
-    x0 = np.array(x0, dtype=float, copy=True)
+    x0 = _start(x0)
+    xp, dtype = get_xp(x0), x0.dtype
     cache = {}
 
-    def cached(x):  # the first evaluation (at x0) is reused by SciPy's first call
-        if "x" in cache and np.array_equal(cache["x"], x):
+    def on_device(u):  # the same array for a float64 NumPy x0
+        return xp.asarray(u, dtype=dtype)
+
+    def cached(u):  # the first evaluation (at x0) is reused by SciPy's first call
+        if "u" in cache and np.array_equal(cache["u"], u):
             return cache["fg"]
-        cache["x"], cache["fg"] = x.copy(), fun(x)
+        f, g = fun(on_device(u))
+        cache["u"], cache["fg"] = u.copy(), (float(f), _host(g))
         return cache["fg"]
 
-    f0, _ = cached(x0)
+    u0 = _host(x0)
+    f0, _ = cached(u0)
     hist = [float(f0)]
     if callback is not None and callback(0, x0, hist[0]):
         return OptimResult(x0, hist[0], np.asarray(hist), 0, 1, True, "stopped by callback")
 
     def cb(intermediate_result):
         hist.append(float(intermediate_result.fun))
-        if callback is not None and callback(len(hist) - 1, intermediate_result.x, hist[-1]):
+        if callback is not None and callback(len(hist) - 1, on_device(intermediate_result.x), hist[-1]):
             raise StopIteration
 
-    res = minimize(cached, x0, jac=True, method="L-BFGS-B", callback=cb,
+    res = minimize(cached, u0, jac=True, method="L-BFGS-B", callback=cb,
                    options=dict(maxcor=memory, maxiter=maxiter, ftol=ftol, gtol=gtol))
-    return OptimResult(res.x, float(res.fun), np.asarray(hist), int(res.nit), int(res.nfev),
+    return OptimResult(on_device(res.x), float(res.fun), np.asarray(hist), int(res.nit), int(res.nfev),
                        bool(res.success), str(res.message))
 
 
@@ -463,17 +535,27 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
     The reduced gradient is (envelope theorem)
     ``grad_K = -lam^2 sum_p m (w_hat - K)``, ``grad_b = J_b^T (G_ext - Y)``;
     the reduced objective is ``Phi(w_hat, K, b)``.
+
+    ``primary`` and ``theta`` are on the backend of the data (NumPy or CuPy)
+    in its floating precision. Adam, the gradient and the average steps run
+    on the device; the inner solves and ``method="lbfgs"`` use SciPy's
+    L-BFGS-B on float64 host copies of the parameter vectors only
+    (``O(num_params)`` copies per evaluation, see :func:`inner_solve` and
+    :func:`lbfgs`). ``aux_init="random"`` draws on the host (the same numbers
+    on every backend) and copies the weights to the device once.
     """
     _check(net, X, Y)
-    primary0 = np.array(primary0, dtype=float, copy=True)
+    xp = get_xp(primary0, X, Y, theta0)
+    dtype = _float_dtype(primary0, X, Y)
+    primary0 = _start(xp.asarray(primary0), dtype)
     if theta0 is None:
         if aux_init == "primary":
             theta0 = net.expand(primary0)
         elif aux_init == "random":
-            theta0 = np.random.default_rng(rng).standard_normal(net.num_params)
+            theta0 = _random_theta(net, rng, xp, dtype)
         else:
             raise ValueError(f"aux_init must be 'primary' or 'random'; got {aux_init!r}")
-    state = {"theta": np.array(theta0, dtype=float, copy=True), "inner": None}
+    state = {"theta": _start(theta0, dtype), "inner": None}
     hist = {"loss": [], "misfit": [], "penalty": [], "grad_norm": [], "inner_nit": []}
     opts = dict(maxiter=inner_maxiter, memory=inner_memory, ftol=inner_ftol, gtol=inner_gtol)
     nfev = [0]
@@ -491,7 +573,7 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
         hist["penalty"].append(res.penalty)
         hist["inner_nit"].append(res.nit)
         _, g, _ = net.penalty(res.theta, p, lam)
-        hist["grad_norm"].append(float(np.linalg.norm(g)))
+        hist["grad_norm"].append(float(xp.linalg.norm(g)))
         return bool(callback(k, p, val, res)) if callback is not None else False
 
     if method == "adam":
@@ -500,9 +582,7 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
         out = lbfgs(fun, primary0, maxiter=maxiter, memory=memory, callback=record)
     elif method in ("gradient", "average"):
         p = primary0.copy()
-        ti, pi = net.bias_index
-        kern = np.ones(net.num_primary, dtype=bool)
-        kern[pi] = False
+        kern = net.index_arrays(xp).kernel_mask
         msg, stopped = "maximum number of iterations", False
         for k in range(maxiter + 1):
             val, g = fun(p)
@@ -515,16 +595,16 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
                 p = p - lr * g
             else:
                 avg = net.project(state["theta"])
-                p = np.where(kern, avg, p - lr * g)
+                p = xp.where(kern, avg, p - lr * g)
         out = OptimResult(p, float(hist["loss"][-1]), np.asarray(hist["loss"]), len(hist["loss"]) - 1,
                           nfev[0], True, "stopped by callback" if stopped else msg)
     else:
         raise ValueError(f"method must be 'adam', 'lbfgs', 'gradient' or 'average'; got {method!r}")
     history = {k: np.asarray(v) for k, v in hist.items()}
     final = state["inner"]
-    if not np.array_equal(out.x, state["p"]):  # make theta consistent with the final primary
+    if not bool(xp.array_equal(out.x, state["p"])):  # make theta consistent with the final primary
         _, _, final = reduced_objective(net, out.x, X, Y, lam, state["theta"], **opts)
-    return ExtendedTrainResult(np.asarray(out.x), final.theta, float(final.value), history, out.nit, nfev[0],
+    return ExtendedTrainResult(out.x, final.theta, float(final.value), history, out.nit, nfev[0],
                                out.success, out.message, f"varpro-{method}")
 
 
@@ -546,15 +626,23 @@ def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, meth
     Returns
     -------
     ExtendedTrainResult
+
+    Notes
+    -----
+    The arrays stay on the backend of the data (NumPy or CuPy) in its
+    floating precision; Adam runs on the device, L-BFGS on a float64 host
+    copy of ``x`` (``O(num_params)`` copies per evaluation, see :func:`lbfgs`).
     """
     _check(net, X, Y)
-    primary0 = np.array(primary0, dtype=float, copy=True)
+    xp = get_xp(primary0, X, Y, theta0)
+    dtype = _float_dtype(primary0, X, Y)
+    primary0 = _start(xp.asarray(primary0), dtype)
     if theta0 is None:
-        theta0 = net.expand(primary0) if aux_init == "primary" else \
-            np.random.default_rng(rng).standard_normal(net.num_params)
-    theta = np.array(theta0, dtype=float, copy=True)
-    idx = np.flatnonzero(net.aux_mask)
-    n = idx.size
+        theta0 = net.expand(primary0) if aux_init == "primary" else _random_theta(net, rng, xp, dtype)
+    theta = _start(theta0, dtype)
+    ix = net.index_arrays(xp)
+    idx = ix.aux_index
+    n = int(idx.size)
     parts = {}
 
     def fun(x):
@@ -562,7 +650,7 @@ def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, meth
         th[idx] = x[:n]
         val, gt, gp, pp = joint_objective(net, th, x[n:], X, Y, lam)
         parts["last"] = pp
-        return val, np.concatenate([gt[idx], gp])
+        return val, xp.concatenate([gt[idx], gp])
 
     hist = {"misfit": [], "penalty": []}
 
@@ -571,7 +659,7 @@ def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, meth
         hist["penalty"].append(parts["last"][1])
         return bool(callback(k, x, v)) if callback is not None else False
 
-    x0 = np.concatenate([theta[idx], primary0])
+    x0 = xp.concatenate([theta[idx], primary0])
     if method == "lbfgs":
         out = lbfgs(fun, x0, maxiter=maxiter, memory=memory, callback=cb)
     elif method == "adam":
@@ -580,8 +668,7 @@ def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, meth
         raise ValueError(f"method must be 'lbfgs' or 'adam'; got {method!r}")
     theta[idx] = out.x[:n]
     primary = out.x[n:]
-    ti, pi = net.bias_index
-    theta[ti] = primary[pi]
+    theta[ix.bias_theta] = primary[ix.bias_primary]
     history = {"loss": out.history, **{k: np.asarray(v) for k, v in hist.items()}}
     return ExtendedTrainResult(primary, theta, out.fun, history, out.nit, out.nfev, out.success, out.message,
                                f"joint-{method}")
