@@ -22,7 +22,8 @@ input ``z = 0.01 N(0, I)`` and a fixed "global minimum" ``w*``:
   (or, with ``init="primary"``, from the conventional layers, which gives
   ``L_ext <= L``). Both landscapes vanish at ``(0, 0)``. Each is shown
   normalised by its own maximum, ``(L - min L) / max L``, and the low-loss
-  basin is where that is below 0.1 (:func:`basin_fraction`).
+  basin is where that is below 0.1: its area (:func:`basin_fraction`) and
+  the width of the valley around ``w*`` (:func:`basin_radius`).
 * Trajectories: from ``(alpha, beta) = (-2, 2), (2, 2), (2, -2)``, 200
   iterations of Adam (lr 0.05) and L-BFGS (memory 100) on ``L`` (conventional)
   and on the reduced objective ``L_ext`` by variable projection
@@ -56,6 +57,7 @@ __all__ = [
     "landscape_extended",
     "trajectory",
     "basin_fraction",
+    "basin_radius",
     "ProgressBar",
     "main",
 ]
@@ -351,6 +353,61 @@ def basin_fraction(L, threshold: float = 0.1, scale=None) -> float:
     return float(np.mean((L - L.min()) / s < threshold))
 
 
+def basin_radius(L, alphas, betas, threshold: float = 0.1, scale=None, center=(0.0, 0.0)) -> float:
+    """Width of the valley around ``w*``: distance from ``center`` to the nearest grid point outside the basin.
+
+    The basin is where ``(L - min) / scale < threshold`` (see
+    :func:`basin_fraction`); the result is the smallest ``hypot(alpha - a0,
+    beta - b0)`` over the grid points where the normalised loss is at least
+    ``threshold`` (``inf`` if there are none). Unlike the area fraction, low
+    regions far from ``w*`` (e.g. saturation plateaus of a sigmoid network)
+    do not count.
+
+    Parameters
+    ----------
+    L : array, shape ``(len(alphas), len(betas))``
+    alphas, betas : 1-D arrays
+    threshold : float
+    scale : float, optional
+        Default ``L.max()``.
+    center : (float, float)
+        ``(alpha, beta)`` of ``w*``.
+    """
+    L = np.asarray(L, dtype=float)
+    s = float(L.max()) if scale is None else float(scale)
+    A, B = np.meshgrid(np.asarray(alphas, dtype=float) - center[0], np.asarray(betas, dtype=float) - center[1],
+                       indexing="ij")
+    if A.shape != L.shape:
+        raise ValueError(f"L has shape {L.shape}; expected {A.shape} (len(alphas), len(betas))")
+    outside = (L - L.min()) / s >= threshold
+    return float(np.hypot(A, B)[outside].min()) if outside.any() else float("inf")
+
+
+def _basin_measures(Lc, Le, alphas, betas) -> dict:
+    """Area fractions and valley radii of the two landscapes (own scales, and ``Le`` on ``Lc``'s scale)."""
+    return {
+        "basin_fraction": {"conventional": basin_fraction(Lc), "extended": basin_fraction(Le),
+                           "extended_on_conventional_scale": basin_fraction(Le, scale=Lc.max())},
+        "basin_radius": {key: _finite_or_none(basin_radius(L, alphas, betas))
+                         for key, L in (("conventional", Lc), ("extended", Le))},
+    }
+
+
+def _finite_or_none(v: float):
+    """``v``, or ``None`` for an infinite value (JSON has no infinity)."""
+    return None if np.isinf(v) else v
+
+
+def _radius_text(v) -> str:
+    return "inf" if v is None else f"{v:.2f}"
+
+
+def _wider(ext, conv) -> bool:
+    """``ext > conv`` for basin measures where ``None`` stands for infinity."""
+    ext, conv = (np.inf if v is None else v for v in (ext, conv))
+    return ext > conv
+
+
 # ------------------------------------------------------------------------ figures
 def _plot_landscapes(path, alphas, betas, pairs):
     import matplotlib
@@ -461,12 +518,16 @@ def main(argv=None) -> int:
         Le = landscape_extended(prob, d1, d2, alphas, betas, maxiter=inner, init=args.inner_init,
                                 seed=args.seed + 1000 * (k + 1), jobs=jobs, progress=bar)
         pairs.append({"conventional": Lc.tolist(), "extended": Le.tolist(),
-                      "basin_fraction": {"conventional": basin_fraction(Lc), "extended": basin_fraction(Le),
-                                         "extended_on_conventional_scale": basin_fraction(Le, scale=Lc.max())}})
+                      **_basin_measures(Lc, Le, alphas, betas)})
     t_land = time.perf_counter() - t0
-    wider = sum(p["basin_fraction"]["extended"] > p["basin_fraction"]["conventional"] for p in pairs)
-    wider_common = sum(p["basin_fraction"]["extended_on_conventional_scale"] > p["basin_fraction"]["conventional"]
-                       for p in pairs)
+    wider = {
+        "area_own_scale": sum(p["basin_fraction"]["extended"] > p["basin_fraction"]["conventional"] for p in pairs),
+        "area_conventional_scale": sum(p["basin_fraction"]["extended_on_conventional_scale"]
+                                       > p["basin_fraction"]["conventional"] for p in pairs),
+        "radius_own_scale": sum(_wider(p["basin_radius"]["extended"], p["basin_radius"]["conventional"])
+                                for p in pairs),
+        "pairs": npairs,
+    }
 
     traj, table = {}, {}
     if not args.no_trajectories:
@@ -497,7 +558,7 @@ def main(argv=None) -> int:
         "conventional": pairs[0]["conventional"],
         "extended": pairs[0]["extended"],
         "pairs": pairs,
-        "extended_basin_wider": {"own_scale": wider, "conventional_scale": wider_common, "pairs": npairs},
+        "extended_basin_wider": wider,
         "trajectories": traj,
         "final_normalized_loss": table,
         "reference_final_normalized_loss": REFERENCE_TABLE,
@@ -513,13 +574,16 @@ def main(argv=None) -> int:
     if traj:
         _plot_trajectories(os.path.join(args.out, "trajectories.png"), traj)
 
-    print(f"landscapes: {n}x{n} grid, {npairs} direction pair(s); basin (normalised loss < 0.1) area fraction:")
+    print(f"landscapes: {n}x{n} grid, {npairs} direction pair(s); basin: normalised loss < 0.1, "
+          "area fraction and valley radius around w* (conventional / extended):")
     for k, p in enumerate(pairs):
-        bf = p["basin_fraction"]
-        print(f"  pair {k + 1}: conventional {bf['conventional']:.3f}  extended {bf['extended']:.3f}  "
-              f"(extended on the conventional scale {bf['extended_on_conventional_scale']:.3f})")
-    print(f"  extended basin wider: {wider} of {npairs} pair(s), each landscape on its own scale; "
-          f"{wider_common} of {npairs} on the conventional scale")
+        bf, br = p["basin_fraction"], p["basin_radius"]
+        print(f"  pair {k + 1}: area {bf['conventional']:.3f} / {bf['extended']:.3f} "
+              f"(extended on the conventional scale {bf['extended_on_conventional_scale']:.3f}), "
+              f"radius {_radius_text(br['conventional'])} / {_radius_text(br['extended'])}")
+    print(f"  extended basin wider in area: {wider['area_own_scale']} of {npairs} pair(s) (each landscape on its "
+          f"own scale), {wider['area_conventional_scale']} of {npairs} (common scale); "
+          f"valley radius wider: {wider['radius_own_scale']} of {npairs}")
     if table:
         cols = ("conv_adam", "conv_lbfgs", "ext_adam", "ext_lbfgs")
         print(f"final normalised loss after {iters} iterations (ours | reference):")

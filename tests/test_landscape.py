@@ -87,6 +87,19 @@ def test_basin_fraction_and_progress_bar():
     assert LS.basin_fraction(L) == 0.25
     assert LS.basin_fraction(L, threshold=0.3) == 0.5
     assert LS.basin_fraction(L, scale=100.0) == 1.0
+    # a bowl with a plateau far from the centre: the plateau counts in the area, not in the radius
+    a = np.linspace(-4, 4, 9)
+    A, B = np.meshgrid(a, a, indexing="ij")
+    bowl = np.hypot(A, B) ** 2
+    assert LS.basin_radius(bowl, a, a) == pytest.approx(2.0)  # r^2 >= 0.1 * 32 first at (2, 0)
+    assert LS.basin_radius(bowl, a, a, threshold=0.2) == pytest.approx(np.sqrt(8.0))
+    plateau = np.where(A > 2.5, 0.0, bowl)
+    assert LS.basin_fraction(plateau) > LS.basin_fraction(bowl)
+    assert LS.basin_radius(plateau, a, a) == LS.basin_radius(bowl, a, a)
+    assert LS.basin_radius(bowl, a, a, center=(1.0, 0.0)) == pytest.approx(1.0)
+    assert LS.basin_radius(np.zeros((9, 9)) + 1.0, a, a) == np.inf
+    with pytest.raises(ValueError, match="shape"):
+        LS.basin_radius(bowl[:5], a, a)
     s = io.StringIO()
     bar = LS.ProgressBar(2, "x", stream=s)
     bar.update()
@@ -107,7 +120,10 @@ def test_command_writes_json_and_figures(tmp_path, capsys):
     assert np.asarray(data["extended"]).shape == (3, 3)
     assert len(data["pairs"]) == 2
     wider = data["extended_basin_wider"]
-    assert wider["pairs"] == 2 and 0 <= wider["own_scale"] <= 2 and 0 <= wider["conventional_scale"] <= 2
+    assert wider["pairs"] == 2
+    assert all(0 <= wider[k] <= 2 for k in ("area_own_scale", "area_conventional_scale", "radius_own_scale"))
+    for p in data["pairs"]:
+        assert set(p["basin_radius"]) == {"conventional", "extended"}
     assert data["settings"]["inner_init"] == "random"
     assert set(data["trajectories"]) == {"(-2, 2)", "(2, 2)", "(2, -2)"}
     for runs in data["trajectories"].values():
