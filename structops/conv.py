@@ -49,7 +49,7 @@ def _device_id(xp):
         return None
 
 
-def _device_constant(xp, key, make):
+def _device_constant(xp, key, make, cache=None):
     """The host array ``make()`` as an array of ``xp``, copied to a device once per ``key``.
 
     Parameters
@@ -60,6 +60,9 @@ def _device_constant(xp, key, make):
         Identifies the constant (e.g. the geometry it was derived from).
     make : callable
         ``make() -> numpy.ndarray``; called once per backend, device and key.
+    cache : dict, optional
+        Where the copies are kept (default: a module-wide cache, cleared when
+        it holds too many); an object can keep its own constants with it.
 
     Returns
     -------
@@ -68,12 +71,15 @@ def _device_constant(xp, key, make):
     """
     if xp is np:
         return make()
+    shared = cache is None
+    if shared:
+        cache = _DEVICE_CONSTANTS
     k = (xp.__name__, id(xp), _device_id(xp), key)
-    arr = _DEVICE_CONSTANTS.get(k)
+    arr = cache.get(k)
     if arr is None:
-        if len(_DEVICE_CONSTANTS) >= _MAX_DEVICE_CONSTANTS:
-            _DEVICE_CONSTANTS.clear()
-        arr = _DEVICE_CONSTANTS[k] = xp.asarray(make())
+        if shared and len(cache) >= _MAX_DEVICE_CONSTANTS:
+            cache.clear()
+        arr = cache[k] = xp.asarray(make())
     return arr
 
 

@@ -225,7 +225,9 @@ def landscape_conventional(problem: ToyProblem, d1, d2, alphas, betas, progress=
 
 
 def _ext_point(args):
-    problem, w, theta0, opts = args
+    problem, w, start_seed, opts = args  # start_seed None: start from the conventional layers
+    theta0 = None if start_seed is None else \
+        np.random.default_rng(start_seed).standard_normal(problem.ext.num_params)
     return inner_solve(problem.ext, w, problem.z, problem.y, problem.lam, theta0, **opts).value
 
 
@@ -281,12 +283,8 @@ def landscape_extended(problem: ToyProblem, d1, d2, alphas, betas, *, maxiter: i
     if init not in ("random", "primary"):
         raise ValueError(f"init must be 'random' or 'primary'; got {init!r}")
     opts = dict(maxiter=maxiter, memory=memory)
-    items = []
-    for i, a in enumerate(alphas):
-        for j, b in enumerate(betas):
-            theta0 = None if init == "primary" else \
-                np.random.default_rng([seed, i, j]).standard_normal(problem.ext.num_params)
-            items.append((problem, problem.w_star + a * d1 + b * d2, theta0, opts))
+    items = [(problem, problem.w_star + a * d1 + b * d2, None if init == "primary" else [seed, i, j], opts)
+             for i, a in enumerate(alphas) for j, b in enumerate(betas)]
     vals = _map(_ext_point, items, jobs, progress)
     return np.asarray(vals).reshape(len(alphas), len(betas))
 
@@ -341,6 +339,12 @@ def _traj_task(args):
     return trajectory(problem, w0, kind, method, **opts)
 
 
+def _normalized(L, scale):
+    """``(L - min L) / scale`` (``scale`` defaults to ``L.max()``)."""
+    L = np.asarray(L, dtype=float)
+    return (L - L.min()) / (float(L.max()) if scale is None else float(scale))
+
+
 def basin_fraction(L, threshold: float = 0.1, scale=None) -> float:
     """Fraction of the grid where the normalised loss ``(L - min) / scale`` is below ``threshold``.
 
@@ -348,9 +352,7 @@ def basin_fraction(L, threshold: float = 0.1, scale=None) -> float:
     in the seed's figures); pass the conventional landscape's maximum to
     compare both on one scale.
     """
-    L = np.asarray(L, dtype=float)
-    s = float(L.max()) if scale is None else float(scale)
-    return float(np.mean((L - L.min()) / s < threshold))
+    return float(np.mean(_normalized(L, scale) < threshold))
 
 
 def basin_radius(L, alphas, betas, threshold: float = 0.1, scale=None, center=(0.0, 0.0)) -> float:
@@ -373,13 +375,12 @@ def basin_radius(L, alphas, betas, threshold: float = 0.1, scale=None, center=(0
     center : (float, float)
         ``(alpha, beta)`` of ``w*``.
     """
-    L = np.asarray(L, dtype=float)
-    s = float(L.max()) if scale is None else float(scale)
+    N = _normalized(L, scale)
     A, B = np.meshgrid(np.asarray(alphas, dtype=float) - center[0], np.asarray(betas, dtype=float) - center[1],
                        indexing="ij")
-    if A.shape != L.shape:
-        raise ValueError(f"L has shape {L.shape}; expected {A.shape} (len(alphas), len(betas))")
-    outside = (L - L.min()) / s >= threshold
+    if A.shape != N.shape:
+        raise ValueError(f"L has shape {N.shape}; expected {A.shape} (len(alphas), len(betas))")
+    outside = N >= threshold
     return float(np.hypot(A, B)[outside].min()) if outside.any() else float("inf")
 
 
@@ -420,8 +421,7 @@ def _plot_landscapes(path, alphas, betas, pairs):
     A, B = np.meshgrid(alphas, betas, indexing="ij")
     for j, pair in enumerate(pairs):
         for i, key in enumerate(("conventional", "extended")):
-            L = np.asarray(pair[key])
-            Ln = (L - L.min()) / L.max()
+            Ln = _normalized(pair[key], None)
             ax = axes[i, j]
             cs = ax.contourf(A, B, Ln, levels=20, cmap="jet")
             ax.contour(A, B, Ln, levels=[0.1], colors="w", linewidths=1)

@@ -189,6 +189,9 @@ def test_varpro_random_aux_init_and_callback_stop():
         train_extended(net, w_star, X, Y, method="newton")
     with pytest.raises(TypeError, match="ExtendedNetwork"):
         inner_solve(net.conventional(), w_star, X, Y, 0.1)
+    for train in (train_extended, train_joint):
+        with pytest.raises(ValueError, match="aux_init"):
+            train(net, w_star, X, Y, aux_init="zeros")
 
 
 @pytest.mark.parametrize("method", ["lbfgs", "adam"])

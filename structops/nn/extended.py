@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._backend import get_xp
-from ..conv import ConvND, _device_id
+from ..conv import ConvND, _device_constant
 from ..extended import ExtendedConvND, extension_penalty
 from ..parametric import ConvModel, ParametricModel
 from .layers import Network, SingleLayer
@@ -330,15 +330,13 @@ class ExtendedNetwork(Network):
         >>> net.num_params, int(ix.aux_mask.sum()), ix.bias_theta.tolist(), ix.bias_primary.tolist()
         (145, 100, [144], [9])
         """
-        cache = self.__dict__.setdefault("_index_cache", {})
-        key = (getattr(xp, "__name__", None), id(xp), _device_id(xp))
-        ix = cache.get(key)
-        if ix is None:
-            host = cache.get("host")
-            if host is None:
-                host = cache["host"] = self._host_index()
-            ix = cache[key] = host if xp is np else ParameterIndex(*(xp.asarray(a) for a in host))
-        return ix
+        host = self._index_cache.get("host")
+        if host is None:
+            host = self._index_cache["host"] = self._host_index()
+        if xp is np:
+            return host
+        return ParameterIndex(*(_device_constant(xp, name, lambda a=a: a, cache=self._index_cache)
+                                for name, a in zip(ParameterIndex._fields, host)))
 
     def _host_index(self) -> ParameterIndex:
         aux = np.concatenate([lay.mask for lay in self.layers])

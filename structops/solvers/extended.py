@@ -198,9 +198,25 @@ def _host(a):
     return np.asarray(to_numpy(a), dtype=np.float64)
 
 
-def _random_theta(net, rng, xp, dtype):
-    """Standard normal per-pixel weights, drawn on the host (the same numbers on every backend)."""
-    return xp.asarray(np.random.default_rng(rng).standard_normal(net.num_params), dtype=dtype)
+def _training_start(net, primary0, X, Y, theta0, aux_init, rng):
+    """Backend and copies (in the data's floating precision) of the starting ``primary`` and ``theta``.
+
+    ``theta0`` (if given) wins over ``aux_init``: ``"primary"`` expands the
+    starting kernels, ``"random"`` draws standard normal per-pixel weights on
+    the host (the same numbers on every backend) and copies them once.
+    """
+    _check(net, X, Y)
+    xp = get_xp(primary0, X, Y, theta0)
+    dtype = _float_dtype(primary0, X, Y)
+    primary0 = _start(xp.asarray(primary0), dtype)
+    if theta0 is None:
+        if aux_init == "primary":
+            theta0 = net.expand(primary0)
+        elif aux_init == "random":
+            theta0 = xp.asarray(np.random.default_rng(rng).standard_normal(net.num_params), dtype=dtype)
+        else:
+            raise ValueError(f"aux_init must be 'primary' or 'random'; got {aux_init!r}")
+    return xp, primary0, _start(theta0, dtype)
 
 
 def data_objective(net, theta, X, Y):
@@ -544,18 +560,8 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
     :func:`lbfgs`). ``aux_init="random"`` draws on the host (the same numbers
     on every backend) and copies the weights to the device once.
     """
-    _check(net, X, Y)
-    xp = get_xp(primary0, X, Y, theta0)
-    dtype = _float_dtype(primary0, X, Y)
-    primary0 = _start(xp.asarray(primary0), dtype)
-    if theta0 is None:
-        if aux_init == "primary":
-            theta0 = net.expand(primary0)
-        elif aux_init == "random":
-            theta0 = _random_theta(net, rng, xp, dtype)
-        else:
-            raise ValueError(f"aux_init must be 'primary' or 'random'; got {aux_init!r}")
-    state = {"theta": _start(theta0, dtype), "inner": None}
+    xp, primary0, theta = _training_start(net, primary0, X, Y, theta0, aux_init, rng)
+    state = {"theta": theta, "inner": None}
     hist = {"loss": [], "misfit": [], "penalty": [], "grad_norm": [], "inner_nit": []}
     opts = dict(maxiter=inner_maxiter, memory=inner_memory, ftol=inner_ftol, gtol=inner_gtol)
     nfev = [0]
@@ -633,13 +639,7 @@ def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, meth
     floating precision; Adam runs on the device, L-BFGS on a float64 host
     copy of ``x`` (``O(num_params)`` copies per evaluation, see :func:`lbfgs`).
     """
-    _check(net, X, Y)
-    xp = get_xp(primary0, X, Y, theta0)
-    dtype = _float_dtype(primary0, X, Y)
-    primary0 = _start(xp.asarray(primary0), dtype)
-    if theta0 is None:
-        theta0 = net.expand(primary0) if aux_init == "primary" else _random_theta(net, rng, xp, dtype)
-    theta = _start(theta0, dtype)
+    xp, primary0, theta = _training_start(net, primary0, X, Y, theta0, aux_init, rng)
     ix = net.index_arrays(xp)
     idx = ix.aux_index
     n = int(idx.size)
