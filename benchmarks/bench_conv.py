@@ -39,7 +39,7 @@ import pylops
 import scipy
 
 import structops
-from structops.benchtools import format_time, median_time, pylops_conv2d_block
+from structops.apps.benchtools import format_time, median_time, pylops_conv2d_block
 
 ROWS: list = []
 FAILURES: list = []

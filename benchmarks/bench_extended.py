@@ -24,7 +24,7 @@ import numpy as np
 import pylops
 
 import structops
-from structops.benchtools import format_time, median_time
+from structops.apps.benchtools import format_time, median_time
 
 
 def pylops_extended(weights, engine):

@@ -35,7 +35,7 @@ import scipy
 import scipy.sparse as sp
 
 from structops._backend import blas_threads
-from structops.solvers.spectrum import frobenius_penalty
+from structops.solvers.regularize import frobenius_penalty
 
 FAILURES: list = []
 

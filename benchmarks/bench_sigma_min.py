@@ -49,7 +49,7 @@ def _peak_gb():
 
 
 def _child_structops(c, n, method):
-    from structops._normal import smallest_singular_values
+    from structops.linalg.normal import smallest_singular_values
 
     op = make_layer(c, n)
     t = time.perf_counter()

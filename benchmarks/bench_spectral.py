@@ -37,8 +37,8 @@ import pylops
 import scipy
 
 import structops
-from structops.benchtools import pylops_conv2d_block
-from structops.spectral import opnorm, singular_values
+from structops.apps.benchtools import pylops_conv2d_block
+from structops.linalg.spectra import opnorm, singular_values
 
 FAILURES: list = []
 

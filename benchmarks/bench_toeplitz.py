@@ -24,7 +24,7 @@ import scipy
 import scipy.linalg
 
 import structops
-from structops.benchtools import format_time, median_time
+from structops.apps.benchtools import format_time, median_time
 
 
 def main(argv=None) -> int:

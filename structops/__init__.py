@@ -3,21 +3,47 @@
 Every operator is a :class:`pylops.LinearOperator` that knows its structure
 (Toeplitz, doubly block Toeplitz, circulant, channel blocks) and uses it for
 fast batched products and parameter Jacobians, on NumPy or CuPy arrays.
+
+The package is layered (see the architecture page of the documentation):
+:mod:`structops.operators` (the operators and their geometry),
+:mod:`structops.linalg` (spectra), :mod:`structops.solvers`, :mod:`structops.nn`,
+:mod:`structops.testing`, :mod:`structops.plotting` and the command line in
+:mod:`structops.apps`. This module re-exports the public names.
 """
 
-from . import nn, parametric, solvers, testing
+import sys as _sys
+
+from . import linalg, nn, operators, solvers, testing
 from ._backend import cupy_available, get_xp, set_blas_threads
-from ._base import StructuredOperator
-from .circulant import Circulant
-from .conv import Conv1D, Conv2D, Conv3D, ConvND
-from .extended import ExtendedConv1D, ExtendedConv2D, ExtendedConvND, extension_penalty
-from .spectral import cond, opnorm, plot_spectrum, singular_values, singular_vectors, SpectrumNotConvergedError
-from .toeplitz import Toeplitz
+from ._validate import MemoryLimitError, get_memory_limit, set_memory_limit
+from .linalg import SpectrumNotConvergedError, cond, opnorm, singular_values, singular_vectors
+from .operators import (
+    Circulant,
+    Conv1D,
+    Conv2D,
+    Conv3D,
+    ConvGeometry,
+    ConvND,
+    ExtendedConv1D,
+    ExtendedConv2D,
+    ExtendedConvND,
+    FunctionOperator,
+    StructuredOperator,
+    Toeplitz,
+    extension_penalty,
+    parametric,
+)
+from .plotting import plot_spectrum
 
 __version__ = "0.1.0"
 
+# ``structops.parametric`` stays importable by that name (its home is structops.operators.parametric)
+_sys.modules[__name__ + ".parametric"] = parametric
+
 __all__ = [
     "StructuredOperator",
+    "FunctionOperator",
+    "ConvGeometry",
     "Toeplitz",
     "Circulant",
     "ConvND",
@@ -34,11 +60,16 @@ __all__ = [
     "cond",
     "plot_spectrum",
     "SpectrumNotConvergedError",
+    "MemoryLimitError",
+    "set_memory_limit",
+    "get_memory_limit",
     "get_xp",
     "cupy_available",
     "set_blas_threads",
     "testing",
     "parametric",
+    "operators",
+    "linalg",
     "nn",
     "solvers",
     "__version__",

@@ -32,6 +32,7 @@ __all__ = [
     "complex_dtype",
     "set_blas_threads",
     "blas_threads",
+    "device_constant",
 ]
 
 
@@ -187,3 +188,55 @@ def blas_threads(n=_SETTING):
     finally:
         for lib, o in changed:
             lib.set_num_threads(o)
+
+
+# -- constants on a device ------------------------------------------------------------
+# Small index arrays and masks copied to a device, by (backend, device, key): the
+# products index device arrays with them, and a host array there would be copied
+# to the device on every call.
+_DEVICE_CONSTANTS: dict = {}
+_MAX_DEVICE_CONSTANTS = 1024
+
+
+def _device_id(xp):
+    """Current device of a GPU array module (``None`` for NumPy or without one)."""
+    try:
+        return int(xp.cuda.Device().id)
+    except Exception:
+        return None
+
+
+def device_constant(xp, key, make, cache=None):
+    """The host array ``make()`` as an array of ``xp``, copied to a device once per ``key``.
+
+    Parameters
+    ----------
+    xp : module
+        ``numpy`` (``make()`` is returned as it is) or ``cupy``.
+    key : hashable
+        Identifies the constant (e.g. the geometry it was derived from).
+    make : callable
+        ``make() -> numpy.ndarray``; called once per backend, device and key.
+    cache : dict, optional
+        Where the copies are kept (default: a module-wide cache, cleared when
+        it holds too many); an object can keep its own constants with it.
+
+    Returns
+    -------
+    array
+        Treat it as read-only: it is shared by every caller with the same key.
+    """
+    if xp is np:
+        return make()
+    shared = cache is None
+    if shared:
+        cache = _DEVICE_CONSTANTS
+    k = (xp.__name__, id(xp), _device_id(xp), key)
+    arr = cache.get(k)
+    if arr is None:
+        if shared and len(cache) >= _MAX_DEVICE_CONSTANTS:
+            cache.clear()
+        arr = cache[k] = xp.asarray(make())
+    return arr
+
+

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dense import dense_conv, padding_pairs
-from structops.cli import main
+from structops.apps.cli import main
 
 
 def _value(text, name):

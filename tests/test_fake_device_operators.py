@@ -166,9 +166,9 @@ def test_conv2d_methods_on_device(device, method, geo, dtype):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv2d_direct_chunked_on_device(device, monkeypatch, stride):
     """The direct algorithm split into several column chunks (a tiny temporary budget)."""
-    from structops import conv
+    from structops.operators import geometry as conv
 
-    monkeypatch.setattr(conv, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(6)
     K = random_array(rng, (2, 2, 3, 3), np.float64)
     ref = structops.Conv2D(K, (24, 23), stride=stride, method="direct")

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from structops import landscape as LS
+from structops.apps.landscape import main as landscape_main
+from structops.solvers import landscape as LS
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_basin_fraction_and_progress_bar():
 
 def test_command_writes_json_and_figures(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = LS.main(["--out", str(out), "--grid", "3", "--pairs", "2", "--iters", "2", "--inner-iters", "3",
+    rc = landscape_main(["--out", str(out), "--grid", "3", "--pairs", "2", "--iters", "2", "--inner-iters", "3",
                   "--image", "5", "--layers", "2", "--jobs", "1"])
     assert rc == 0
     data = json.loads((out / "landscape.json").read_text())
@@ -135,13 +136,13 @@ def test_command_writes_json_and_figures(tmp_path, capsys):
 
 
 def test_command_rejects_bad_arguments(tmp_path):
-    assert LS.main(["--out", str(tmp_path), "--grid", "1"]) == 2
+    assert landscape_main(["--out", str(tmp_path), "--grid", "1"]) == 2
     with pytest.raises(SystemExit):
-        LS.main(["--bogus"])
+        landscape_main(["--bogus"])
 
 
 @pytest.mark.slow
 def test_quick_command_runs(tmp_path):
-    assert LS.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert landscape_main(["--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "landscape.json").read_text())
     assert np.asarray(data["extended"]).shape == (7, 7)

@@ -12,8 +12,8 @@ import pytest
 from dense import dense_conv
 
 import structops
-from structops import _normal
-from structops._normal import normal_matrix_banded, sigma_min, smallest_singular_values
+from structops.linalg import normal as _normal
+from structops.linalg.normal import normal_matrix_banded, sigma_min, smallest_singular_values
 
 # (kernel shape, in_shape, stride, padding, dilation)
 CASES = [

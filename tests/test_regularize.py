@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from dense import dense_conv
 
-from structops.conv import resolve_padding
-from structops.solvers.spectrum import (
+from structops.operators.geometry import resolve_padding
+from structops.solvers.regularize import (
     RegularizeResult,
     clip_singular_values,
     extreme_singular_values,
@@ -357,7 +357,7 @@ def test_penalty_errors(rng):
 
 # ------------------------------------------------------------------ reproduction (CLI)
 def test_cli_quick(tmp_path, capsys):
-    from structops.solvers.regularize_cli import main
+    from structops.apps.regularize import main
 
     rc = main(["--quick", "--iterations", "150", "--size", "10", "--out", str(tmp_path)])
     out = capsys.readouterr().out

@@ -21,13 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import structops
-from structops import spectral
-from structops.spectral import (
+from structops.linalg import spectra as spectral
+from structops.plotting import plot_spectrum
+from structops.linalg.spectra import (
     SpectrumNotConvergedError,
     SpectrumNotConvergedWarning,
     cond,
     opnorm,
-    plot_spectrum,
     singular_values,
     singular_vectors,
 )
@@ -192,7 +192,7 @@ def test_zero_padded_lanczos_larger_layer(rng):
 
 
 def test_smallest_zero_padded_without_normal_solver(rng, monkeypatch):
-    monkeypatch.setitem(sys.modules, "structops._normal", None)  # import fails
+    monkeypatch.setitem(sys.modules, "structops.linalg.normal", None)  # import fails
     op, A = _layer_and_dense(rng, ZERO[0])
     ref = _svd(A)
     _assert_spectrum(singular_values(op, k=2, which="smallest"), ref[-2:], scale=ref[0])
@@ -207,9 +207,9 @@ def test_smallest_zero_padded_without_normal_solver(rng, monkeypatch):
 
 
 def test_smallest_zero_padded_reports_solver_failure(rng, monkeypatch):
-    fake = types.ModuleType("structops._normal")
+    fake = types.ModuleType("structops.linalg.normal")
     fake.smallest_singular_values = lambda op, k=1, tol=1e-10, **kw: (np.arange(1.0, k + 1), {"converged": False})
-    monkeypatch.setitem(sys.modules, "structops._normal", fake)
+    monkeypatch.setitem(sys.modules, "structops.linalg.normal", fake)
     op, _ = _layer_and_dense(rng, ZERO[0])
     with pytest.raises(SpectrumNotConvergedError):
         singular_values(op, k=2, which="smallest")
@@ -256,7 +256,7 @@ def test_zero_padded_singular_vectors(rng, case, dense):
 
 def test_zero_padded_smallest_vectors_structured(rng):
     # large enough that the dense SVD is not preferred: the normal-matrix solver, residual-checked
-    pytest.importorskip("structops._normal")
+    pytest.importorskip("structops.linalg.normal")
     op, A = _layer_and_dense(rng, ((4, 4, 3, 3), (12, 12), 1, "same", 1))
     assert min(op.shape) > spectral._DENSE_PREFERRED
     ref = _svd(A)
@@ -335,7 +335,7 @@ def test_non_convergence_raises(rng):
 
 
 def test_smallest_zero_padded_non_convergence(rng):
-    pytest.importorskip("structops._normal")
+    pytest.importorskip("structops.linalg.normal")
     op, _ = _layer_and_dense(rng, NONCONV)
     with pytest.raises(SpectrumNotConvergedError):
         singular_values(op, k=3, which="smallest", maxiter=1, tol=1e-14)

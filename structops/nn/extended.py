@@ -31,9 +31,10 @@ from typing import NamedTuple
 import numpy as np
 
 from .._backend import get_xp
-from ..conv import ConvND, _device_constant
-from ..extended import ExtendedConvND, extension_penalty
-from ..parametric import ConvModel, ParametricModel
+from .._backend import device_constant
+from ..operators.conv import ConvND
+from ..operators.extended import ExtendedConvND, extension_penalty
+from ..operators.parametric import ConvModel, ParametricModel
 from .layers import Network, SingleLayer
 
 __all__ = ["ExtendedConvModel", "ExtendedSingleLayer", "ExtendedNetwork", "ParameterIndex"]
@@ -186,7 +187,7 @@ class ExtendedSingleLayer(SingleLayer):
 
     def conventional(self) -> SingleLayer:
         """The conventional layer whose parameters are this layer's ``primary``."""
-        from ..parametric import conv
+        from ..operators.parametric import conv
 
         m = self.model
         return SingleLayer(conv(self.kernel_shape, m.in_shape, **m.conv_kwargs), self.act, self.bias)
@@ -335,7 +336,7 @@ class ExtendedNetwork(Network):
             host = self._index_cache["host"] = self._host_index()
         if xp is np:
             return host
-        return ParameterIndex(*(_device_constant(xp, name, lambda a=a: a, cache=self._index_cache)
+        return ParameterIndex(*(device_constant(xp, name, lambda a=a: a, cache=self._index_cache)
                                 for name, a in zip(ParameterIndex._fields, host)))
 
     def _host_index(self) -> ParameterIndex:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import get_xp
-from ..parametric import FunctionOperator, ParametricModel, full
+from ..operators.parametric import FunctionOperator, ParametricModel, full
 from .activations import get_activation
 
 __all__ = ["Layer", "SingleLayer", "ResidualLayer", "Network", "dense"]

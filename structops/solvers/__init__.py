@@ -13,7 +13,7 @@ from .extended import (
     train_extended,
     train_joint,
 )
-from .spectrum import (
+from .regularize import (
     RegularizeResult,
     clip_singular_values,
     extreme_singular_values,

@@ -33,7 +33,7 @@ from pylops import LinearOperator
 from pylops.optimization.basic import cgls
 from scipy.optimize import least_squares
 
-from .._backend import blas_threads, get_xp, to_numpy
+from .._backend import blas_threads, get_fft, get_xp, to_numpy
 
 __all__ = ["varpro", "VarProResult", "reduced_jacobian", "conv_preconditioner", "normal_preconditioner"]
 
@@ -241,8 +241,7 @@ def conv_preconditioner(op, damp2: float = 0.0, scale: float = 1.0):
     symbol ``H(xi) = fft(g)(xi)`` is a ``c_out x c_in`` matrix per frequency;
     ``M`` solves ``(scale H^H H + damp2 I) z = x`` frequency by frequency.
     """
-    from ..conv import ConvND
-    from .._backend import get_fft
+    from ..operators.conv import ConvND
 
     if not isinstance(op, ConvND) or any(s != 1 for s in op.stride):
         raise TypeError("conv_preconditioner needs a structops ConvND with stride 1")
@@ -251,16 +250,8 @@ def conv_preconditioner(op, damp2: float = 0.0, scale: float = 1.0):
     n = tuple(op.in_shape)
     D = len(n)
     K = op.kernel
-    g = xp.zeros(K.shape[:2] + n, dtype=np.result_type(K.dtype, np.float64))
-    idx = tuple(
-        np.array([(lo - d * dl) % nn for d in range(k)])
-        for (lo, _), k, dl, nn in zip(op.padding, op.kernel_size, op.dilation, n)
-    )
-    for d in np.ndindex(*op.kernel_size):  # taps may wrap onto the same slot: accumulate
-        pos = tuple(int(idx[a][d[a]]) for a in range(D))
-        g[(slice(None), slice(None)) + pos] += K[(slice(None), slice(None)) + d]
-    axes = tuple(range(2, 2 + D))
-    H = fft.fftn(g, axes=axes).reshape(K.shape[0], K.shape[1], -1).transpose(2, 0, 1)  # (F, co, ci)
+    # the layer's symbol on the periodic input grid; taps that wrap onto one slot are summed
+    H = op.geometry.symbol(K.astype(np.result_type(K.dtype, np.float64), copy=False), real=False)  # (F, co, ci)
     G = scale * xp.matmul(H.conj().transpose(0, 2, 1), H) + damp2 * xp.eye(K.shape[1])
     tiny = 1e-12 * float(xp.abs(G).max())
     Ginv = xp.linalg.inv(G + tiny * xp.eye(K.shape[1]))
@@ -281,7 +272,7 @@ def normal_preconditioner(op, damp2: float = 0.0, scale: float = 1.0):
     r"""Exact ``(scale K^T K + damp2 I)^{-1}`` for a zero-padded conv layer, by sparse Cholesky.
 
     The banded normal matrix of the layer is assembled from the kernel and
-    factorised (see :func:`structops._normal.normal_solver`): for unweighted
+    factorised (see :func:`structops.linalg.normal.normal_solver`): for unweighted
     problems with ``L = I`` the preconditioned CG converges in one iteration;
     with row weights (``scale`` their mean square) it is an approximation.
 
@@ -297,7 +288,7 @@ def normal_preconditioner(op, damp2: float = 0.0, scale: float = 1.0):
     callable
         ``M(X)`` for ``X`` of shape ``(c_in * N, k)``.
     """
-    from .._normal import normal_solver
+    from ..linalg.normal import normal_solver
 
     xp = get_xp(op.kernel)
     solve = normal_solver(op, shift=damp2 / scale)
@@ -319,8 +310,8 @@ def _F_from_op(op, rw, q, p, dtype, xp):
     if hasattr(op, "adjoint_jacobian"):
         F = op.adjoint_jacobian(target).matmat(_unit(p, dtype, xp))
         return F.reshape(n, q, p)
-    from ..conv import ConvND
-    from ..parametric import conv as conv_model
+    from ..operators.conv import ConvND
+    from ..operators.parametric import conv as conv_model
 
     if isinstance(op, ConvND):
         model = conv_model(op.kernel.shape, op.in_shape, stride=op.stride,

@@ -52,9 +52,9 @@ from __future__ import annotations
 import numpy as np
 from pylops import LinearOperator
 
-from ._backend import get_xp
-from ._base import StructuredOperator, split_batch
-from ._validate import as_param_array, result_dtype
+from .._backend import get_xp
+from .base import FunctionOperator, StructuredOperator, split_batch
+from .._validate import as_param_array, result_dtype
 from .conv import ConvND
 
 __all__ = [
@@ -73,32 +73,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- helpers
-class FunctionOperator(StructuredOperator):
-    """A structured operator from two batched callables.
-
-    Parameters
-    ----------
-    forward, backward : callable
-        ``forward(X)`` maps ``(N, k)`` to ``(M, k)``; ``backward(Y)`` maps
-        ``(M, k)`` to ``(N, k)`` and must be the adjoint of ``forward``.
-    dims, dimsd : tuple of int
-    dtype : dtype
-    xp : module, optional
-        Array module of the products (for the testing helpers).
-    """
-
-    def __init__(self, forward, backward, dims, dimsd, dtype, xp=np, name="F"):
-        self._f, self._b = forward, backward
-        self.xp = xp
-        super().__init__(dims=dims, dimsd=dimsd, dtype=dtype, name=name)
-
-    def _forward(self, X):
-        return self._f(X)
-
-    def _backward(self, Y):
-        return self._b(Y)
-
-
 def _as_theta(theta, p: int, name: str = "theta"):
     theta = as_param_array(theta, name)
     if theta.size != p:

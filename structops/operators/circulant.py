@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._backend import get_fft, get_xp
-from ._base import StructuredOperator, split_batch
-from ._validate import as_param_array, result_dtype
+from .._backend import get_fft, get_xp
+from .base import StructuredOperator, split_batch
+from .._validate import as_data_array, as_param_array, result_dtype
 
 __all__ = ["Circulant", "periodic_convolve"]
 
@@ -97,16 +97,22 @@ class Circulant(StructuredOperator):
         self.c = c
         self.xp = get_xp(c)
         self._real = c.dtype.kind == "f"
-        self._hat = None
+        self._hat = {}
         super().__init__(dims=c.shape, dimsd=c.shape, dtype=c.dtype, name="C")
 
     @property
     def spectrum_(self):
         """Cached ``rfftn(c)`` (real ``c``) or ``fftn(c)``."""
-        if self._hat is None:
+        return self._spectrum(self.c.dtype, self._real)
+
+    def _spectrum(self, dtype, real: bool):
+        """``rfftn`` or ``fftn`` of ``c`` in the precision ``dtype`` of a product, cached."""
+        key = (np.dtype(dtype), real)
+        if key not in self._hat:
             fft = get_fft(self.xp)
-            self._hat = fft.rfftn(self.c) if self._real else fft.fftn(self.c)
-        return self._hat
+            c = self.c.astype(dtype, copy=False)
+            self._hat[key] = fft.rfftn(c) if real else fft.fftn(c)
+        return self._hat[key]
 
     def eigenvalues(self):
         """Eigenvalues of ``C`` as an array of ``c.shape``: ``fftn(c)``.
@@ -120,12 +126,10 @@ class Circulant(StructuredOperator):
 
     def _apply(self, X, conj=False, inverse=False):
         self._check_input(X, self.shape[1], self.c)
-        real = self._real and X.dtype.kind == "f"
         dt = result_dtype(self.c, X)
-        if not real and self._real:
-            hat = get_fft(self.xp).fftn(self.c)  # complex input: full spectrum
-        else:
-            hat = self.spectrum_
+        X = X.astype(dt, copy=False)
+        real = dt.kind == "f"
+        hat = self._spectrum(dt, real)  # complex input and real c: the full spectrum
         Y = periodic_convolve(hat, X, self.dims, real, conj=conj, inverse=inverse)
         return Y.astype(dt, copy=False)
 
@@ -155,6 +159,7 @@ class Circulant(StructuredOperator):
         numpy.linalg.LinAlgError
             If ``C`` is singular to working precision.
         """
+        b = as_data_array(b, "b")
         xp = get_xp(b, self.c)
         X, _ = split_batch(b, self.dims, self.shape[1], "b")
         lam = xp.abs(self.spectrum_)

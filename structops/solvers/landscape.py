@@ -30,24 +30,24 @@ input ``z = 0.01 N(0, I)`` and a fixed "global minimum" ``w*``:
   (:func:`structops.solvers.extended.train_extended`); losses divided by
   their first value.
 
-Run as ``structops landscape [--quick] [--out DIR]``; :func:`main` writes PNG
-figures and ``landscape.json``.
+The command ``structops landscape [--quick] [--out DIR]`` (in
+:mod:`structops.apps.landscape`) runs them and writes PNG figures and
+``landscape.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .nn.extended import ExtendedNetwork, ExtendedSingleLayer
-from .nn.layers import Network
-from .solvers.extended import adam, data_objective, inner_solve, lbfgs, train_extended
+from ..nn.extended import ExtendedNetwork, ExtendedSingleLayer
+from ..nn.layers import Network
+from .extended import adam, data_objective, inner_solve, lbfgs, train_extended
 
 __all__ = [
     "ToyProblem",
@@ -58,8 +58,10 @@ __all__ = [
     "trajectory",
     "basin_fraction",
     "basin_radius",
+    "basin_measures",
+    "normalized_loss",
     "ProgressBar",
-    "main",
+    "REFERENCE_TABLE",
 ]
 
 #: the reference table (final normalised losses read off the seed's Figure 4)
@@ -231,7 +233,7 @@ def _ext_point(args):
     return inner_solve(problem.ext, w, problem.z, problem.y, problem.lam, theta0, **opts).value
 
 
-def _map(fn, items, jobs, progress):
+def parallel_map(fn, items, jobs, progress):
     """``[fn(x) for x in items]``, over ``jobs`` processes, updating ``progress``."""
     out = []
     if jobs <= 1:
@@ -244,12 +246,34 @@ def _map(fn, items, jobs, progress):
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as ex:
         for r in ex.map(fn, items, chunksize=1):
             out.append(r)
             if progress is not None:
                 progress.update()
     return out
+
+
+def _exit_with_parent(parent_pid: int, poll: float = 0.5):
+    """Worker start-up: end this process when the parent that started it is gone (killed, timed out)."""
+    try:  # Linux: the kernel sends SIGTERM when the parent dies
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - other systems: the watchdog below
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was set up
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def landscape_extended(problem: ToyProblem, d1, d2, alphas, betas, *, maxiter: int = 100, memory: int = 100,
@@ -285,7 +309,7 @@ def landscape_extended(problem: ToyProblem, d1, d2, alphas, betas, *, maxiter: i
     opts = dict(maxiter=maxiter, memory=memory)
     items = [(problem, problem.w_star + a * d1 + b * d2, None if init == "primary" else [seed, i, j], opts)
              for i, a in enumerate(alphas) for j, b in enumerate(betas)]
-    vals = _map(_ext_point, items, jobs, progress)
+    vals = parallel_map(_ext_point, items, jobs, progress)
     return np.asarray(vals).reshape(len(alphas), len(betas))
 
 
@@ -334,12 +358,12 @@ def trajectory(problem: ToyProblem, w0, kind: str, method: str, *, maxiter: int 
     raise ValueError(f"kind must be 'conv' or 'ext'; got {kind!r}")
 
 
-def _traj_task(args):
+def trajectory_task(args):
     problem, w0, kind, method, opts = args
     return trajectory(problem, w0, kind, method, **opts)
 
 
-def _normalized(L, scale):
+def normalized_loss(L, scale=None):
     """``(L - min L) / scale`` (``scale`` defaults to ``L.max()``)."""
     L = np.asarray(L, dtype=float)
     return (L - L.min()) / (float(L.max()) if scale is None else float(scale))
@@ -352,7 +376,7 @@ def basin_fraction(L, threshold: float = 0.1, scale=None) -> float:
     in the seed's figures); pass the conventional landscape's maximum to
     compare both on one scale.
     """
-    return float(np.mean(_normalized(L, scale) < threshold))
+    return float(np.mean(normalized_loss(L, scale) < threshold))
 
 
 def basin_radius(L, alphas, betas, threshold: float = 0.1, scale=None, center=(0.0, 0.0)) -> float:
@@ -375,7 +399,7 @@ def basin_radius(L, alphas, betas, threshold: float = 0.1, scale=None, center=(0
     center : (float, float)
         ``(alpha, beta)`` of ``w*``.
     """
-    N = _normalized(L, scale)
+    N = normalized_loss(L, scale)
     A, B = np.meshgrid(np.asarray(alphas, dtype=float) - center[0], np.asarray(betas, dtype=float) - center[1],
                        indexing="ij")
     if A.shape != N.shape:
@@ -384,7 +408,7 @@ def basin_radius(L, alphas, betas, threshold: float = 0.1, scale=None, center=(0
     return float(np.hypot(A, B)[outside].min()) if outside.any() else float("inf")
 
 
-def _basin_measures(Lc, Le, alphas, betas) -> dict:
+def basin_measures(Lc, Le, alphas, betas) -> dict:
     """Area fractions and valley radii of the two landscapes (own scales, and ``Le`` on ``Lc``'s scale)."""
     return {
         "basin_fraction": {"conventional": basin_fraction(Lc), "extended": basin_fraction(Le),
@@ -399,202 +423,9 @@ def _finite_or_none(v: float):
     return None if np.isinf(v) else v
 
 
-def _radius_text(v) -> str:
-    return "inf" if v is None else f"{v:.2f}"
-
-
-def _wider(ext, conv) -> bool:
+def extended_wider(ext, conv) -> bool:
     """``ext > conv`` for basin measures where ``None`` stands for infinity."""
     ext, conv = (np.inf if v is None else v for v in (ext, conv))
     return ext > conv
 
 
-# ------------------------------------------------------------------------ figures
-def _plot_landscapes(path, alphas, betas, pairs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(pairs)
-    fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 6.6), squeeze=False)
-    A, B = np.meshgrid(alphas, betas, indexing="ij")
-    for j, pair in enumerate(pairs):
-        for i, key in enumerate(("conventional", "extended")):
-            Ln = _normalized(pair[key], None)
-            ax = axes[i, j]
-            cs = ax.contourf(A, B, Ln, levels=20, cmap="jet")
-            ax.contour(A, B, Ln, levels=[0.1], colors="w", linewidths=1)
-            ax.plot(0, 0, "*", color="darkred", ms=12)
-            ax.set_title(f"{key}, pair {j + 1}", fontsize=9)
-            ax.set_xlabel(r"$\alpha$")
-            ax.set_ylabel(r"$\beta$")
-            fig.colorbar(cs, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_trajectories(path, traj):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    starts = list(traj)
-    fig, axes = plt.subplots(1, len(starts), figsize=(4.2 * len(starts), 3.6), squeeze=False)
-    styles = {"conv_adam": ("C0", "-"), "conv_lbfgs": ("C1", "-"), "ext_adam": ("C0", "--"),
-              "ext_lbfgs": ("C1", "--")}
-    for ax, s in zip(axes[0], starts):
-        for key, run in traj[s].items():
-            c, ls = styles[key]
-            ax.semilogy(np.maximum(run["loss"], 1e-16), color=c, ls=ls, label=key)
-        ax.set_title(f"start {s}")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("normalised loss")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------- command
-def build_parser(prog: str = "structops landscape") -> argparse.ArgumentParser:
-    """The argument parser of the ``landscape`` command."""
-    p = argparse.ArgumentParser(prog=prog, description=(
-        "Loss landscapes (seed equations 9 and 10) and training trajectories of a 4-layer sigmoid CNN "
-        "with conventional vs extended convolutions; writes PNG figures and landscape.json into --out."))
-    p.add_argument("--quick", action="store_true", help="coarse 7x7 grid, one direction pair, short runs")
-    p.add_argument("--out", default="landscape_out", help="output folder (default: landscape_out)")
-    p.add_argument("--grid", type=int, default=None, help="grid points per axis (default 21; quick 7)")
-    p.add_argument("--pairs", type=int, default=None, help="direction pairs (default 4; quick 1)")
-    p.add_argument("--iters", type=int, default=None, help="trajectory iterations (default 200; quick 40)")
-    p.add_argument("--inner-iters", type=int, default=None, help="inner L-BFGS iterations (default 100; quick 50)")
-    p.add_argument("--image", type=int, default=16, help="image side (default 16)")
-    p.add_argument("--layers", type=int, default=4, help="number of layers (default 4)")
-    p.add_argument("--lam", type=float, default=0.04, help="penalty weight lambda (default 0.04)")
-    p.add_argument("--aux-init", choices=("random", "primary"), default="random",
-                   help="initial per-pixel weights of the trajectories (default random, as in the seed)")
-    p.add_argument("--inner-init", choices=("random", "primary"), default="random",
-                   help="start of the inner problem at every landscape point: standard normal per-pixel weights "
-                        "(default, as in the reference code) or the conventional layers")
-    p.add_argument("--no-trajectories", action="store_true", help="landscapes only")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores, at most 16)")
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
-def main(argv=None) -> int:
-    """Run the landscape experiments; returns the exit status.
-
-    Parameters
-    ----------
-    argv : list of str, optional
-        Arguments after ``landscape`` (default ``sys.argv[1:]``).
-    """
-    args = build_parser().parse_args(argv)
-    quick = args.quick
-    n = args.grid or (7 if quick else 21)
-    npairs = args.pairs or (1 if quick else 4)
-    iters = args.iters if args.iters is not None else (40 if quick else 200)
-    inner = args.inner_iters or (50 if quick else 100)
-    jobs = args.jobs or min(os.cpu_count() or 1, 16)
-    if n < 2 or npairs < 1 or iters < 1 or inner < 1 or jobs < 1:
-        print("error: --grid must be >= 2 and --pairs, --iters, --inner-iters, --jobs >= 1", file=sys.stderr)
-        return 2
-    os.makedirs(args.out, exist_ok=True)
-    t0 = time.perf_counter()
-    prob = toy_problem(n_layers=args.layers, image=(args.image, args.image), lam=args.lam, seed=args.seed)
-    alphas = np.linspace(-4, 4, n)
-    betas = np.linspace(-4, 4, n)
-    rng = np.random.default_rng(args.seed + 1)
-    dirs = [(filter_normalized_direction(prob.ext, prob.w_star, rng),
-             filter_normalized_direction(prob.ext, prob.w_star, rng)) for _ in range(npairs)]
-
-    pairs = []
-    for k, (d1, d2) in enumerate(dirs):
-        Lc = landscape_conventional(prob, d1, d2, alphas, betas)
-        bar = ProgressBar(n * n, f"extended landscape {k + 1}/{npairs}")
-        Le = landscape_extended(prob, d1, d2, alphas, betas, maxiter=inner, init=args.inner_init,
-                                seed=args.seed + 1000 * (k + 1), jobs=jobs, progress=bar)
-        pairs.append({"conventional": Lc.tolist(), "extended": Le.tolist(),
-                      **_basin_measures(Lc, Le, alphas, betas)})
-    t_land = time.perf_counter() - t0
-    wider = {
-        "area_own_scale": sum(p["basin_fraction"]["extended"] > p["basin_fraction"]["conventional"] for p in pairs),
-        "area_conventional_scale": sum(p["basin_fraction"]["extended_on_conventional_scale"]
-                                       > p["basin_fraction"]["conventional"] for p in pairs),
-        "radius_own_scale": sum(_wider(p["basin_radius"]["extended"], p["basin_radius"]["conventional"])
-                                for p in pairs),
-        "pairs": npairs,
-    }
-
-    traj, table = {}, {}
-    if not args.no_trajectories:
-        starts = [(-2.0, 2.0), (2.0, 2.0), (2.0, -2.0)]
-        d1, d2 = dirs[0]
-        opts_c = dict(maxiter=iters, lr=0.05, memory=100)
-        opts_e = dict(opts_c, inner_maxiter=inner, aux_init=args.aux_init, seed=args.seed)
-        tasks, keys = [], []
-        for a, b in starts:
-            w0 = prob.w_star + a * d1 + b * d2
-            s = f"({a:g}, {b:g})"
-            for kind in ("ext", "conv"):  # the long runs first
-                for method in ("adam", "lbfgs"):
-                    tasks.append((prob, w0, kind, method, opts_e if kind == "ext" else opts_c))
-                    keys.append((s, f"{kind}_{method}"))
-        bar = ProgressBar(len(tasks), "trajectories")
-        runs = _map(_traj_task, tasks, jobs, bar)
-        for (s, key), run in zip(keys, runs):
-            traj.setdefault(s, {})[key] = run
-        for s in traj:
-            traj[s] = {k: traj[s][k] for k in ("conv_adam", "conv_lbfgs", "ext_adam", "ext_lbfgs")}
-            table[s] = {k: v["loss"][-1] for k, v in traj[s].items()}
-    t_total = time.perf_counter() - t0
-
-    out = {
-        "alpha": alphas.tolist(),
-        "beta": betas.tolist(),
-        "conventional": pairs[0]["conventional"],
-        "extended": pairs[0]["extended"],
-        "pairs": pairs,
-        "extended_basin_wider": wider,
-        "trajectories": traj,
-        "final_normalized_loss": table,
-        "reference_final_normalized_loss": REFERENCE_TABLE,
-        "settings": {"quick": quick, "grid": n, "pairs": npairs, "iterations": iters, "inner_iterations": inner,
-                     "lambda": args.lam, "layers": args.layers, "image": args.image, "aux_init": args.aux_init,
-                     "inner_init": args.inner_init,
-                     "seed": args.seed, "adam_lr": 0.05, "lbfgs_memory": 100},
-        "seconds": {"landscapes": t_land, "total": t_total},
-    }
-    with open(os.path.join(args.out, "landscape.json"), "w") as f:
-        json.dump(out, f)
-    _plot_landscapes(os.path.join(args.out, "landscapes.png"), alphas, betas, pairs)
-    if traj:
-        _plot_trajectories(os.path.join(args.out, "trajectories.png"), traj)
-
-    print(f"landscapes: {n}x{n} grid, {npairs} direction pair(s); basin: normalised loss < 0.1, "
-          "area fraction and valley radius around w* (conventional / extended):")
-    for k, p in enumerate(pairs):
-        bf, br = p["basin_fraction"], p["basin_radius"]
-        print(f"  pair {k + 1}: area {bf['conventional']:.3f} / {bf['extended']:.3f} "
-              f"(extended on the conventional scale {bf['extended_on_conventional_scale']:.3f}), "
-              f"radius {_radius_text(br['conventional'])} / {_radius_text(br['extended'])}")
-    print(f"  extended basin wider in area: {wider['area_own_scale']} of {npairs} pair(s) (each landscape on its "
-          f"own scale), {wider['area_conventional_scale']} of {npairs} (common scale); "
-          f"valley radius wider: {wider['radius_own_scale']} of {npairs}")
-    if table:
-        cols = ("conv_adam", "conv_lbfgs", "ext_adam", "ext_lbfgs")
-        print(f"final normalised loss after {iters} iterations (ours | reference):")
-        print(f"  {'start':<9s}" + "".join(f"{c:>22s}" for c in cols))
-        for s in table:
-            ref = REFERENCE_TABLE.get(s, {})
-            print(f"  {s:<9s}" + "".join(f"{table[s][c]:>11.1e} | {ref.get(c, float('nan')):<8.1e}" for c in cols))
-    print(f"wrote {args.out}/landscape.json, landscapes.png" + (", trajectories.png" if traj else "")
-          + f" in {t_total:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

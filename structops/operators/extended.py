@@ -10,14 +10,14 @@ replaced by per-pixel ones.
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 
-from ._backend import get_xp
-from ._base import StructuredOperator, split_batch
-from ._validate import as_param_array, result_dtype
-from .conv import ConvND, _as_int_tuple, _device_constant, _Geometry, conv_output_shape, resolve_padding
+from .._backend import device_constant, get_xp
+from .base import StructuredOperator, split_batch
+from .._validate import as_param_array, result_dtype
+from .conv import ConvND
+from .geometry import ConvGeometry
 
 __all__ = ["ExtendedConvND", "ExtendedConv1D", "ExtendedConv2D", "extension_penalty"]
 
@@ -67,31 +67,27 @@ class ExtendedConvND(StructuredOperator):
 
     def __init__(self, weights, in_shape, *, padding="same", stride=1, dilation=1):
         weights = as_param_array(weights, "weights", min_ndim=4)
-        if isinstance(in_shape, (int, np.integer)):
-            in_shape = (int(in_shape),)
-        in_shape = tuple(int(n) for n in in_shape)
-        D = len(in_shape)
-        if weights.ndim != 2 + 2 * D:
+        D = (weights.ndim - 2) // 2
+        if weights.ndim != 2 + 2 * D or D < 1:
             raise ValueError(
-                f"weights of shape {tuple(weights.shape)} for a {D}-D input {in_shape}; expected "
-                f"(c_out, c_in, *k, *out_shape) with {D} kernel and {D} output axes ({2 + 2 * D} dimensions)"
+                f"weights of shape {tuple(weights.shape)}; expected (c_out, c_in, *k, *out_shape) "
+                "with as many kernel as output axes"
             )
-        self.weights = weights
-        self.xp = get_xp(weights)
-        self.c_out, self.c_in = int(weights.shape[0]), int(weights.shape[1])
-        self.kernel_size = tuple(int(k) for k in weights.shape[2 : 2 + D])
-        self.in_shape = in_shape
-        self.stride = _as_int_tuple(stride, D, "stride")
-        self.dilation = _as_int_tuple(dilation, D, "dilation")
-        self.padding, self.circular = resolve_padding(padding, self.kernel_size, self.dilation, in_shape)
-        out = conv_output_shape(in_shape, self.kernel_size, self.stride, self.padding, self.dilation)
+        geo = ConvGeometry(weights.shape[: 2 + D], in_shape, stride=stride, padding=padding, dilation=dilation)
+        out = geo.out_shape
         if tuple(weights.shape[2 + D :]) != out:
             raise ValueError(
                 f"weights have output axes {tuple(weights.shape[2 + D:])}; the layer's output shape is {out} "
-                f"(input {in_shape}, kernel {self.kernel_size}, stride {self.stride}, padding {self.padding})"
+                f"(input {geo.in_shape}, kernel {geo.kernel_size}, stride {geo.stride}, padding {geo.padding})"
             )
+        self.weights = weights
+        self.geometry = self._geo = geo
+        self.c_out, self.c_in = geo.c_out, geo.c_in
+        self.kernel_size = geo.kernel_size
+        self.in_shape = in_shape = geo.in_shape
+        self.stride, self.dilation = geo.stride, geo.dilation
+        self.padding, self.circular = geo.padding, geo.circular
         self.out_shape = out
-        self._geo = _Geometry(in_shape, self.kernel_size, self.stride, self.dilation, self.padding, self.circular)
         self._cells = self._to_cell_layout(weights)
         super().__init__(
             dims=(self.c_in,) + in_shape, dimsd=(self.c_out,) + out, dtype=weights.dtype, name="E"
@@ -115,18 +111,23 @@ class ExtendedConvND(StructuredOperator):
         geo = self._geo
         xp = get_xp(w)
         c = w.shape[0]
-        cells = xp.zeros((c, self.c_in, geo.T) + geo.Q, dtype=w.dtype)
+        cells = xp.zeros((c, self.c_in, geo.taps) + geo.Q, dtype=w.dtype)
         valid = tuple(slice(0, o) for o in self.out_shape)
-        cells[(slice(None),) * 3 + valid] = w.reshape((c, self.c_in, geo.T) + self.out_shape)
-        return cells.reshape(c, self.c_in, geo.T, geo.cell)
+        cells[(slice(None),) * 3 + valid] = w.reshape((c, self.c_in, geo.taps) + self.out_shape)
+        return cells.reshape(c, self.c_in, geo.taps, geo.cell)
 
     def _from_cell_layout(self, cells):
         """Inverse of :meth:`_to_cell_layout` (valid output pixels only)."""
         geo = self._geo
         c = cells.shape[0]
         valid = tuple(slice(0, o) for o in self.out_shape)
-        w = cells.reshape((c, self.c_in, geo.T) + geo.Q)[(slice(None),) * 3 + valid]
+        w = cells.reshape((c, self.c_in, geo.taps) + geo.Q)[(slice(None),) * 3 + valid]
         return w.reshape((c, self.c_in) + self.kernel_size + self.out_shape)
+
+    @property
+    def xp(self):
+        """Array module of the weights (``numpy`` or ``cupy``)."""
+        return get_xp(self.weights)
 
     def border_mask(self):
         """Which weights are entries of the matrix: ``(*k, *out_shape)`` booleans.
@@ -134,17 +135,14 @@ class ExtendedConvND(StructuredOperator):
         Tap ``d`` at output pixel ``p`` reads input pixel ``p s + d delta - lo``;
         under zero padding the entry exists only when that pixel is inside the
         image. All entries exist for circular padding. A NumPy array (a new
-        copy on every call).
+        copy on every call); see :meth:`ConvGeometry.border_mask`.
         """
-        return _border_mask(*self._mask_key()).copy()
-
-    def _mask_key(self):
-        return (self.in_shape, self.kernel_size, self.stride, self.dilation, self.padding, self.circular)
+        return self.geometry.border_mask().copy()
 
     def _border_mask(self):
         """:meth:`border_mask` on the backend of the weights (built once per geometry; read-only)."""
-        key = self._mask_key()
-        return _device_constant(self.xp, ("border_mask",) + key, lambda: _border_mask(*key))
+        geo = self.geometry
+        return device_constant(self.xp, ("border_mask",) + geo.key(), geo.border_mask)
 
     def kernel_average(self):
         """The conventional kernel nearest in Frobenius norm: the masked average over pixels.
@@ -203,26 +201,6 @@ class ExtendedConvND(StructuredOperator):
         return _ExtendedWeightJacobian(self, X, batched)
 
 
-@functools.lru_cache(maxsize=256)
-def _border_mask(in_shape, kernel_size, stride, dilation, padding, circular):
-    """Host border mask of a geometry (cached, read-only); see :meth:`ExtendedConvND.border_mask`."""
-    D = len(in_shape)
-    out_shape = tuple(conv_output_shape(in_shape, kernel_size, stride, padding, dilation))
-    if circular:
-        mask = np.ones(kernel_size + out_shape, dtype=bool)
-    else:
-        mask = np.ones((1,) * (2 * D), dtype=bool)
-        for ax, (n, k, s, dl, (lo, _), o) in enumerate(zip(in_shape, kernel_size, stride, dilation, padding,
-                                                           out_shape)):
-            q = np.arange(o)[None, :] * s + np.arange(k)[:, None] * dl - lo  # (k, o)
-            inside = (q >= 0) & (q < n)
-            shape = [1] * (2 * D)
-            shape[ax], shape[D + ax] = k, o
-            mask = mask & inside.reshape(shape)
-    mask.setflags(write=False)
-    return mask
-
-
 def _extended_forward(geo, cells, phases, B: int):
     """Per-pixel weights ``cells`` ``(c_out, c_in, T, cell)`` applied to a polyphase buffer."""
     xp = get_xp(cells, phases)
@@ -264,7 +242,7 @@ class _ExtendedWeightJacobian(StructuredOperator):
         co = nd * layer.c_out
         y = geo.to_cells(R.T.reshape(-1, self.B), co, self.dtype).reshape(co, self.B, geo.cell)
         nv = geo.cell - geo.max_off
-        cells = self.xp.zeros((co, layer.c_in, geo.T, geo.cell), dtype=self.dtype)
+        cells = self.xp.zeros((co, layer.c_in, geo.taps, geo.cell), dtype=self.dtype)
         for ph, taps, offs in geo.phases:
             x = self._phases[ph].reshape(layer.c_in, self.B, geo.cell)
             for t, off in zip(taps, offs):

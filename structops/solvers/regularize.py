@@ -92,7 +92,8 @@ from typing import Callable
 import numpy as np
 
 from .._backend import blas_threads, get_fft, get_xp, to_numpy
-from ..conv import ConvND
+from ..operators.conv import ConvND
+from ..operators.geometry import ConvGeometry
 
 __all__ = [
     "frobenius_penalty",
@@ -112,37 +113,12 @@ _DENSE_GRAM_MAX = 2500
 # ---------------------------------------------------------------------------
 # Input checks and geometry
 # ---------------------------------------------------------------------------
-class _Geometry:
-    """Resolved layer geometry: shapes, paddings, strides, dilations, circular flag."""
-
-    def __init__(self, kernel_shape, in_shape, padding, stride, dilation):
-        D = len(kernel_shape) - 2
-        if isinstance(in_shape, (int, np.integer)) and not isinstance(in_shape, bool):
-            in_shape = (int(in_shape),) * D
-        # the layer's own constructor validates and resolves the geometry
-        shape_only = ConvND(np.zeros(tuple(kernel_shape)), in_shape, stride=stride, padding=padding, dilation=dilation)
-        self.c_out, self.c_in = shape_only.c_out, shape_only.c_in
-        self.k = shape_only.kernel_size
-        self.D = D
-        self.n = shape_only.in_shape
-        self.s = shape_only.stride
-        self.dil = shape_only.dilation
-        self.pads, self.circular = shape_only.padding, shape_only.circular
-        self.m = shape_only.out_shape
-        self.T = int(np.prod(self.k))
-        self.N = self.c_in * int(np.prod(self.n))  # columns
-        self.M = self.c_out * int(np.prod(self.m))  # rows
-
-    def layer(self, K):
-        padding = "circular" if self.circular else self.pads
-        return ConvND(K, self.n, stride=self.s, padding=padding, dilation=self.dil)
-
-    def describe(self) -> str:
-        pad = "circular" if self.circular else self.pads
-        return (
-            f"{self.c_in} -> {self.c_out} channels, kernel {self.k}, input {self.n}, "
-            f"stride {self.s}, dilation {self.dil}, padding {pad}"
-        )
+def _geometry(kernel_shape, in_shape, padding, stride, dilation) -> ConvGeometry:
+    """The layer's geometry; an int ``in_shape`` is the side of a square (cubic) input."""
+    D = len(kernel_shape) - 2
+    if isinstance(in_shape, (int, np.integer)) and not isinstance(in_shape, bool):
+        in_shape = (in_shape,) * D
+    return ConvGeometry(kernel_shape, in_shape, stride=stride, padding=padding, dilation=dilation)
 
 
 def _check_kernel(kernel, name="kernel"):
@@ -229,12 +205,12 @@ def _axis_weights(n, m, s, dl, lo, k, circular):
     return v, w
 
 
-def _weights(geo: _Geometry):
+def _weights(geo: ConvGeometry):
     """Tap weights ``V`` ``(T, T)`` and ``W`` ``(T, T, T, T)`` (indices ``d, d', e, e'``), float64."""
     V = np.ones((1, 1))
     W = np.ones((1, 1, 1, 1))
-    for ax in range(geo.D):
-        v, w = _axis_weights(geo.n[ax], geo.m[ax], geo.s[ax], geo.dil[ax], geo.pads[ax][0], geo.k[ax], geo.circular)
+    for ax in range(geo.ndim):
+        v, w = _axis_weights(geo.in_shape[ax], geo.out_shape[ax], geo.stride[ax], geo.dilation[ax], geo.padding[ax][0], geo.kernel_size[ax], geo.circular)
         V = np.einsum("ab,cd->acbd", V, v).reshape(V.shape[0] * v.shape[0], -1)
         a, b, c, d = W.shape
         k = v.shape[0]
@@ -245,8 +221,8 @@ def _weights(geo: _Geometry):
 # ---------------------------------------------------------------------------
 # Frobenius penalty
 # ---------------------------------------------------------------------------
-def _frobenius_kernel_space(K, geo: _Geometry, alpha, gram, xp):
-    T = geo.T
+def _frobenius_kernel_space(K, geo: ConvGeometry, alpha, gram, xp):
+    T = geo.taps
     co, ci = geo.c_out, geo.c_in
     V, W = _weights(geo)
     Kd = xp.ascontiguousarray(K.reshape(co, ci, T).transpose(2, 0, 1))  # (T, co, ci): K_d
@@ -269,7 +245,7 @@ def _frobenius_kernel_space(K, geo: _Geometry, alpha, gram, xp):
     Kf = Kd.reshape(T, co * ci)
     lin = float(xp.sum(Vx * (Kf @ Kf.T)))
     glin = (Vx @ Kf).reshape(T, co, ci)
-    size = geo.N if gram == "input" else geo.M
+    size = geo.n_in if gram == "input" else geo.n_out
     value = quartic - 2.0 * alpha * lin + alpha**2 * size
     grad = (gq - 4.0 * alpha * glin).transpose(1, 2, 0).reshape(K.shape)
     return value, grad
@@ -289,32 +265,32 @@ def _axis_matrix(n, m, s, dl, lo, j, circular):
     return sp.csr_matrix((np.ones(int(ok.sum())), (p[ok], q[ok])), shape=(m, n))
 
 
-def _tap_matrices(geo: _Geometry):
+def _tap_matrices(geo: ConvGeometry):
     """Sparse ``E_d`` (``prod(m) x prod(n)``) for every tap ``d``, C order of the taps."""
     import scipy.sparse as sp
 
     per_axis = [
-        [_axis_matrix(geo.n[a], geo.m[a], geo.s[a], geo.dil[a], geo.pads[a][0], j, geo.circular) for j in range(geo.k[a])]
-        for a in range(geo.D)
+        [_axis_matrix(geo.in_shape[a], geo.out_shape[a], geo.stride[a], geo.dilation[a], geo.padding[a][0], j, geo.circular) for j in range(geo.kernel_size[a])]
+        for a in range(geo.ndim)
     ]
     mats = []
-    for d in product(*[range(k) for k in geo.k]):
+    for d in product(*[range(k) for k in geo.kernel_size]):
         E = per_axis[0][d[0]]
-        for a in range(1, geo.D):
+        for a in range(1, geo.ndim):
             E = sp.kron(E, per_axis[a][d[a]], format="csr")
         mats.append(E.tocsr())
     return mats
 
 
-def _frobenius_sparse(K, geo: _Geometry, alpha, gram):
+def _frobenius_sparse(K, geo: ConvGeometry, alpha, gram):
     """The explicit route: ``M = sum_d K_d (x) E_d`` in ``scipy.sparse``, ``M^T M``, gradient from ``M (M^T M - a I)``."""
     import scipy.sparse as sp
 
     K = np.asarray(to_numpy(K), dtype=np.float64)
-    co, ci, T = geo.c_out, geo.c_in, geo.T
+    co, ci, T = geo.c_out, geo.c_in, geo.taps
     Kt = K.reshape(co, ci, T)
     E = _tap_matrices(geo)
-    Mmat = sp.csr_matrix((geo.M, geo.N))
+    Mmat = sp.csr_matrix((geo.n_out, geo.n_in))
     for t in range(T):
         Mmat = Mmat + sp.kron(sp.csr_matrix(Kt[:, :, t]), E[t], format="csr")
     Mmat = Mmat.tocsr()
@@ -326,7 +302,7 @@ def _frobenius_sparse(K, geo: _Geometry, alpha, gram):
         Z = (G @ Mmat - alpha * Mmat).tocsr()  # (M M^T - a I) M
     size = G.shape[0]
     value = float(np.sum(G.data**2) - 2.0 * alpha * G.diagonal().sum() + alpha**2 * size)
-    Pm, Pn = int(np.prod(geo.m)), int(np.prod(geo.n))
+    Pm, Pn = int(np.prod(geo.out_shape)), int(np.prod(geo.in_shape))
     grad = np.empty((co, ci, T))
     oo, ii = np.meshgrid(np.arange(co), np.arange(ci), indexing="ij")
     for t in range(T):
@@ -382,7 +358,7 @@ def frobenius_penalty(kernel, in_shape, alpha=1.0, padding="same", stride=1, dil
     Examples
     --------
     >>> import numpy as np
-    >>> from structops.solvers.spectrum import frobenius_penalty
+    >>> from structops.solvers.regularize import frobenius_penalty
     >>> K = np.random.default_rng(0).standard_normal((6, 3, 3, 3))
     >>> f, g = frobenius_penalty(K, (20, 20))
     >>> f2, _ = frobenius_penalty(K, (20, 20), method="sparse")
@@ -395,7 +371,7 @@ def frobenius_penalty(kernel, in_shape, alpha=1.0, padding="same", stride=1, dil
         raise ValueError(f"gram={gram!r}; expected 'input' (M^T M) or 'output' (M M^T)")
     if method not in ("auto", "kernel", "sparse"):
         raise ValueError(f"method={method!r}; expected 'auto', 'kernel' or 'sparse'")
-    geo = _Geometry(K.shape, in_shape, padding, stride, dilation)
+    geo = _geometry(K.shape, in_shape, padding, stride, dilation)
     if method == "sparse":
         value, grad = _frobenius_sparse(K, geo, alpha, gram)
         return value, xp.asarray(grad.astype(K.dtype, copy=False))
@@ -407,17 +383,17 @@ def frobenius_penalty(kernel, in_shape, alpha=1.0, padding="same", stride=1, dil
 # ---------------------------------------------------------------------------
 # Extreme singular values, 2-norm penalty
 # ---------------------------------------------------------------------------
-def _extremes(geo: _Geometry, K, vectors: bool):
+def _extremes(geo: ConvGeometry, K, vectors: bool):
     """``(smax, smin, triplets)``: host float64; triplets = ((u, v) largest, (u, v) smallest) or None."""
-    from ..spectral import singular_values, singular_vectors
+    from ..linalg.spectra import singular_values, singular_vectors
 
     K = np.asarray(to_numpy(K), dtype=np.float64)
-    op = geo.layer(K)
-    small = min(geo.M, geo.N)
+    op = ConvND.from_geometry(K, geo)
+    small = min(geo.n_out, geo.n_in)
     if not geo.circular and small <= _DENSE_GRAM_MAX:
         import scipy.linalg as sl
 
-        from .._normal import normal_matrix_banded
+        from ..linalg.normal import normal_matrix_banded
 
         B = normal_matrix_banded(op)
         G = B.toarray()
@@ -469,14 +445,14 @@ def extreme_singular_values(kernel, in_shape, padding="same", stride=1, dilation
     Lanczos and the banded factorisation otherwise).
     """
     K, _ = _check_kernel(kernel)
-    geo = _Geometry(K.shape, in_shape, padding, stride, dilation)
+    geo = _geometry(K.shape, in_shape, padding, stride, dilation)
     smax, smin, _ = _extremes(geo, K, vectors=False)
     return smax, smin
 
 
 def _sigma_grad(geo, K64, u, v):
     """``d sigma / d K = J(v)^T u`` for the triplet ``M v = sigma u``."""
-    op = geo.layer(K64)
+    op = ConvND.from_geometry(K64, geo)
     return np.asarray(op.jacobian(v).rmatvec(u)).reshape(K64.shape)
 
 
@@ -518,7 +494,7 @@ def spectral_penalty(kernel, in_shape, padding="same", stride=1, dilation=1, *, 
     Examples
     --------
     >>> import numpy as np
-    >>> from structops.solvers.spectrum import spectral_penalty
+    >>> from structops.solvers.regularize import spectral_penalty
     >>> K = np.random.default_rng(0).standard_normal((2, 2, 3, 3))
     >>> f, g = spectral_penalty(K, (8, 8))
     >>> g.shape
@@ -528,7 +504,7 @@ def spectral_penalty(kernel, in_shape, padding="same", stride=1, dilation=1, *, 
     target = _check_real(target, "target", positive=True)
     if form not in ("squares", "max", "gram"):
         raise ValueError(f"form={form!r}; expected 'squares', 'max' or 'gram'")
-    geo = _Geometry(K.shape, in_shape, padding, stride, dilation)
+    geo = _geometry(K.shape, in_shape, padding, stride, dilation)
     value, grad, _ = _spectral_value_grad(geo, K, form, target)
     return value, xp.asarray(grad.astype(K.dtype, copy=False))
 
@@ -603,25 +579,23 @@ def clip_singular_values(kernel, in_shape, lo, hi, *, dilation=1, full=False):
     Examples
     --------
     >>> import numpy as np, structops
-    >>> from structops.solvers.spectrum import clip_singular_values
+    >>> from structops.solvers.regularize import clip_singular_values
     >>> K = np.random.default_rng(0).standard_normal((3, 3, 3, 3))
     >>> h = clip_singular_values(K, (8, 8), 0.5, 1.0, full=True)
     >>> h.shape
     (3, 3, 8, 8)
     """
     K, xp = _check_kernel(kernel)
-    geo = _Geometry(K.shape, in_shape, "circular", 1, dilation)
+    geo = _geometry(K.shape, in_shape, "circular", 1, dilation)
     lo = None if lo is None else _check_real(lo, "lo", nonnegative=True)
     hi = None if hi is None else _check_real(hi, "hi", nonnegative=True)
     if lo is not None and hi is not None and lo > hi:
         raise ValueError(f"lo = {lo} is larger than hi = {hi}; expected 0 <= lo <= hi")
     fft = get_fft(xp)
-    D = geo.D
-    idx = tuple(
-        np.array([(d * dl - p[0]) % n for d in range(k)]) for k, dl, p, n in zip(geo.k, geo.dil, geo.pads, geo.n)
-    )
-    h = xp.zeros((geo.c_out, geo.c_in) + geo.n, dtype=np.float64)
-    h[(slice(None), slice(None)) + np.ix_(*idx)] = K
+    D = geo.ndim
+    # the correlation form c[t] = h[-t] on the periodic grid: F = rfftn(c) = conj(H), same singular values
+    idx = geo.periodic_taps(form="correlation")
+    h = geo.periodic_filter(K, form="correlation", dtype=np.float64)
     axes = tuple(range(2, 2 + D))
     F = fft.rfftn(h, axes=axes)  # F(omega) = conj(P(omega)): same singular values and vectors up to conj
     shp = F.shape
@@ -630,7 +604,7 @@ def clip_singular_values(kernel, in_shape, lo, hi, *, dilation=1, full=False):
     s = xp.clip(s, lo, hi) if (lo is not None or hi is not None) else s
     Fc = xp.matmul(U * s[:, None, :], Vh)
     Fc = xp.moveaxis(Fc, 0, -1).reshape(shp)
-    hc = fft.irfftn(Fc, s=geo.n, axes=axes)
+    hc = fft.irfftn(Fc, s=geo.in_shape, axes=axes)
     if full:
         return hc.astype(K.dtype, copy=False)
     return xp.ascontiguousarray(hc[(slice(None), slice(None)) + np.ix_(*idx)]).astype(K.dtype, copy=False)
@@ -689,7 +663,7 @@ class RegularizeResult:
 def _monitor_plan(history_every, geo, maxiter):
     """Set of iterations at which sigma_max / sigma_min are recorded (the last one always)."""
     if history_every == "auto":
-        if min(geo.M, geo.N) <= 600:
+        if min(geo.n_out, geo.n_in) <= 600:
             return None  # every iteration
         it = set(range(0, 51)) | set(range(50, 301, 5)) | set(range(300, maxiter + 1, 25))
         return it
@@ -775,7 +749,7 @@ def regularize_spectrum(
     Examples
     --------
     >>> import numpy as np
-    >>> from structops.solvers.spectrum import regularize_spectrum
+    >>> from structops.solvers.regularize import regularize_spectrum
     >>> K = np.random.default_rng(1).standard_normal((3, 1, 3, 3))
     >>> res = regularize_spectrum(K, (12, 12), maxiter=300)
     >>> res.converged, bool(0.95 < res.sigma_min <= res.sigma_max < 1.05)
@@ -800,7 +774,7 @@ def regularize_spectrum(
     schedule = guo_schedule if schedule is None else schedule
     if not callable(schedule):
         raise TypeError(f"schedule must be callable (iteration -> step); got {type(schedule).__name__}")
-    geo = _Geometry(K0.shape, in_shape, padding, stride, dilation)
+    geo = _geometry(K0.shape, in_shape, padding, stride, dilation)
     plan = _monitor_plan(history_every, geo, int(maxiter))
     target = math.sqrt(alpha)
     dtype = K0.dtype

@@ -44,7 +44,7 @@ import numpy as np
 from scipy.linalg import blas as _blas
 from scipy.linalg import lapack as _lapack
 
-from ._backend import blas_threads, to_numpy
+from .._backend import blas_threads, to_numpy
 
 __all__ = [
     "BandedNormal",
@@ -158,7 +158,7 @@ def _resolve_side(op, side):
 
 
 def _check_op(op):
-    from .conv import ConvND
+    from ..operators.conv import ConvND
 
     if not isinstance(op, ConvND):
         raise TypeError(f"expected a structops ConvND layer; got {type(op).__name__}")
@@ -180,7 +180,7 @@ def _gram(op, side):
 
 def _host_op(op, K):
     """A float64 NumPy copy of the layer for the checks (same geometry)."""
-    from .conv import ConvND
+    from ..operators.conv import ConvND
 
     if K is op.kernel and op.kernel.dtype == np.float64:
         return op
@@ -304,7 +304,7 @@ def normal_matrix_banded(op, side="auto"):
     Examples
     --------
     >>> import numpy as np, structops
-    >>> from structops._normal import normal_matrix_banded
+    >>> from structops.linalg.normal import normal_matrix_banded
     >>> op = structops.Conv2D(np.ones((2, 3, 3, 3)), (5, 7))
     >>> G = normal_matrix_banded(op)
     >>> G.side, G.kd, G.ab.shape

@@ -8,13 +8,17 @@ so a batch of images is always one vectorised call.
 
 from __future__ import annotations
 
+import importlib
+import types
+
 import numpy as np
 from pylops import LinearOperator
 from scipy.sparse import issparse
 
-from ._backend import blas_threads, get_xp
+from .._backend import blas_threads, get_xp
+from .._validate import as_data_array, result_dtype
 
-__all__ = ["StructuredOperator", "split_batch"]
+__all__ = ["StructuredOperator", "FunctionOperator", "split_batch"]
 
 
 def split_batch(x, dims, n: int, what: str = "x"):
@@ -36,6 +40,7 @@ def split_batch(x, dims, n: int, what: str = "x"):
     batched : bool
         Whether ``x`` carried a batch axis.
     """
+    x = as_data_array(x, what)
     shape = tuple(x.shape)
     if shape == (n,) or shape == tuple(dims):
         return x.reshape(n, 1), False
@@ -82,12 +87,53 @@ class StructuredOperator(LinearOperator):
             return self._backward(y.reshape(-1, 1)).reshape(-1)
 
     def _matmat(self, X):
+        X = _dense(X)
+        if X.shape[1] == 0:
+            return self._empty(X, self.shape[0])
         with blas_threads():
-            return self._forward(_dense(X))
+            return self._forward(X)
 
     def _rmatmat(self, Y):
+        Y = _dense(Y)
+        if Y.shape[1] == 0:
+            return self._empty(Y, self.shape[1])
         with blas_threads():
-            return self._backward(_dense(Y))
+            return self._backward(Y)
+
+    def _empty(self, X, rows: int):
+        """The ``(rows, 0)`` result of a product with an empty batch."""
+        xp = get_xp(X)
+        return xp.zeros((rows, 0), dtype=result_dtype(np.empty(0, self.dtype), X))
+
+    # -- array-likes in: converted once, as NumPy would ------------------------
+    def matvec(self, x):
+        return super().matvec(as_data_array(x, "x"))
+
+    def rmatvec(self, y):
+        return super().rmatvec(as_data_array(y, "y"))
+
+    def matmat(self, X):
+        return super().matmat(X if issparse(X) else as_data_array(X, "X"))
+
+    def rmatmat(self, Y):
+        return super().rmatmat(Y if issparse(Y) else as_data_array(Y, "Y"))
+
+    def dot(self, x):
+        if not (isinstance(x, LinearOperator) or np.isscalar(x) or issparse(x) or hasattr(x, "matvec")):
+            x = as_data_array(x, "x")
+        return super().dot(x)
+
+    # -- pickling: array modules travel by name --------------------------------
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for k, v in state.items():
+            if isinstance(v, types.ModuleType):
+                state[k] = _ModuleRef(v.__name__)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update({k: importlib.import_module(v.name) if isinstance(v, _ModuleRef) else v
+                              for k, v in state.items()})
 
     def _check_input(self, X, n: int, *params):
         """Common checks on a 2-D input: backend agreement and length."""
@@ -108,3 +154,36 @@ class StructuredOperator(LinearOperator):
             f"<{type(self).__name__}: {self.shape[0]}x{self.shape[1]}, dims={self.dims}, "
             f"dimsd={self.dimsd}, dtype={self.dtype}>"
         )
+
+
+class _ModuleRef:
+    """A module in a pickled operator's state, by name."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+class FunctionOperator(StructuredOperator):
+    """A structured operator from two batched callables.
+
+    Parameters
+    ----------
+    forward, backward : callable
+        ``forward(X)`` maps ``(N, k)`` to ``(M, k)``; ``backward(Y)`` maps
+        ``(M, k)`` to ``(N, k)`` and must be the adjoint of ``forward``.
+    dims, dimsd : tuple of int
+    dtype : dtype
+    xp : module, optional
+        Array module of the products (for the testing helpers).
+    """
+
+    def __init__(self, forward, backward, dims, dimsd, dtype, xp=np, name="F"):
+        self._f, self._b = forward, backward
+        self.xp = xp
+        super().__init__(dims=dims, dimsd=dimsd, dtype=dtype, name=name)
+
+    def _forward(self, X):
+        return self._f(X)
+
+    def _backward(self, Y):
+        return self._b(Y)

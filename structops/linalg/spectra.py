@@ -86,16 +86,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse.linalg as spla
 
-from ._backend import blas_threads, get_fft, to_numpy
-from .circulant import Circulant
-from .conv import ConvND
+from .._backend import blas_threads, get_fft, to_numpy
+from ..operators.circulant import Circulant
+from ..operators.conv import ConvND
 
 __all__ = [
     "singular_values",
     "singular_vectors",
     "opnorm",
     "cond",
-    "plot_spectrum",
     "SpectrumNotConvergedError",
     "SpectrumNotConvergedWarning",
 ]
@@ -417,10 +416,7 @@ class _Symbol:
         n, s = op.in_shape, op.stride
         co, ci = op.c_out, op.c_in
         # tap d sits at q_d = (d * dilation - lo) mod n = s * a_d + phi_d on each axis
-        q = [
-            np.array([(d * dl - lo) % nn for d in range(k)])
-            for k, dl, (lo, _), nn in zip(op.kernel_size, op.dilation, op.padding, n)
-        ]
+        q = op.geometry.periodic_taps(n, form="correlation")
         pos = [np.unique(qa // sa) for qa, sa in zip(q, s)]
         c = xp.zeros((co, ci, int(np.prod(s))) + tuple(len(p) for p in pos), dtype=K.dtype)
         for d in np.ndindex(*op.kernel_size):
@@ -808,7 +804,7 @@ def _normal_smallest(op, k, opts, vectors):
     if k >= min(M, N):
         return None, f"the banded normal-matrix solver needs k < min(M, N) = {min(M, N)}"
     try:
-        from ._normal import smallest_singular_values
+        from .normal import smallest_singular_values
     except ImportError:
         return None, "the banded normal-matrix solver is not available"
     try:
@@ -952,12 +948,15 @@ def opnorm(op, **kwargs) -> float:
     return float(singular_values(op, 1, "largest", **kwargs)[0])
 
 
+@functools.singledispatch
 def cond(op, **kwargs) -> float:
     """2-norm condition number ``sigma_max / sigma_min`` over the ``min(M, N)`` singular values.
 
     Returns ``inf`` when ``sigma_min`` is zero. Keyword arguments as in
-    :func:`singular_values`. Operators with an exact rule compute their whole
-    spectrum once; others compute the two extremes.
+    :func:`singular_values`. Operators with a periodic symbol compute their
+    whole spectrum once; others compute the two extremes through
+    :func:`singular_values`, so a rule registered there serves ``cond`` too.
+    ``cond`` is itself a :func:`functools.singledispatch` function.
     """
     if _symbol_of(op) is not None:
         s = singular_values(op, **kwargs)
@@ -966,66 +965,3 @@ def cond(op, **kwargs) -> float:
         smax = float(singular_values(op, 1, "largest", **kwargs)[0])
         smin = float(singular_values(op, 1, "smallest", **kwargs)[0])
     return math.inf if smin == 0 else smax / smin
-
-
-# ---------------------------------------------------------------- plots
-def plot_spectrum(s_or_op, path, *, bins=50, title=None, logy=True, marks=None, **kwargs):
-    """Histogram and sorted plot of a spectrum, written to a PNG file.
-
-    Parameters
-    ----------
-    s_or_op : array_like or operator
-        Singular values, or an operator whose full spectrum
-        :func:`singular_values` computes (``kwargs`` are passed on).
-    path : str or path-like
-        Output file (PNG).
-    bins : int
-        Histogram bins.
-    title : str, optional
-    logy : bool
-        Logarithmic axis for the sorted values (default).
-    marks : dict of str to float, optional
-        Reference values drawn as labelled horizontal lines on the sorted
-        values (e.g. the exact extremes of a related operator).
-
-    Returns
-    -------
-    s : ndarray
-        The plotted singular values, descending.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if isinstance(s_or_op, (list, tuple)) or (isinstance(s_or_op, np.ndarray) and s_or_op.ndim == 1):
-        s = np.sort(np.asarray(to_numpy(np.asarray(s_or_op)), dtype=np.float64).reshape(-1))[::-1]
-    else:
-        s = singular_values(s_or_op, **kwargs)
-    if s.size == 0:
-        raise ValueError("no singular values to plot")
-    fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.hist(s, bins=bins, color="C0")
-    ax1.set_xlabel("singular value")
-    ax1.set_ylabel("count")
-    ax1.set_title("histogram")
-    pos = s[s > 0]
-    ax2.plot(np.arange(1, s.size + 1), s, color="C1")
-    if logy and pos.size:
-        ax2.set_yscale("log")
-        low = min([float(pos.min())] + [float(v) for v in (marks or {}).values() if v > 0])
-        ax2.set_ylim(bottom=max(low / 2, float(s[0]) * 1e-17))
-    for i, (label, value) in enumerate((marks or {}).items()):
-        ax2.axhline(value, color=f"C{i + 2}", linestyle="--", linewidth=1, label=f"{label} = {value:.4g}")
-    if marks:
-        ax2.legend(fontsize="small")
-    ax2.set_xlabel("index")
-    ax2.set_ylabel("singular value")
-    smin = float(s[-1])
-    cnd = math.inf if smin == 0 else float(s[0]) / smin
-    ax2.set_title(f"sorted: max {s[0]:.4g}, min {smin:.3g}, cond {cnd:.3g}")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(os.fspath(path), format="png", dpi=100)
-    return s

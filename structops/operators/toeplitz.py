@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import scipy.fft as _sp_fft
 
-from ._backend import get_fft, get_xp
-from ._base import StructuredOperator, split_batch
-from ._validate import as_param_array, result_dtype
+from .._backend import get_fft, get_xp
+from .base import StructuredOperator, split_batch
+from .._validate import as_param_array, result_dtype
 
 __all__ = ["Toeplitz", "linear_convolve_segment"]
 
@@ -110,11 +110,14 @@ class Toeplitz(StructuredOperator):
             return self.c
         return self.xp.concatenate([self.c, self.r[1:]]).astype(self.dtype, copy=False)
 
-    def _spectrum(self, adjoint: bool, real: bool, nfft: int):
-        key = (adjoint, real, nfft)
+    def _spectrum(self, adjoint: bool, dtype, nfft: int):
+        """FFT of the diagonals in the precision of the product (a float32 ``T`` times float64 data is float64)."""
+        real = dtype.kind == "f"
+        key = (adjoint, dtype, nfft)
         if key not in self._hat:
             fft = get_fft(self.xp)
             t = self.diagonals[::-1].conj() if adjoint else self.diagonals
+            t = t.astype(dtype, copy=False)
             self._hat[key] = fft.rfft(t, nfft) if real else fft.fft(t, nfft)
         return self._hat[key]
 
@@ -122,11 +125,13 @@ class Toeplitz(StructuredOperator):
         m, n = self.shape
         nin, nout = (m, n) if adjoint else (n, m)
         self._check_input(X, nin, self.diagonals)
-        real = self.dtype.kind == "f" and X.dtype.kind == "f"
-        nfft = _sp_fft.next_fast_len(m + n - 1 + nin - 1, real=real)
-        t_hat = self._spectrum(adjoint, real, nfft)
-        Y = linear_convolve_segment(self.diagonals, X, nin - 1, nout, a_hat=t_hat, nfft=nfft)
-        return Y.astype(result_dtype(self.diagonals, X), copy=False)
+        dtype = result_dtype(self.diagonals, X)
+        X = X.astype(dtype, copy=False)
+        nfft = _sp_fft.next_fast_len(m + n - 1 + nin - 1, real=dtype.kind == "f")
+        t_hat = self._spectrum(adjoint, dtype, nfft)
+        Y = linear_convolve_segment(self.diagonals.astype(dtype, copy=False), X, nin - 1, nout, a_hat=t_hat,
+                                    nfft=nfft)
+        return Y.astype(dtype, copy=False)
 
     def _forward(self, X):
         return self._apply(X, adjoint=False)

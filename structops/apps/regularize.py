@@ -12,7 +12,7 @@ values, the first iteration at which each enters ``[0.95, 1.05]`` and the time.
 Usage::
 
     structops regularize [--out DIR] [--quick] [--iterations N] [--seed S]
-    python -m structops.solvers.regularize_cli ...
+    python -m structops regularize ...
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import os
 import sys
 import time
 
-from ..cli import _positive_int
+from ..plotting import plot_regularization
+from .args import parse, int_at_least, output_dir, positive_int
 
 __all__ = ["main", "build_parser", "CASES"]
 
-#: ``(c_in, c_out)`` of the seed's Figure 4.1.
+#: ``(c_in, c_out)`` of Figure 4.1 of Guo (2019).
 CASES = ((3, 1), (1, 3), (3, 6), (6, 3))
 BAND = (0.95, 1.05)
 TARGET = (0.98, 1.02)
@@ -42,11 +43,11 @@ def build_parser(prog: str = "structops regularize") -> argparse.ArgumentParser:
             "fixed step schedule and with L-BFGS side by side; writes one PNG per case."
         ),
     )
-    p.add_argument("--out", default="regularize-figures", help="folder for the PNGs (default ./regularize-figures)")
+    p.add_argument("--out", type=output_dir, default="regularize-figures", help="folder for the PNGs (default ./regularize-figures)")
     p.add_argument("--quick", action="store_true", help="12x12 inputs and at most 300 iterations (a few seconds)")
-    p.add_argument("--iterations", type=_positive_int, default=None, help="iterations per method (default 1000; 300 with --quick)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random kernels (default 0)")
-    p.add_argument("--size", type=_positive_int, default=None, help="image side (default 20; 12 with --quick)")
+    p.add_argument("--iterations", type=positive_int, default=None, help="iterations per method (default 1000; 300 with --quick)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random kernels (default 0)")
+    p.add_argument("--size", type=positive_int, default=None, help="image side (default 20; 12 with --quick)")
     return p
 
 
@@ -64,7 +65,7 @@ def _entry_iterations(res, kernels, geo_args):
     """
     import numpy as np
 
-    from .spectrum import extreme_singular_values
+    from ..solvers.regularize import extreme_singular_values
 
     h = res.history
     its, smax, smin = h["iteration"], h["sigma_max"].copy(), h["sigma_min"].copy()
@@ -105,43 +106,18 @@ def _entry_iterations(res, kernels, geo_args):
     return out
 
 
-def _plot(path, title, runs, iterations):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    import numpy as np
-
-    fig = Figure(figsize=(11, 4))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(runs))
-    for ax, (label, res) in zip(axes, runs):
-        h = res.history
-        ok = np.isfinite(h["sigma_max"])
-        it = h["iteration"][ok]
-        ax.plot(it, h["sigma_max"][ok], color="tab:blue", label=r"$\sigma_{max}(M)$")
-        ax.set_xlabel("iteration steps")
-        ax.set_ylabel(r"$\sigma_{max}(M)$", color="tab:blue")
-        ax.set_xlim(0, iterations)
-        ax2 = ax.twinx()
-        ax2.plot(it, h["sigma_min"][ok], color="tab:red", label=r"$\sigma_{min}(M)$")
-        ax2.set_ylabel(r"$\sigma_{min}(M)$", color="tab:red")
-        for a in (ax, ax2):
-            a.axhline(1.0, color="0.6", lw=0.6, ls=":")
-        ax.set_title(f"{label}: final {res.sigma_max:.3f} / {res.sigma_min:.3f}", fontsize=9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def _fmt(v):
     return "-" if v is None else str(v)
 
 
 def main(argv=None) -> int:
     """Run the reproduction; returns 0 when every L-BFGS run ends with both sigmas in [0.98, 1.02]."""
-    args = build_parser().parse_args(argv)
+    args, status = parse(build_parser(), argv)
+    if args is None:
+        return status
     import numpy as np
 
-    from .spectrum import regularize_spectrum
+    from ..solvers.regularize import regularize_spectrum
 
     size = args.size or (12 if args.quick else 20)
     iterations = args.iterations or (300 if args.quick else 1000)
@@ -186,7 +162,7 @@ def main(argv=None) -> int:
                 ok = all(TARGET[0] <= v <= TARGET[1] for v in (res.sigma_max, res.sigma_min))
                 all_ok &= ok and math.isfinite(res.penalty)
         path = os.path.join(args.out, f"guo_fig4_1_{ci}x{co}.png")
-        _plot(path, f"3 x 3 x {ci} x {co} kernel, {size}x{size} input", runs, iterations)
+        plot_regularization(path, f"3 x 3 x {ci} x {co} kernel, {size}x{size} input", runs, iterations)
     print(f"\nfigures written to {os.path.abspath(args.out)}")
     print(
         "L-BFGS: both sigmas in [0.98, 1.02] for every case"
@@ -194,7 +170,3 @@ def main(argv=None) -> int:
         else "L-BFGS: some case did NOT end with both sigmas in [0.98, 1.02]"
     )
     return 0 if all_ok else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -25,63 +25,12 @@ from itertools import product
 import numpy as np
 import scipy.fft as _sp_fft
 
-from ._backend import get_fft, get_xp
-from ._base import StructuredOperator, split_batch
-from ._validate import as_param_array, result_dtype
+from .._backend import device_constant, get_fft, get_xp
+from .base import StructuredOperator, split_batch
+from .._validate import as_param_array, check_memory, result_dtype
+from .geometry import ConvGeometry, conv_output_shape, resolve_padding
 
 __all__ = ["ConvND", "Conv1D", "Conv2D", "Conv3D", "resolve_padding", "conv_output_shape"]
-
-_PADDING_NAMES = ("same", "valid", "full", "circular")
-# Largest temporary of a chunk of the direct algorithm, in bytes.
-_CHUNK_BYTES = 4 * 2**20
-# Small index arrays and masks copied to a device, by (backend, device, key): the
-# products index device arrays with them, and a host array there would be copied
-# to the device on every call.
-_DEVICE_CONSTANTS: dict = {}
-_MAX_DEVICE_CONSTANTS = 1024
-
-
-def _device_id(xp):
-    """Current device of a GPU array module (``None`` for NumPy or without one)."""
-    try:
-        return int(xp.cuda.Device().id)
-    except Exception:
-        return None
-
-
-def _device_constant(xp, key, make, cache=None):
-    """The host array ``make()`` as an array of ``xp``, copied to a device once per ``key``.
-
-    Parameters
-    ----------
-    xp : module
-        ``numpy`` (``make()`` is returned as it is) or ``cupy``.
-    key : hashable
-        Identifies the constant (e.g. the geometry it was derived from).
-    make : callable
-        ``make() -> numpy.ndarray``; called once per backend, device and key.
-    cache : dict, optional
-        Where the copies are kept (default: a module-wide cache, cleared when
-        it holds too many); an object can keep its own constants with it.
-
-    Returns
-    -------
-    array
-        Treat it as read-only: it is shared by every caller with the same key.
-    """
-    if xp is np:
-        return make()
-    shared = cache is None
-    if shared:
-        cache = _DEVICE_CONSTANTS
-    k = (xp.__name__, id(xp), _device_id(xp), key)
-    arr = cache.get(k)
-    if arr is None:
-        if shared and len(cache) >= _MAX_DEVICE_CONSTANTS:
-            cache.clear()
-        arr = cache[k] = xp.asarray(make())
-    return arr
-
 
 def _take_taps(Kt, taps):
     """``Kt[:, :, taps]`` with the tap indices on the backend of ``Kt``."""
@@ -89,217 +38,11 @@ def _take_taps(Kt, taps):
     if xp is np:
         return Kt[:, :, taps]
     key = ("taps",) + tuple(int(t) for t in taps)
-    return Kt[:, :, _device_constant(xp, key, lambda: np.asarray(taps, dtype=np.intp))]
-
-
-def _as_int_tuple(value, D: int, name: str, minimum: int = 1) -> tuple:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value),) * D
-    try:
-        value = tuple(int(v) for v in value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a tuple of {D} ints; got {value!r}") from None
-    if len(value) != D:
-        raise ValueError(f"{name} has {len(value)} entries {value}; expected {D} (one per spatial axis)")
-    if any(v < minimum for v in value):
-        raise ValueError(f"{name} must be >= {minimum} on every axis; got {value}")
-    return value
-
-
-def resolve_padding(padding, kernel_size, dilation, in_shape):
-    """Resolve a padding spec into ``((lo, hi), ...)`` per axis and a circular flag.
-
-    Parameters
-    ----------
-    padding : str, int or tuple
-        ``"same"``, ``"valid"``, ``"full"``, ``"circular"``, an int (both sides
-        of every axis) or a tuple with one int or ``(lo, hi)`` pair per axis.
-    kernel_size, dilation, in_shape : tuple of int
-
-    Returns
-    -------
-    pairs : tuple of (int, int)
-    circular : bool
-    """
-    D = len(kernel_size)
-    e = tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
-    if isinstance(padding, str):
-        name = padding.lower()
-        if name not in _PADDING_NAMES:
-            raise ValueError(f"unknown padding {padding!r}; expected one of {_PADDING_NAMES}, an int or a tuple")
-        if name in ("same", "circular"):
-            even = [ax for ax in range(D) if e[ax] % 2 == 0]
-            if even:
-                raise ValueError(
-                    f"padding={name!r} needs an odd effective kernel size dilation*(k-1)+1 on every "
-                    f"axis to pad symmetrically; got {e} (kernel {tuple(kernel_size)}, dilation "
-                    f"{tuple(dilation)}); pass explicit (lo, hi) pairs instead"
-                )
-        if name == "circular":
-            big = [ax for ax in range(D) if e[ax] > in_shape[ax]]
-            if big:
-                raise ValueError(
-                    f"padding='circular' needs the effective kernel size {e} to be at most the "
-                    f"input size {tuple(in_shape)} on every axis"
-                )
-        if name in ("same", "circular"):
-            return tuple(((x - 1) // 2, (x - 1) // 2) for x in e), name == "circular"
-        if name == "valid":
-            return ((0, 0),) * D, False
-        return tuple((x - 1, x - 1) for x in e), False
-    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
-        if padding < 0:
-            raise ValueError(f"padding must be non-negative; got {padding}")
-        return ((int(padding), int(padding)),) * D, False
-    if isinstance(padding, (tuple, list)):
-        if len(padding) != D:
-            raise ValueError(f"padding {padding!r} has {len(padding)} entries; expected {D} (one per spatial axis)")
-        pairs = []
-        for p in padding:
-            if isinstance(p, (int, np.integer)) and not isinstance(p, bool):
-                p = (int(p), int(p))
-            elif isinstance(p, (tuple, list)) and len(p) == 2:
-                p = (int(p[0]), int(p[1]))
-            else:
-                raise ValueError(f"padding entry {p!r} in {padding!r}; expected an int or a (lo, hi) pair")
-            if min(p) < 0:
-                raise ValueError(f"padding must be non-negative; got {padding!r}")
-            pairs.append(p)
-        return tuple(pairs), False
-    raise TypeError(f"padding {padding!r} of type {type(padding).__name__}; expected a str, an int or a tuple")
-
-
-def conv_output_shape(in_shape, kernel_size, stride, padding_pairs, dilation) -> tuple:
-    """Output size per axis: ``floor((n + lo + hi - e) / stride) + 1``.
-
-    Raises ``ValueError`` when the effective kernel is larger than the padded input.
-    """
-    out = []
-    for n, k, s, (lo, hi), d in zip(in_shape, kernel_size, stride, padding_pairs, dilation):
-        e = d * (k - 1) + 1
-        if n + lo + hi < e:
-            raise ValueError(
-                f"kernel {tuple(kernel_size)} (effective size {e} with dilation {d}) is larger than the "
-                f"padded input: size {n} + padding ({lo}, {hi}) = {n + lo + hi} on an axis; expected "
-                f"at least {e}"
-            )
-        out.append((n + lo + hi - e) // s + 1)
-    return tuple(out)
-
-
-class _Geometry:
-    """Index bookkeeping of a layer: padding, polyphase grid, tap offsets."""
-
-    def __init__(self, in_shape, kernel_size, stride, dilation, pads, circular):
-        self.in_shape, self.k, self.s, self.dil = in_shape, kernel_size, stride, dilation
-        self.pads, self.circular = pads, circular
-        self.out_shape = conv_output_shape(in_shape, kernel_size, stride, pads, dilation)
-        D = len(in_shape)
-        self.D = D
-        # padded extent, rounded up to whole polyphase cells
-        P = [n + lo + hi for n, (lo, hi) in zip(in_shape, pads)]
-        self.Q = tuple(-(-p // s) for p, s in zip(P, stride))
-        self.P = tuple(q * s for q, s in zip(self.Q, stride))
-        fs = [int(np.prod(self.Q[ax + 1 :], dtype=np.int64)) for ax in range(D)]
-        self.nphase = int(np.prod(stride))
-        self.T = int(np.prod(kernel_size))
-        # taps grouped by polyphase component: phase -> (kernel tap indices, flat offsets)
-        groups = {}
-        for t, d in enumerate(product(*[range(k) for k in kernel_size])):
-            r = tuple((di * dl) % s for di, dl, s in zip(d, dilation, stride))
-            off = sum(((di * dl) // s) * f for di, dl, s, f in zip(d, dilation, stride, fs))
-            groups.setdefault(r, ([], []))
-            groups[r][0].append(t)
-            groups[r][1].append(off)
-        self.phases = [
-            (int(np.ravel_multi_index(r, stride)), np.array(ti), offs) for r, (ti, offs) in groups.items()
-        ]
-        self.max_off = max(max(offs) for _, _, offs in self.phases)
-        self.cell = int(np.prod(self.Q))
-
-    # -- padded, polyphase layout ------------------------------------------
-    def to_phases(self, X, c: int, dtype):
-        """``(c * N, B)`` input -> ``(nphase, c, B * cell)`` padded polyphase buffer."""
-        xp = get_xp(X)
-        B = X.shape[1]
-        D = self.D
-        buf = xp.zeros((c, B) + self.P, dtype=dtype)
-        inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.pads, self.in_shape))
-        buf[(slice(None), slice(None)) + inner] = xp.moveaxis(X.reshape((c,) + self.in_shape + (B,)), -1, 1)
-        if self.circular:
-            for ax in range(D):
-                lo, hi = self.pads[ax]
-                n = self.in_shape[ax]
-                a = 2 + ax
-                _sl = _axis_slicer(buf.ndim, a)
-                if lo:
-                    buf[_sl(0, lo)] = buf[_sl(n, n + lo)]
-                if hi:
-                    buf[_sl(lo + n, lo + n + hi)] = buf[_sl(lo, lo + hi)]
-        if self.nphase == 1:
-            return buf.reshape(1, c, -1)
-        split = (c, B) + tuple(v for q, s in zip(self.Q, self.s) for v in (q, s))
-        perm = tuple(3 + 2 * ax for ax in range(D)) + (0, 1) + tuple(2 + 2 * ax for ax in range(D))
-        ph = xp.ascontiguousarray(buf.reshape(split).transpose(perm))
-        return ph.reshape(self.nphase, c, -1)
-
-    def from_phases(self, G, c: int, B: int):
-        """Adjoint of :meth:`to_phases`: ``(nphase, c, B * cell)`` -> ``(c * N, B)``."""
-        xp = get_xp(G)
-        D = self.D
-        if self.nphase == 1:
-            buf = G.reshape((c, B) + self.P)
-        else:
-            ph = G.reshape(tuple(self.s) + (c, B) + self.Q)
-            perm = (D, D + 1) + tuple(v for ax in range(D) for v in (D + 2 + ax, ax))
-            buf = ph.transpose(perm).reshape((c, B) + self.P)
-        if self.circular:
-            for ax in reversed(range(D)):
-                lo, hi = self.pads[ax]
-                n = self.in_shape[ax]
-                _sl = _axis_slicer(buf.ndim, 2 + ax)
-                if hi:
-                    buf[_sl(lo, lo + hi)] += buf[_sl(lo + n, lo + n + hi)]
-                if lo:
-                    buf[_sl(n, n + lo)] += buf[_sl(0, lo)]
-        inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.pads, self.in_shape))
-        x = buf[(slice(None), slice(None)) + inner]
-        return xp.moveaxis(x, 1, -1).reshape(-1, B)
-
-    def to_cells(self, Y, c: int, dtype):
-        """``(c * M, B)`` output -> ``(c, B * cell)`` zero-filled output grid."""
-        xp = get_xp(Y)
-        B = Y.shape[1]
-        ext = xp.zeros((c, B) + self.Q, dtype=dtype)
-        valid = tuple(slice(0, o) for o in self.out_shape)
-        ext[(slice(None), slice(None)) + valid] = xp.moveaxis(Y.reshape((c,) + self.out_shape + (B,)), -1, 1)
-        return ext.reshape(c, -1)
-
-    def from_cells(self, ext, c: int, B: int):
-        """``(c, B * cell)`` output grid -> ``(c * M, B)`` (valid entries only)."""
-        xp = get_xp(ext)
-        valid = tuple(slice(0, o) for o in self.out_shape)
-        y = ext.reshape((c, B) + self.Q)[(slice(None), slice(None)) + valid]
-        return xp.moveaxis(y, 1, -1).reshape(-1, B)
-
-    def chunks(self, length: int, rows: int, itemsize: int):
-        """Split ``range(length)`` into chunks whose ``rows x (chunk + max_off)`` temporaries fit the budget."""
-        size = max(4 * self.max_off, _CHUNK_BYTES // max(rows * itemsize, 1), 256)
-        for j0 in range(0, length, size):
-            yield j0, min(length, j0 + size)
-
-
-def _axis_slicer(ndim, axis):
-    def sl(a, b):
-        idx = [slice(None)] * ndim
-        idx[axis] = slice(a, b)
-        return tuple(idx)
-
-    return sl
+    return Kt[:, :, device_constant(xp, key, lambda: np.asarray(taps, dtype=np.intp))]
 
 
 # -- direct algorithm -----------------------------------------------------------
-def _direct_forward(geo: _Geometry, Kt, phases, co: int, B: int):
+def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, B: int):
     """``Kt``: ``(c_out, c_in, T)`` taps; ``phases``: ``(nphase, c_in, L)`` -> ``(c_out, L)``."""
     xp = get_xp(phases, Kt)
     L = phases.shape[2]
@@ -317,7 +60,7 @@ def _direct_forward(geo: _Geometry, Kt, phases, co: int, B: int):
     return out
 
 
-def _direct_adjoint(geo: _Geometry, Kt, ext, ci: int):
+def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int):
     """Adjoint of :func:`_direct_forward`: ``(c_out, L)`` -> ``(nphase, c_in, L)``."""
     xp = get_xp(ext, Kt)
     L = ext.shape[1]
@@ -334,13 +77,13 @@ def _direct_adjoint(geo: _Geometry, Kt, ext, ci: int):
     return G
 
 
-def _direct_kernel_grad(geo: _Geometry, phases, ext, co: int, ci: int):
+def _direct_kernel_grad(geo: ConvGeometry, phases, ext, co: int, ci: int):
     """``G[o, i, t] = sum_j conj(x_t[i, j]) w[o, j]``: the adjoint in the kernel, ``(c_out, c_in, T)``."""
     xp = get_xp(phases, ext)
     L = ext.shape[1]
     n_valid = L - geo.max_off
     dtype = np.result_type(phases.dtype, ext.dtype)
-    G = xp.empty((co, ci, geo.T), dtype=dtype)
+    G = xp.empty((co, ci, geo.taps), dtype=dtype)
     w = ext[:, :n_valid]
     for ph, taps, offs in geo.phases:
         x = phases[ph]
@@ -360,7 +103,7 @@ class _FFTPlan:
     one batched matrix product over frequencies.
     """
 
-    def __init__(self, geo: _Geometry, real: bool):
+    def __init__(self, geo: ConvGeometry, real: bool):
         self.geo, self.real = geo, real
         if geo.circular:
             self.F = tuple(geo.in_shape)
@@ -368,14 +111,13 @@ class _FFTPlan:
             # the padded length: no read wraps into the image, no two taps share a
             # slot, and every output position has its own slot
             self.F = tuple(
-                _sp_fft.next_fast_len(n + lo + hi, real=real) for n, (lo, hi) in zip(geo.in_shape, geo.pads)
+                _sp_fft.next_fast_len(n + lo + hi, real=real) for n, (lo, hi) in zip(geo.in_shape, geo.padding)
             )
         self.Fh = self.F[:-1] + (self.F[-1] // 2 + 1,) if real else self.F
-        self.axes = tuple(range(2, 2 + geo.D))
-        self.idx = tuple(
-            np.array([(lo - d * dl) % F for d in range(k)])
-            for (lo, _), k, dl, F in zip(geo.pads, geo.k, geo.dil, self.F)
-        )
+        self.axes = tuple(range(2, 2 + geo.ndim))
+        check_memory(float(np.prod(self.F)) * 16 * (geo.c_in + geo.c_out + geo.c_in * geo.c_out),
+                     "the FFT grid of the layer")
+        self.idx = geo.periodic_taps(self.F)
 
     def _ix(self, xp):
         """Open mesh of the tap positions ``idx`` (``np.ix_``) on the backend ``xp``."""
@@ -383,7 +125,7 @@ class _FFTPlan:
             return np.ix_(*self.idx)
         D = len(self.idx)
         return tuple(
-            _device_constant(xp, ("ix", tuple(int(v) for v in i), ax, D),
+            device_constant(xp, ("ix", tuple(int(v) for v in i), ax, D),
                             lambda i=i, ax=ax: i.reshape((-1,) + (1,) * (D - 1 - ax)))
             for ax, i in enumerate(self.idx)
         )
@@ -403,8 +145,14 @@ class _FFTPlan:
         return fft.irfftn(a, s=self.F, axes=self.axes) if self.real else fft.ifftn(a, s=self.F, axes=self.axes)
 
     def kernel_spectrum(self, K):
-        """``(c_out, c_in, *k)`` kernel -> ``(n_freq, c_out, c_in)`` spectrum of ``h``."""
+        """``(c_out, c_in, *k)`` kernel -> ``(n_freq, c_out, c_in)``: the symbol of the layer on the grid ``F``.
+
+        Equal to ``geo.symbol(K, F)`` (see :mod:`structops.operators.geometry`);
+        the taps are placed with a device copy of the index mesh.
+        """
         xp = get_xp(K)
+        if not self.geo.taps_distinct(self.F):
+            return self._fft(self.geo.periodic_filter(K, self.F))
         h = xp.zeros(K.shape[:2] + self.F, dtype=K.dtype)
         h[(slice(None), slice(None)) + self._ix(xp)] = K
         return self._fft(h)
@@ -417,7 +165,7 @@ class _FFTPlan:
 
     def _subsample(self):
         return (slice(None), slice(None)) + tuple(
-            slice(0, s * (o - 1) + 1, s) for s, o in zip(self.geo.s, self.geo.out_shape)
+            slice(0, s * (o - 1) + 1, s) for s, o in zip(self.geo.stride, self.geo.out_shape)
         )
 
     def output_spectrum(self, Y, c: int):
@@ -464,7 +212,7 @@ class _FFTPlan:
         return corr[(slice(None), slice(None)) + self._ix(xp)]
 
 
-def _fft_cheaper(geo: _Geometry, co: int, ci: int) -> bool:
+def _fft_cheaper(geo: ConvGeometry, co: int, ci: int) -> bool:
     """Choose between the direct and the FFT algorithm from a time model.
 
     Times per image in nanoseconds, fitted on a 2-core x86 machine with one
@@ -473,9 +221,9 @@ def _fft_cheaper(geo: _Geometry, co: int, ci: int) -> bool:
     ``0.2 (c_in + c_out) F log2 F + 0.8 c_out c_in F / 2`` (transforms,
     per-frequency channel mixing), ``F`` the periodic grid size.
     """
-    direct = geo.T * geo.cell * (0.9 + 0.23 * co + 0.038 * co * ci)
+    direct = geo.taps * geo.cell * (0.9 + 0.23 * co + 0.038 * co * ci)
     F = 1.0
-    for n, (lo, hi) in zip(geo.in_shape, geo.pads):
+    for n, (lo, hi) in zip(geo.in_shape, geo.padding):
         F *= n if geo.circular else n + lo + hi
     fft = 0.2 * (co + ci) * F * math.log2(max(F, 2.0)) + 0.8 * co * ci * F / 2
     return fft < direct
@@ -537,36 +285,58 @@ class ConvND(StructuredOperator):
 
     def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto"):
         kernel = as_param_array(kernel, "kernel", min_ndim=3)
-        if isinstance(in_shape, (int, np.integer)):
-            in_shape = (int(in_shape),)
-        in_shape = tuple(int(n) for n in in_shape)
-        D = kernel.ndim - 2
-        if len(in_shape) != D:
-            raise ValueError(
-                f"kernel of shape {tuple(kernel.shape)} has {D} spatial axes but in_shape {in_shape} has "
-                f"{len(in_shape)}; expected kernel (c_out, c_in, *k) with len(k) == len(in_shape)"
-            )
-        if any(n < 1 for n in in_shape):
-            raise ValueError(f"in_shape must be positive; got {in_shape}")
+        self._setup(kernel, ConvGeometry(kernel.shape, in_shape, stride=stride, padding=padding, dilation=dilation),
+                    method)
+
+    def _setup(self, kernel, geometry: ConvGeometry, method):
         self.kernel = kernel
-        self.xp = get_xp(kernel)
-        self.c_out, self.c_in = int(kernel.shape[0]), int(kernel.shape[1])
-        self.kernel_size = tuple(int(k) for k in kernel.shape[2:])
-        self.in_shape = in_shape
-        self.stride = _as_int_tuple(stride, D, "stride")
-        self.dilation = _as_int_tuple(dilation, D, "dilation")
-        self.padding, self.circular = resolve_padding(padding, self.kernel_size, self.dilation, in_shape)
-        self._geo = _Geometry(in_shape, self.kernel_size, self.stride, self.dilation, self.padding, self.circular)
-        self.out_shape = self._geo.out_shape
+        self.geometry = self._geo = geometry
+        self.c_out, self.c_in = geometry.c_out, geometry.c_in
+        self.kernel_size = geometry.kernel_size
+        self.in_shape = geometry.in_shape
+        self.stride, self.dilation = geometry.stride, geometry.dilation
+        self.padding, self.circular = geometry.padding, geometry.circular
+        self.out_shape = geometry.out_shape
         if method not in ("auto", "direct", "fft"):
             raise ValueError(f"unknown method {method!r}; expected 'auto', 'direct' or 'fft'")
+        self.requested_method = method
         if method == "auto":
-            method = "fft" if _fft_cheaper(self._geo, self.c_out, self.c_in) else "direct"
+            method = "fft" if _fft_cheaper(geometry, self.c_out, self.c_in) else "direct"
         self.method = method
         self._taps = kernel.reshape(self.c_out, self.c_in, -1)
         self._plans = {}
         self._H = {}
-        super().__init__(dims=(self.c_in,) + in_shape, dimsd=(self.c_out,) + self.out_shape, dtype=kernel.dtype, name="K")
+        StructuredOperator.__init__(self, dims=(self.c_in,) + self.in_shape, dimsd=(self.c_out,) + self.out_shape,
+                                    dtype=kernel.dtype, name="K")
+
+    @property
+    def xp(self):
+        """Array module of the kernel (``numpy`` or ``cupy``)."""
+        return get_xp(self.kernel)
+
+    @classmethod
+    def from_geometry(cls, kernel, geometry: ConvGeometry, method="auto"):
+        """The layer with ``geometry`` and ``kernel`` (of shape ``geometry.kernel_shape``)."""
+        kernel = as_param_array(kernel, "kernel", min_ndim=3)
+        if tuple(kernel.shape) != geometry.kernel_shape:
+            raise ValueError(f"kernel has shape {tuple(kernel.shape)}; the geometry needs {geometry.kernel_shape}")
+        op = cls.__new__(cls)
+        ConvND._setup(op, kernel, geometry, method)
+        return op
+
+    def with_kernel(self, kernel):
+        """The same layer (geometry and algorithm) with another kernel of the same shape.
+
+        Examples
+        --------
+        >>> import numpy as np, structops
+        >>> op = structops.Conv2D(np.ones((2, 1, 3, 3)), (8, 8), stride=2)
+        >>> op2 = op.with_kernel(2 * op.kernel)
+        >>> op2.stride, np.allclose(op2 @ np.ones(64), 2 * (op @ np.ones(64)))
+        ((2, 2), True)
+        """
+        cls = type(self) if type(self) in (ConvND, Conv1D, Conv2D, Conv3D) else ConvND
+        return cls.from_geometry(kernel, self.geometry, method=self.method)
 
     # -- FFT pieces, built on first use -------------------------------------------
     def _plan(self, real: bool) -> _FFTPlan:
@@ -704,12 +474,7 @@ class Conv1D(ConvND):
     def __init__(self, kernel, n, stride=1, padding="same", dilation=1, method="auto"):
         if hasattr(kernel, "ndim") and kernel.ndim != 3:
             raise ValueError(f"Conv1D needs a kernel of shape (c_out, c_in, k); got shape {tuple(kernel.shape)}")
-        if not isinstance(n, (int, np.integer)):
-            n = tuple(n)
-            if len(n) != 1:
-                raise ValueError(f"Conv1D needs an int input length; got {n}")
-            n = n[0]
-        super().__init__(kernel, (int(n),), stride=stride, padding=padding, dilation=dilation, method=method)
+        super().__init__(kernel, (n,) if isinstance(n, (int, np.integer)) else n, stride=stride, padding=padding, dilation=dilation, method=method)
 
 
 class Conv2D(ConvND):

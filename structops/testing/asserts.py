@@ -1,4 +1,4 @@
-"""Public test helpers: adjoint (dot) tests, dense comparisons, Taylor tests.
+"""Assertions for operators: adjoint (dot) tests, dense comparisons, Taylor tests.
 
 The package's own test suite uses these; they are public so that users can
 check operators of their own the same way.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._backend import get_xp, to_numpy
+from .._backend import get_xp, to_numpy
 
 __all__ = ["assert_adjoint", "assert_matches_dense", "taylor_test", "random_like_op"]
 

@@ -1,0 +1,452 @@
+r"""The geometry of a convolution layer, and its symbol on a periodic grid.
+
+:class:`ConvGeometry` is everything about a layer except its kernel values:
+channels, kernel size, input and output shapes, resolved padding, stride and
+dilation, the polyphase layout the direct products use, the border mask of
+the per-pixel (extended) layers, and the placement of the kernel taps on a
+periodic grid, from which the per-frequency symbol of the layer is computed.
+Every module that needs "the layer without its kernel" uses this class.
+
+Notes
+-----
+On a periodic grid of size ``F`` per axis, tap ``d`` of the kernel sits at
+position ``t_d = (lo - d \delta) mod F`` (the *convolution form*
+``h[o, i, t_d] = K[o, i, d]``), so that the layer on the grid is the
+circular convolution ``z = h \circledast x``:
+``z[m] = sum_d K[d] x[(m + d \delta - lo) mod F]``. Its symbol is the
+``c_out x c_in`` matrix per frequency
+
+.. math::
+
+    H(\omega) = \sum_t h[t]\, e^{-2\pi i\, \omega \cdot t / F}
+              = \sum_d K[d]\, e^{-2\pi i\, \omega \cdot (lo - d\delta) / F},
+
+``H = fft(h)``. For ``padding="circular"`` and ``F = n`` the singular values
+of the layer are those of all ``H(omega)`` together (Sedghi, Gupta and Long,
+2019). The *correlation form* ``c[(d \delta - lo) mod F] = K[d]``, i.e.
+``c[t] = h[-t]``, writes the same layer as ``z[m] = sum_t c[t] x[m + t]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from itertools import product
+
+import numpy as np
+
+from .._backend import get_fft, get_xp
+from .._validate import as_int, check_memory, check_size, int_tuple
+
+__all__ = ["ConvGeometry", "resolve_padding", "conv_output_shape", "PADDING_NAMES"]
+
+PADDING_NAMES = ("same", "valid", "full", "circular")
+# Largest temporary of a chunk of the direct algorithm, in bytes.
+CHUNK_BYTES = 4 * 2**20
+
+
+def _int_pair(p, padding):
+    try:
+        if isinstance(p, (tuple, list)):
+            if len(p) != 2:
+                raise ValueError
+            return (as_int(p[0], "padding"), as_int(p[1], "padding"))
+        return (as_int(p, "padding"),) * 2
+    except (TypeError, ValueError):
+        raise ValueError(f"padding entry {p!r} in {padding!r}; expected an int or a (lo, hi) pair of ints") from None
+
+
+def resolve_padding(padding, kernel_size, dilation, in_shape):
+    """Resolve a padding spec into ``((lo, hi), ...)`` per axis and a circular flag.
+
+    Parameters
+    ----------
+    padding : str, int or tuple
+        ``"same"``, ``"valid"``, ``"full"``, ``"circular"``, an int (both sides
+        of every axis) or a tuple with one int or ``(lo, hi)`` pair per axis.
+    kernel_size, dilation, in_shape : tuple of int
+
+    Returns
+    -------
+    pairs : tuple of (int, int)
+    circular : bool
+    """
+    D = len(kernel_size)
+    e = tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
+    if isinstance(padding, str):
+        name = padding.lower()
+        if name not in PADDING_NAMES:
+            raise ValueError(f"unknown padding {padding!r}; expected one of {PADDING_NAMES}, an int or a tuple")
+        if name in ("same", "circular"):
+            even = [ax for ax in range(D) if e[ax] % 2 == 0]
+            if even:
+                raise ValueError(
+                    f"padding={name!r} needs an odd effective kernel size dilation*(k-1)+1 on every "
+                    f"axis to pad symmetrically; got {e} (kernel {tuple(kernel_size)}, dilation "
+                    f"{tuple(dilation)}); pass explicit (lo, hi) pairs instead"
+                )
+        if name == "circular":
+            big = [ax for ax in range(D) if e[ax] > in_shape[ax]]
+            if big:
+                raise ValueError(
+                    f"padding='circular' needs the effective kernel size {e} to be at most the "
+                    f"input size {tuple(in_shape)} on every axis"
+                )
+        if name in ("same", "circular"):
+            return tuple(((x - 1) // 2, (x - 1) // 2) for x in e), name == "circular"
+        if name == "valid":
+            return ((0, 0),) * D, False
+        return tuple((x - 1, x - 1) for x in e), False
+    if isinstance(padding, (tuple, list)):
+        if len(padding) != D:
+            raise ValueError(f"padding {padding!r} has {len(padding)} entries; expected {D} (one per spatial axis)")
+        pairs = tuple(_int_pair(p, padding) for p in padding)
+    else:
+        try:
+            p = as_int(padding, "padding")
+        except TypeError:
+            raise TypeError(
+                f"padding {padding!r} of type {type(padding).__name__}; expected a str, an int or a tuple"
+            ) from None
+        pairs = ((p, p),) * D
+    if min(min(p) for p in pairs) < 0:
+        raise ValueError(f"padding must be non-negative; got {padding!r}")
+    return pairs, False
+
+
+def conv_output_shape(in_shape, kernel_size, stride, padding_pairs, dilation) -> tuple:
+    """Output size per axis: ``floor((n + lo + hi - e) / stride) + 1``.
+
+    Raises ``ValueError`` when the effective kernel is larger than the padded input.
+    """
+    out = []
+    for n, k, s, (lo, hi), d in zip(in_shape, kernel_size, stride, padding_pairs, dilation):
+        e = d * (k - 1) + 1
+        if n + lo + hi < e:
+            raise ValueError(
+                f"kernel {tuple(kernel_size)} (effective size {e} with dilation {d}) is larger than the "
+                f"padded input: size {n} + padding ({lo}, {hi}) = {n + lo + hi} on an axis; expected "
+                f"at least {e}"
+            )
+        out.append((n + lo + hi - e) // s + 1)
+    return tuple(out)
+
+
+def _in_shape(in_shape, D):
+    if isinstance(in_shape, (str, bytes)):
+        raise TypeError(f"in_shape must be a tuple of {D} ints; got the string {in_shape!r}")
+    try:
+        n = len(in_shape)
+    except TypeError:
+        n = 1
+    if n != D:
+        raise ValueError(
+            f"in_shape {in_shape!r} has {n} axes but the kernel has {D} spatial axes; expected kernel "
+            "(c_out, c_in, *k) with len(k) == len(in_shape)"
+        )
+    return int_tuple(in_shape, D, "in_shape")
+
+
+class ConvGeometry:
+    """Everything about a convolution layer but its kernel values.
+
+    Parameters
+    ----------
+    kernel_shape : tuple of int
+        ``(c_out, c_in, k_1, ..., k_D)``.
+    in_shape : int or tuple of int
+        ``(n_1, ..., n_D)``, the spatial shape of one input channel (an int
+        for ``D = 1``).
+    stride, dilation : int or tuple of int
+    padding : str, int or tuple
+        As in :class:`structops.ConvND`.
+
+    Attributes
+    ----------
+    c_out, c_in : int
+    kernel_size, in_shape, out_shape, stride, dilation : tuple of int
+    padding : tuple of (int, int)
+        Resolved ``(lo, hi)`` per axis.
+    circular : bool
+    ndim : int
+        ``D``, the number of spatial axes.
+    taps : int
+        ``prod(kernel_size)``.
+    n_in, n_out : int
+        ``c_in prod(in_shape)`` and ``c_out prod(out_shape)``: the operator is ``n_out x n_in``.
+
+    Examples
+    --------
+    >>> from structops.operators.geometry import ConvGeometry
+    >>> g = ConvGeometry((8, 3, 3, 3), (32, 32), stride=2)
+    >>> g.out_shape, g.padding, g.n_out
+    ((16, 16), ((1, 1), (1, 1)), 2048)
+    """
+
+    def __init__(self, kernel_shape, in_shape, stride=1, padding="same", dilation=1):
+        kernel_shape = int_tuple(kernel_shape, len(kernel_shape), "kernel shape")
+        if len(kernel_shape) < 3:
+            raise ValueError(f"kernel shape {kernel_shape}; expected (c_out, c_in, k_1, ..., k_D) with D >= 1")
+        D = len(kernel_shape) - 2
+        self.ndim = D
+        self.c_out, self.c_in = kernel_shape[:2]
+        self.kernel_size = kernel_shape[2:]
+        self.in_shape = _in_shape((in_shape,) if isinstance(in_shape, (int, np.integer)) else in_shape, D)
+        self.stride = int_tuple(stride, D, "stride")
+        self.dilation = int_tuple(dilation, D, "dilation")
+        self.padding, self.circular = resolve_padding(padding, self.kernel_size, self.dilation, self.in_shape)
+        self.out_shape = conv_output_shape(self.in_shape, self.kernel_size, self.stride, self.padding, self.dilation)
+        self.n_in = check_size((self.c_in,) + self.in_shape, "the layer's input")
+        self.n_out = check_size((self.c_out,) + self.out_shape, "the layer's output")
+        self.taps = check_size(self.kernel_size, "the kernel")
+        check_size([n + lo + hi for n, (lo, hi) in zip(self.in_shape, self.padding)], "the padded input")
+
+    # -- description --------------------------------------------------------------------
+    @property
+    def kernel_shape(self) -> tuple:
+        return (self.c_out, self.c_in) + self.kernel_size
+
+    @property
+    def padding_spec(self):
+        """``"circular"`` or the resolved pairs: a ``padding`` argument that rebuilds this geometry."""
+        return "circular" if self.circular else self.padding
+
+    def key(self) -> tuple:
+        """A hashable summary (equal geometries have equal keys)."""
+        return (self.kernel_shape, self.in_shape, self.stride, self.dilation, self.padding, self.circular)
+
+    def __eq__(self, other):
+        return isinstance(other, ConvGeometry) and self.key() == other.key()
+
+    def __hash__(self):
+        return hash(self.key())
+
+    def __repr__(self) -> str:
+        return f"ConvGeometry({self.describe()})"
+
+    def describe(self) -> str:
+        return (
+            f"{self.c_in} -> {self.c_out} channels, kernel {self.kernel_size}, input {self.in_shape}, "
+            f"stride {self.stride}, dilation {self.dilation}, padding {self.padding_spec}"
+        )
+
+    # -- the periodic grid and the symbol ---------------------------------------------
+    def periodic_taps(self, grid=None, form: str = "convolution"):
+        """Position of every tap on a periodic grid, per axis.
+
+        Parameters
+        ----------
+        grid : tuple of int, optional
+            Grid size per axis (default: ``in_shape``, the circular layer's grid).
+        form : {"convolution", "correlation"}
+            ``(lo - d dilation) mod F`` or ``(d dilation - lo) mod F`` (see the module notes).
+
+        Returns
+        -------
+        tuple of ndarray
+            One integer array of length ``k_a`` per axis.
+        """
+        grid = self.in_shape if grid is None else tuple(grid)
+        if form not in ("convolution", "correlation"):
+            raise ValueError(f"form={form!r}; expected 'convolution' or 'correlation'")
+        sign = 1 if form == "convolution" else -1
+        return tuple(
+            np.array([(sign * (lo - d * dl)) % F for d in range(k)], dtype=np.intp)
+            for (lo, _), k, dl, F in zip(self.padding, self.kernel_size, self.dilation, grid)
+        )
+
+    def taps_distinct(self, grid=None) -> bool:
+        """Whether no two taps share a slot of the periodic grid (effective kernel size <= grid)."""
+        grid = self.in_shape if grid is None else tuple(grid)
+        return all(dl * (k - 1) < F for k, dl, F in zip(self.kernel_size, self.dilation, grid))
+
+    def periodic_filter(self, kernel, grid=None, form: str = "convolution", dtype=None):
+        """The kernel placed on a periodic grid, ``(c_out, c_in, *grid)``.
+
+        Taps that fall on the same slot (an effective kernel larger than the
+        grid) are summed, as the periodic layer sums them.
+        """
+        xp = get_xp(kernel)
+        grid = self.in_shape if grid is None else tuple(grid)
+        check_memory(self.c_out * self.c_in * check_size(grid, "grid") * np.dtype(dtype or kernel.dtype).itemsize,
+                     "the periodic filter")
+        h = xp.zeros(kernel.shape[:2] + grid, dtype=dtype or kernel.dtype)
+        idx = self.periodic_taps(grid, form)
+        if self.taps_distinct(grid):
+            h[(slice(None), slice(None)) + np.ix_(*idx)] = kernel
+        else:
+            for d in np.ndindex(*self.kernel_size):
+                pos = tuple(int(i[a]) for i, a in zip(idx, d))
+                h[(slice(None), slice(None)) + pos] += kernel[(slice(None), slice(None)) + d]
+        return h
+
+    def symbol(self, kernel, grid=None, real: bool | None = None):
+        """The per-frequency channel matrices ``H(omega)``, frequency first: ``(n_freq, c_out, c_in)``.
+
+        Parameters
+        ----------
+        kernel : array, shape ``(c_out, c_in, *k)``
+        grid : tuple of int, optional
+            Default ``in_shape``.
+        real : bool, optional
+            Half grid (``rfftn``; the other half is the complex conjugate) for
+            real kernels; default: whether the kernel is real.
+        """
+        xp = get_xp(kernel)
+        fft = get_fft(xp)
+        real = kernel.dtype.kind == "f" if real is None else real
+        h = self.periodic_filter(kernel, grid)
+        axes = tuple(range(2, 2 + self.ndim))
+        Hf = fft.rfftn(h, axes=axes) if real else fft.fftn(h, axes=axes)
+        return xp.ascontiguousarray(xp.moveaxis(Hf.reshape(Hf.shape[:2] + (-1,)), -1, 0))
+
+    def border_mask(self):
+        """Which per-pixel weights are matrix entries: read-only booleans ``(*k, *out_shape)``.
+
+        Tap ``d`` at output pixel ``p`` reads input pixel ``p s + d delta - lo``;
+        under zero padding the entry exists only when that pixel is inside the
+        image. All entries exist for circular padding.
+        """
+        return _border_mask(self.in_shape, self.kernel_size, self.stride, self.dilation, self.padding, self.circular)
+
+    # -- polyphase layout of the direct products ---------------------------------------
+    @functools.cached_property
+    def _layout(self):
+        D = self.ndim
+        P = [n + lo + hi for n, (lo, hi) in zip(self.in_shape, self.padding)]
+        Q = tuple(-(-p // s) for p, s in zip(P, self.stride))
+        fs = [int(np.prod(Q[ax + 1 :], dtype=np.int64)) for ax in range(D)]
+        groups = {}
+        for t, d in enumerate(product(*[range(k) for k in self.kernel_size])):
+            r = tuple((di * dl) % s for di, dl, s in zip(d, self.dilation, self.stride))
+            off = sum(((di * dl) // s) * f for di, dl, s, f in zip(d, self.dilation, self.stride, fs))
+            groups.setdefault(r, ([], []))
+            groups[r][0].append(t)
+            groups[r][1].append(off)
+        phases = [(int(np.ravel_multi_index(r, self.stride)), np.array(ti), offs) for r, (ti, offs) in groups.items()]
+        return Q, phases
+
+    @property
+    def Q(self) -> tuple:
+        """Polyphase cells per axis: ``ceil((n + lo + hi) / stride)``."""
+        return self._layout[0]
+
+    @property
+    def P(self) -> tuple:
+        """Padded extent per axis, rounded up to whole polyphase cells."""
+        return tuple(q * s for q, s in zip(self.Q, self.stride))
+
+    @property
+    def phases(self):
+        """``[(phase, tap indices, flat offsets), ...]``: the taps grouped by polyphase component."""
+        return self._layout[1]
+
+    @property
+    def nphase(self) -> int:
+        return int(np.prod(self.stride))
+
+    @property
+    def cell(self) -> int:
+        return int(np.prod(self.Q))
+
+    @property
+    def max_off(self) -> int:
+        return max(max(offs) for _, _, offs in self.phases)
+
+    def to_phases(self, X, c: int, dtype):
+        """``(c * N, B)`` input -> ``(nphase, c, B * cell)`` padded polyphase buffer."""
+        xp = get_xp(X)
+        B = X.shape[1]
+        D = self.ndim
+        check_memory(c * B * int(np.prod(self.P, dtype=np.float64)) * np.dtype(dtype).itemsize * 2,
+                     "the padded input buffer")
+        buf = xp.zeros((c, B) + self.P, dtype=dtype)
+        inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.padding, self.in_shape))
+        buf[(slice(None), slice(None)) + inner] = xp.moveaxis(X.reshape((c,) + self.in_shape + (B,)), -1, 1)
+        if self.circular:
+            for ax in range(D):
+                lo, hi = self.padding[ax]
+                n = self.in_shape[ax]
+                _sl = _axis_slicer(buf.ndim, 2 + ax)
+                if lo:
+                    buf[_sl(0, lo)] = buf[_sl(n, n + lo)]
+                if hi:
+                    buf[_sl(lo + n, lo + n + hi)] = buf[_sl(lo, lo + hi)]
+        if self.nphase == 1:
+            return buf.reshape(1, c, -1)
+        split = (c, B) + tuple(v for q, s in zip(self.Q, self.stride) for v in (q, s))
+        perm = tuple(3 + 2 * ax for ax in range(D)) + (0, 1) + tuple(2 + 2 * ax for ax in range(D))
+        ph = xp.ascontiguousarray(buf.reshape(split).transpose(perm))
+        return ph.reshape(self.nphase, c, -1)
+
+    def from_phases(self, G, c: int, B: int):
+        """Adjoint of :meth:`to_phases`: ``(nphase, c, B * cell)`` -> ``(c * N, B)``."""
+        xp = get_xp(G)
+        D = self.ndim
+        if self.nphase == 1:
+            buf = G.reshape((c, B) + self.P)
+        else:
+            ph = G.reshape(tuple(self.stride) + (c, B) + self.Q)
+            perm = (D, D + 1) + tuple(v for ax in range(D) for v in (D + 2 + ax, ax))
+            buf = ph.transpose(perm).reshape((c, B) + self.P)
+        if self.circular:
+            for ax in reversed(range(D)):
+                lo, hi = self.padding[ax]
+                n = self.in_shape[ax]
+                _sl = _axis_slicer(buf.ndim, 2 + ax)
+                if hi:
+                    buf[_sl(lo, lo + hi)] += buf[_sl(lo + n, lo + n + hi)]
+                if lo:
+                    buf[_sl(n, n + lo)] += buf[_sl(0, lo)]
+        inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.padding, self.in_shape))
+        x = buf[(slice(None), slice(None)) + inner]
+        return xp.moveaxis(x, 1, -1).reshape(-1, B)
+
+    def to_cells(self, Y, c: int, dtype):
+        """``(c * M, B)`` output -> ``(c, B * cell)`` zero-filled output grid."""
+        xp = get_xp(Y)
+        B = Y.shape[1]
+        ext = xp.zeros((c, B) + self.Q, dtype=dtype)
+        valid = tuple(slice(0, o) for o in self.out_shape)
+        ext[(slice(None), slice(None)) + valid] = xp.moveaxis(Y.reshape((c,) + self.out_shape + (B,)), -1, 1)
+        return ext.reshape(c, -1)
+
+    def from_cells(self, ext, c: int, B: int):
+        """``(c, B * cell)`` output grid -> ``(c * M, B)`` (valid entries only)."""
+        xp = get_xp(ext)
+        valid = tuple(slice(0, o) for o in self.out_shape)
+        y = ext.reshape((c, B) + self.Q)[(slice(None), slice(None)) + valid]
+        return xp.moveaxis(y, 1, -1).reshape(-1, B)
+
+    def chunks(self, length: int, rows: int, itemsize: int):
+        """Split ``range(length)`` into chunks whose ``rows x (chunk + max_off)`` temporaries fit the budget."""
+        size = max(4 * self.max_off, CHUNK_BYTES // max(rows * itemsize, 1), 256)
+        for j0 in range(0, length, size):
+            yield j0, min(length, j0 + size)
+
+
+def _axis_slicer(ndim, axis):
+    def sl(a, b):
+        idx = [slice(None)] * ndim
+        idx[axis] = slice(a, b)
+        return tuple(idx)
+
+    return sl
+
+
+@functools.lru_cache(maxsize=256)
+def _border_mask(in_shape, kernel_size, stride, dilation, padding, circular):
+    D = len(in_shape)
+    out_shape = conv_output_shape(in_shape, kernel_size, stride, padding, dilation)
+    if circular:
+        mask = np.ones(kernel_size + out_shape, dtype=bool)
+    else:
+        mask = np.ones((1,) * (2 * D), dtype=bool)
+        for ax, (n, k, s, dl, (lo, _), o) in enumerate(zip(in_shape, kernel_size, stride, dilation, padding,
+                                                           out_shape)):
+            q = np.arange(o)[None, :] * s + np.arange(k)[:, None] * dl - lo  # (k, o)
+            inside = (q >= 0) & (q < n)
+            shape = [1] * (2 * D)
+            shape[ax], shape[D + ax] = k, o
+            mask = mask & inside.reshape(shape)
+    mask.setflags(write=False)
+    return mask
