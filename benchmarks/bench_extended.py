@@ -5,7 +5,7 @@ Run from the repository root::
     python benchmarks/bench_extended.py            # full run
     python benchmarks/bench_extended.py --quick    # fewer repetitions
 
-One 3x3 filter per pixel on a 256x256 image is the seed's extended layer
+One 3x3 filter per pixel on a 256x256 image is the extended layer of Siahkoohi, Louboutin and Herrmann
 ``W = sum_i diag(w_i) T_i``; PyLops writes the same operator as the adjoint of
 ``NonStationaryConvolve2D(dims, hs, ihx=range(nx), ihz=range(nz))`` with a
 filter at every pixel (no interpolation). Both are compared before timing.

@@ -27,7 +27,7 @@ _DELEGATED = {
         "structops.apps.regularize",
     ),
     "landscape": (
-        "extended vs conventional convolution: loss landscapes and training trajectories (Li, Haber et al. on extended convolution)",
+        "extended vs conventional convolution: loss landscapes and training trajectories (Siahkoohi, Louboutin and Herrmann)",
         "structops.apps.landscape",
     ),
 }

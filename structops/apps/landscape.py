@@ -39,7 +39,7 @@ def _radius_text(v) -> str:
 def build_parser(prog: str = "structops landscape") -> argparse.ArgumentParser:
     """The argument parser of the ``landscape`` command."""
     p = argparse.ArgumentParser(prog=prog, description=(
-        "Loss landscapes (equations 9 and 10 of Li, Haber et al. on extended convolution) and training trajectories of a 4-layer sigmoid CNN "
+        "Loss landscapes (equations 9 and 10 of Siahkoohi, Louboutin and Herrmann) and training trajectories of a 4-layer sigmoid CNN "
         "with conventional vs extended convolutions; writes PNG figures and landscape.json into --out."))
     p.add_argument("--quick", action="store_true", help="coarse 7x7 grid, one direction pair, short runs")
     p.add_argument("--out", type=output_dir, default="landscape_out", help="output folder (default: landscape_out)")
@@ -51,7 +51,7 @@ def build_parser(prog: str = "structops landscape") -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int_at_least(1, at_most=64), default=4, help="number of layers (default 4)")
     p.add_argument("--lam", type=finite_float(nonnegative=True), default=0.04, help="penalty weight lambda (default 0.04)")
     p.add_argument("--aux-init", choices=("random", "primary"), default="random",
-                   help="initial per-pixel weights of the trajectories (default random, as in the seed)")
+                   help="initial per-pixel weights of the trajectories (default random, as Siahkoohi, Louboutin and Herrmann)")
     p.add_argument("--inner-init", choices=("random", "primary"), default="random",
                    help="start of the inner problem at every landscape point: standard normal per-pixel weights "
                         "(default, as in the reference code) or the conventional layers")

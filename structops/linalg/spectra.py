@@ -87,6 +87,7 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from .._backend import blas_threads, get_fft, to_numpy
+from .._validate import as_int, as_real, check_memory
 from ..operators.circulant import Circulant
 from ..operators.conv import ConvND
 
@@ -138,12 +139,10 @@ class _Opts:
     __slots__ = ("tol", "maxiter", "strict", "dense", "per_frequency")
 
     def __init__(self, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto"):
-        self.tol = _DEFAULT_TOL if tol is None else float(tol)
+        self.tol = _DEFAULT_TOL if tol is None else as_real(tol, "tol")
         if not 0 < self.tol < 1:
             raise ValueError(f"tol must be in (0, 1); got {tol!r}")
-        if maxiter is not None and int(maxiter) < 1:
-            raise ValueError(f"maxiter must be a positive int or None; got {maxiter!r}")
-        self.maxiter = None if maxiter is None else int(maxiter)
+        self.maxiter = None if maxiter is None else as_int(maxiter, "maxiter", minimum=1)
         self.strict = bool(strict)
         if dense not in (None, True, False):
             raise ValueError(f"dense must be None (automatic), True or False; got {dense!r}")
@@ -213,6 +212,10 @@ def _workers() -> int:
 # ---------------------------------------------------------------- dense fallback
 def _dense_matrix(op):
     """Dense float64/complex128 host matrix of ``op`` (an array or a linear operator)."""
+    M, N = _shape_of(op)
+    # the matrix, a copy for the SVD and its workspace
+    check_memory(3.0 * M * N * (16 if np.dtype(getattr(op, "dtype", np.float64)).kind == "c" else 8),
+                 f"the dense SVD of this {M} x {N} operator")
     if isinstance(op, ConvND):
         op = _conv64(op)
     if hasattr(op, "__array__") and not hasattr(op, "matvec"):
@@ -294,6 +297,10 @@ def _lanczos(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=None)
     M, N = P.M, P.N
     side = "in" if N <= M else "out"  # the normal operator without a forced null space
     n = min(M, N)
+    # ARPACK's basis (ncv vectors) and a few work vectors of both lengths, plus the operator's own buffers
+    ncv = min(n, max(2 * k + 1, 20))
+    check_memory(8.0 * (ncv + 4) * (min(M, N) + 2 * max(M, N)) * (2 if P.complex else 1),
+                 f"Lanczos on this {M} x {N} operator")
     if k >= n:
         raise ValueError(
             f"Lanczos needs k < min(M, N) = {n}; got k = {k}: use the dense fallback (dense=True) for this operator"
@@ -469,6 +476,7 @@ class _Symbol:
         F = int(np.prod(self.grid))
         ch = self.c_out * self.c_in * self.nphase
         L = int(np.prod(self.c.shape[3:])) if self.pos is not None else None
+        check_memory(16.0 * F * (2 * ch + (L or 0)), "the per-frequency channel matrices of the symbol")
         if L is not None and L <= 2 * math.log2(max(F, 2)) + 8:
             # few taps: P = E c with the (n_freq, L) matrix E[omega, a] = exp(2 pi i omega . a / m),
             # one GEMM straight into the frequency-first layout (cheaper than FFTs of a mostly-zero grid)

@@ -131,7 +131,7 @@ class ExtendedSingleLayer(SingleLayer):
     in_shape : tuple of int
         Spatial shape of one input channel, e.g. ``(H, W)``.
     activation : str or Activation
-        Default ``"sigmoid"`` (the seed's toy network).
+        Default ``"sigmoid"`` (the toy network of Siahkoohi, Louboutin and Herrmann).
     bias : bool
         One bias per output channel.
     padding, stride, dilation

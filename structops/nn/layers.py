@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import get_xp
+from .._validate import as_data_array
 from ..operators.parametric import FunctionOperator, ParametricModel, full
 from .activations import get_activation
 
@@ -88,10 +89,13 @@ class Layer:
 
     # -- derived ---------------------------------------------------------------
     def _check(self, theta, Y):
+        """``(theta, Y)`` as arrays (lists are converted as NumPy does), with their shapes checked."""
+        theta, Y = as_data_array(theta, "theta"), as_data_array(Y, "Y")
         if theta.ndim != 1 or theta.shape[0] != self.num_params:
             raise ValueError(f"theta has shape {tuple(theta.shape)}; expected ({self.num_params},)")
         if Y.ndim != 2 or Y.shape[0] != self.n_in:
             raise ValueError(f"Y has shape {tuple(Y.shape)}; expected ({self.n_in}, B), one example per column")
+        return theta, Y
 
     def __call__(self, theta, Y):
         """The output ``Z`` of shape ``(n_out, B)``."""
@@ -189,7 +193,7 @@ class SingleLayer(Layer):
         return xp.concatenate([tK, xp.zeros(self.channels, dtype=dtype)])
 
     def forward(self, theta, Y):
-        self._check(theta, Y)
+        theta, Y = self._check(theta, Y)
         op = self.model.operator(theta[: self.pK])
         A = op.matmat(Y)
         if self.bias:
@@ -304,7 +308,7 @@ class Network(Layer):
         return xp.concatenate([lay.init_params(rng, dtype, xp) for lay in self.layers])
 
     def forward(self, theta, Y):
-        self._check(theta, Y)
+        theta, Y = self._check(theta, Y)
         states = []
         Z = Y
         for lay, t in zip(self.layers, self.split(theta)):

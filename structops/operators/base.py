@@ -121,7 +121,15 @@ class StructuredOperator(LinearOperator):
     def dot(self, x):
         if not (isinstance(x, LinearOperator) or np.isscalar(x) or issparse(x) or hasattr(x, "matvec")):
             x = as_data_array(x, "x")
+            if x.ndim >= 2 and x.shape[-1] == 0:  # an empty batch (pylops cannot reshape it)
+                if x.shape == (self.shape[1], 0):
+                    return self._empty(x, self.shape[0])
+                if tuple(x.shape[:-1]) == tuple(self.dims):
+                    return self._empty(x, self.shape[0]).reshape(tuple(self.dimsd) + (0,))
         return super().dot(x)
+
+    def _adjoint(self):
+        return _AdjointOperator(self)
 
     # -- pickling: array modules travel by name --------------------------------
     def __getstate__(self):
@@ -161,6 +169,27 @@ class _ModuleRef:
 
     def __init__(self, name: str):
         self.name = name
+
+
+class _AdjointOperator(StructuredOperator):
+    """``op.H`` of a structured operator: the same batched products, swapped (and the same input handling)."""
+
+    def __init__(self, op: StructuredOperator):
+        self.op = op
+        super().__init__(dims=op.dimsd, dimsd=op.dims, dtype=op.dtype, name=f"{op.name}^H")
+
+    @property
+    def xp(self):
+        return getattr(self.op, "xp", np)
+
+    def _forward(self, X):
+        return self.op._backward(X)
+
+    def _backward(self, Y):
+        return self.op._forward(Y)
+
+    def _adjoint(self):
+        return self.op
 
 
 class FunctionOperator(StructuredOperator):

@@ -311,19 +311,7 @@ class ConvGeometry:
     # -- polyphase layout of the direct products ---------------------------------------
     @functools.cached_property
     def _layout(self):
-        D = self.ndim
-        P = [n + lo + hi for n, (lo, hi) in zip(self.in_shape, self.padding)]
-        Q = tuple(-(-p // s) for p, s in zip(P, self.stride))
-        fs = [int(np.prod(Q[ax + 1 :], dtype=np.int64)) for ax in range(D)]
-        groups = {}
-        for t, d in enumerate(product(*[range(k) for k in self.kernel_size])):
-            r = tuple((di * dl) % s for di, dl, s in zip(d, self.dilation, self.stride))
-            off = sum(((di * dl) // s) * f for di, dl, s, f in zip(d, self.dilation, self.stride, fs))
-            groups.setdefault(r, ([], []))
-            groups[r][0].append(t)
-            groups[r][1].append(off)
-        phases = [(int(np.ravel_multi_index(r, self.stride)), np.array(ti), offs) for r, (ti, offs) in groups.items()]
-        return Q, phases
+        return _polyphase_layout(self.in_shape, self.kernel_size, self.stride, self.dilation, self.padding)
 
     @property
     def Q(self) -> tuple:
@@ -333,24 +321,24 @@ class ConvGeometry:
     @property
     def P(self) -> tuple:
         """Padded extent per axis, rounded up to whole polyphase cells."""
-        return tuple(q * s for q, s in zip(self.Q, self.stride))
+        return self._layout[1]
 
     @property
     def phases(self):
         """``[(phase, tap indices, flat offsets), ...]``: the taps grouped by polyphase component."""
-        return self._layout[1]
+        return self._layout[2]
 
     @property
     def nphase(self) -> int:
-        return int(np.prod(self.stride))
+        return self._layout[3]
 
     @property
     def cell(self) -> int:
-        return int(np.prod(self.Q))
+        return self._layout[4]
 
     @property
     def max_off(self) -> int:
-        return max(max(offs) for _, _, offs in self.phases)
+        return self._layout[5]
 
     def to_phases(self, X, c: int, dtype):
         """``(c * N, B)`` input -> ``(nphase, c, B * cell)`` padded polyphase buffer."""
@@ -422,6 +410,26 @@ class ConvGeometry:
         size = max(4 * self.max_off, CHUNK_BYTES // max(rows * itemsize, 1), 256)
         for j0 in range(0, length, size):
             yield j0, min(length, j0 + size)
+
+
+@functools.lru_cache(maxsize=256)
+def _polyphase_layout(in_shape, kernel_size, stride, dilation, padding):
+    """``(Q, P, phases, nphase, cell, max_off)`` of the direct products (cached per geometry; treat as read-only)."""
+    D = len(in_shape)
+    padded = [n + lo + hi for n, (lo, hi) in zip(in_shape, padding)]
+    Q = tuple(-(-p // s) for p, s in zip(padded, stride))
+    P = tuple(q * s for q, s in zip(Q, stride))
+    fs = [int(np.prod(Q[ax + 1 :], dtype=np.int64)) for ax in range(D)]
+    groups = {}
+    for t, d in enumerate(product(*[range(k) for k in kernel_size])):
+        r = tuple((di * dl) % s for di, dl, s in zip(d, dilation, stride))
+        off = sum(((di * dl) // s) * f for di, dl, s, f in zip(d, dilation, stride, fs))
+        groups.setdefault(r, ([], []))
+        groups[r][0].append(t)
+        groups[r][1].append(off)
+    phases = [(int(np.ravel_multi_index(r, stride)), np.array(ti), offs) for r, (ti, offs) in groups.items()]
+    max_off = max(max(offs) for _, _, offs in phases)
+    return Q, P, phases, int(np.prod(stride)), int(np.prod(Q)), max_off
 
 
 def _axis_slicer(ndim, axis):

@@ -41,8 +41,8 @@ derivative piece variable projection needs.
 
 Conventions
 -----------
-``vec`` stacks columns (column-major, as in the lecture slides this module
-follows), so that ``mmatrix(3).dense_basis()`` is the slides' ``9 x 6`` matrix;
+``vec`` stacks columns (column-major, as in the lecture notes "Residual CNNs and their relation to PDEs" this module
+follows), so that ``mmatrix(3).dense_basis()`` is the notes' ``9 x 6`` matrix;
 pass ``order="C"`` for row-major stacking. Matrices act on vectors ``x`` of
 length ``n`` or batches ``X`` of shape ``(n, B)``.
 """
@@ -117,7 +117,7 @@ class ParametricModel:
         Parameters
         ----------
         order : {"F", "C"}
-            Column-major (``"F"``, the slides' ``vec``) or row-major stacking.
+            Column-major (``"F"``, the notes' ``vec``) or row-major stacking.
 
         Returns
         -------

@@ -3,7 +3,7 @@ r"""Variable-projection training of networks of extended convolution layers.
 The extended network ``G_ext(X; theta)`` (:class:`~structops.nn.extended.ExtendedNetwork`)
 has auxiliary per-pixel weights ``w`` (in ``theta``) and primary parameters
 ``primary = [K, b]`` (kernels and biases of the conventional network). The
-training objective (the seed's equation 5) is
+training objective (equation 5 of Siahkoohi, Louboutin and Herrmann) is
 
 .. math::
 
@@ -20,7 +20,7 @@ Variable projection eliminates the auxiliary weights (equation 6),
 
 (the envelope theorem: at the inner minimiser ``w_hat`` the derivative through
 ``w_hat`` vanishes), so the gradient of the reduced objective with respect to
-the kernels is the gradient of the penalty at ``w_hat`` (the seed's
+the kernels is the gradient of the penalty at ``w_hat`` (the step of Siahkoohi, Louboutin and Herrmann,
 equation 7). The inner problem is solved over the per-pixel weights that are
 matrix entries (the border mask) with SciPy's L-BFGS-B, warm-started from the
 previous outer iteration.
@@ -41,7 +41,7 @@ Functions
 :func:`joint_objective`
     ``Phi`` and its gradients in both blocks (for comparison).
 :func:`train_extended`
-    Outer loop: Adam, L-BFGS, the seed's gradient step or the closed-form
+    Outer loop: Adam, L-BFGS, the gradient step of Siahkoohi, Louboutin and Herrmann or the closed-form
     kernel average.
 :func:`train_joint`
     Joint minimisation of ``Phi`` over ``(w, K, b)`` (L-BFGS or Adam).
@@ -57,7 +57,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from .._backend import get_xp, to_numpy
+from .._backend import check_finite, get_xp, to_numpy
+from .._validate import as_int, as_real
 from ..nn.extended import ExtendedNetwork
 
 __all__ = [
@@ -176,6 +177,18 @@ def _check(net, X, Y):
         raise ValueError(f"X has shape {tuple(X.shape)}; expected ({net.n_in}, B), one example per column")
     if Y.shape != (net.n_out, X.shape[1]):
         raise ValueError(f"Y has shape {tuple(Y.shape)}; expected ({net.n_out}, {X.shape[1]})")
+    check_finite(X, "X")
+    check_finite(Y, "Y")
+
+
+def _check_options(*, lam, maxiter, lr, memory, inner_maxiter=1, inner_memory=1):
+    """Reject option values a run cannot honour (before any work is done)."""
+    as_real(lam, "lam", nonnegative=True)
+    as_int(maxiter, "maxiter", minimum=0)
+    as_real(lr, "lr", positive=True)
+    as_int(memory, "memory", minimum=1)
+    as_int(inner_maxiter, "inner_maxiter", minimum=1)
+    as_int(inner_memory, "inner_memory", minimum=1)
 
 
 def _float_dtype(*arrays) -> np.dtype:
@@ -523,7 +536,7 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
         Penalty weight ``lambda`` (the penalty is ``lam^2/2 ||.||_F^2``).
     method : {"adam", "lbfgs", "gradient", "average"}
         Outer update: Adam (step ``lr``) or L-BFGS (memory ``memory``) on the
-        reduced objective; ``"gradient"``: the seed's step (equation 7),
+        reduced objective; ``"gradient"``: the step of Siahkoohi, Louboutin and Herrmann (equation 7),
         ``primary <- primary - lr grad``; ``"average"``: the closed-form
         minimiser of the penalty over the kernels (the masked pixel average
         of ``w_hat``), the biases by a gradient step.
@@ -533,7 +546,7 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
         Initial per-pixel weights (overrides ``aux_init``).
     aux_init : {"primary", "random"}
         ``"primary"``: ``net.expand(primary0)``; ``"random"``: standard normal
-        entries (the seed's trajectories).
+        entries (the trajectories of Siahkoohi, Louboutin and Herrmann).
     rng : seed or Generator, optional
         For ``aux_init="random"``.
     inner_maxiter, inner_memory, inner_ftol, inner_gtol
@@ -560,6 +573,8 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
     :func:`lbfgs`). ``aux_init="random"`` draws on the host (the same numbers
     on every backend) and copies the weights to the device once.
     """
+    _check_options(lam=lam, maxiter=maxiter, lr=lr, memory=memory, inner_maxiter=inner_maxiter,
+                   inner_memory=inner_memory)
     xp, primary0, theta = _training_start(net, primary0, X, Y, theta0, aux_init, rng)
     state = {"theta": theta, "inner": None}
     hist = {"loss": [], "misfit": [], "penalty": [], "grad_norm": [], "inner_nit": []}
@@ -639,6 +654,7 @@ def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, meth
     floating precision; Adam runs on the device, L-BFGS on a float64 host
     copy of ``x`` (``O(num_params)`` copies per evaluation, see :func:`lbfgs`).
     """
+    _check_options(lam=lam, maxiter=maxiter, lr=lr, memory=memory)
     xp, primary0, theta = _training_start(net, primary0, X, Y, theta0, aux_init, rng)
     ix = net.index_arrays(xp)
     idx = ix.aux_index

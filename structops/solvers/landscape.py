@@ -1,12 +1,12 @@
 r"""Loss landscapes and training trajectories of conventional vs extended conv networks.
 
-The experiments of the extended-convolution seed on its toy network: four
+The experiments of Siahkoohi, Louboutin and Herrmann (extended convolutional layers) on their toy network: four
 3x3, one-channel, stride-1, ``'same'``-padded convolution layers, each
 followed by a sigmoid, on a 16x16 image. A target is simulated from a fixed
 input ``z = 0.01 N(0, I)`` and a fixed "global minimum" ``w*``:
 ``y = G(z; w*)``.
 
-* Landscapes (equations 9 and 10 of the seed). With two filter-normalised
+* Landscapes (their equations 9 and 10). With two filter-normalised
   random directions ``delta``, ``eta`` (Li et al., 2018) and
   ``w = w* + alpha delta + beta eta``,
 
@@ -64,7 +64,7 @@ __all__ = [
     "REFERENCE_TABLE",
 ]
 
-#: the reference table (final normalised losses read off the seed's Figure 4)
+#: the reference table (final normalised losses read off Figure 4 of Siahkoohi, Louboutin and Herrmann)
 REFERENCE_TABLE = {
     "(-2, 2)": {"conv_adam": 5e-3, "conv_lbfgs": 3e-6, "ext_adam": 1.3e-3, "ext_lbfgs": 5e-7},
     "(2, 2)": {"conv_adam": 2.5e-3, "conv_lbfgs": 7e-6, "ext_adam": 3e-3, "ext_lbfgs": 1e-5},
@@ -74,7 +74,7 @@ REFERENCE_TABLE = {
 
 @dataclass(frozen=True)
 class ToyProblem:
-    """The seed's toy regression problem.
+    """The toy regression problem of Siahkoohi, Louboutin and Herrmann.
 
     Attributes
     ----------
@@ -330,7 +330,7 @@ def trajectory(problem: ToyProblem, w0, kind: str, method: str, *, maxiter: int 
     inner_maxiter : int
         Inner L-BFGS iterations (``kind="ext"``).
     aux_init : {"random", "primary"}
-        Initial per-pixel weights (``kind="ext"``): standard normal (the seed)
+        Initial per-pixel weights (``kind="ext"``): standard normal (as Siahkoohi, Louboutin and Herrmann)
         or the starting kernels.
     seed : int
 
@@ -373,7 +373,7 @@ def basin_fraction(L, threshold: float = 0.1, scale=None) -> float:
     """Fraction of the grid where the normalised loss ``(L - min) / scale`` is below ``threshold``.
 
     ``scale`` defaults to ``L.max()`` (each landscape normalised by itself, as
-    in the seed's figures); pass the conventional landscape's maximum to
+    in the figures of Siahkoohi, Louboutin and Herrmann); pass the conventional landscape's maximum to
     compare both on one scale.
     """
     return float(np.mean(normalized_loss(L, scale) < threshold))

@@ -34,6 +34,7 @@ from pylops.optimization.basic import cgls
 from scipy.optimize import least_squares
 
 from .._backend import blas_threads, get_fft, get_xp, to_numpy
+from .._validate import as_int, as_real
 
 __all__ = ["varpro", "VarProResult", "reduced_jacobian", "conv_preconditioner", "normal_preconditioner"]
 
@@ -545,8 +546,14 @@ def _setup(phi, y, theta0, dphi, weights, tikhonov, L, theta_reg, method, inner,
         raise ValueError(f"unknown inner solver {inner!r}; expected 'auto', 'exact' or 'krylov'")
     if not hasattr(y, "ndim") or y.ndim not in (1, 2):
         raise ValueError(f"y must be a 1-D array (m,) or a 2-D array (m, q); got {getattr(y, 'shape', y)!r}")
-    if tikhonov < 0 or theta_reg < 0:
-        raise ValueError(f"tikhonov and theta_reg must be >= 0; got {tikhonov}, {theta_reg}")
+    tikhonov = as_real(tikhonov, "tikhonov", nonnegative=True)
+    theta_reg = as_real(theta_reg, "theta_reg", nonnegative=True)
+    inner_tol = as_real(inner_tol, "inner_tol", positive=True)
+    if not inner_tol < 1:
+        raise ValueError(f"inner_tol must be in (0, 1): a relative residual tolerance; got {inner_tol}")
+    inner_maxiter = as_int(inner_maxiter, "inner_maxiter", minimum=1)
+    if jac_tol is not None:
+        jac_tol = as_real(jac_tol, "jac_tol", positive=True)
     if L is not None and tikhonov == 0:
         raise ValueError("L is given but tikhonov == 0; set tikhonov > 0 to use L")
     xp = get_xp(y)
