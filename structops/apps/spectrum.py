@@ -76,9 +76,12 @@ def spectrum(args) -> int:
         title = f"Conv2D {c_in}->{c_out}, {kh}x{kw}, {n}x{n}, padding={args.padding!r}: exact spectrum"
         marks = None
     except (NotImplementedError, ValueError):
-        circ = structops.Conv2D(kernel, (n, n), stride=args.stride, padding="circular") if kh % 2 and kw % 2 else None
+        # the circular layer has an exact per-frequency spectrum when the kernel is odd and the stride divides n
+        exact_circular = kh % 2 and kw % 2 and n % args.stride == 0 and max(kh, kw) <= n
+        circ = structops.Conv2D(kernel, (n, n), stride=args.stride, padding="circular") if exact_circular else None
         if circ is None:
-            print("  plot           : skipped (no full spectrum for this layer, and no circular surrogate)")
+            print("  plot           : skipped (no full spectrum for this layer, and no exact circular surrogate: "
+                  "it needs an odd kernel and a stride that divides the image size)")
             return 0
         s = structops.singular_values(circ)
         print(
