@@ -161,9 +161,9 @@ def as_real(value, name: str, *, positive: bool = False, nonnegative: bool = Fal
     if math.isnan(v) or (finite and math.isinf(v)):
         raise ValueError(f"{name} must be a finite real number; got {v}")
     if positive and not v > 0:
-        raise ValueError(f"{name} must be > 0; got {v}")
+        raise ValueError(f"{name} must be positive (> 0); got {v}")
     if nonnegative and not v >= 0:
-        raise ValueError(f"{name} must be >= 0; got {v}")
+        raise ValueError(f"{name} must be non-negative (>= 0); got {v}")
     return v
 
 

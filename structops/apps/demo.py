@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .args import CommandError, arg, command, int_at_least, output_file, padding_arg, positive_int
+from .args import CommandError, arg, command, int_at_least, padding_arg, positive_int
 
 
 def _fmt_time_col(seconds: float) -> str:

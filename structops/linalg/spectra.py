@@ -391,9 +391,7 @@ def _conv64(op: ConvND) -> ConvND:
     K = op.kernel
     if K.dtype in (np.float64, np.complex128):
         return op
-    K = K.astype(np.complex128 if K.dtype.kind == "c" else np.float64)
-    padding = "circular" if op.circular else op.padding
-    return ConvND(K, op.in_shape, stride=op.stride, padding=padding, dilation=op.dilation, method=op.method)
+    return op.with_kernel(K.astype(np.complex128 if K.dtype.kind == "c" else np.float64))
 
 
 class _Symbol:

@@ -32,8 +32,8 @@ import numpy as np
 
 from .._backend import get_xp
 from .._backend import device_constant
-from ..operators.conv import ConvND
 from ..operators.extended import ExtendedConvND, extension_penalty
+from ..operators.geometry import ConvGeometry
 from ..operators.parametric import ConvModel, ParametricModel
 from .layers import Network, SingleLayer
 
@@ -86,18 +86,17 @@ class ExtendedConvModel(ParametricModel):
         if len(self.kernel_shape) < 3:
             raise ValueError(f"kernel_shape {kernel_shape!r}; expected (c_out, c_in, *k)")
         self.conv_kwargs = dict(padding=padding, stride=stride, dilation=dilation)
-        probe = ConvND(np.zeros(self.kernel_shape), in_shape, **self.conv_kwargs)
-        self.in_shape = tuple(probe.in_shape)
-        self.out_shape = tuple(probe.out_shape)
+        geo = ConvGeometry(self.kernel_shape, in_shape, **self.conv_kwargs)
+        self.in_shape = geo.in_shape
+        self.out_shape = geo.out_shape
         self.weight_shape = self.kernel_shape + self.out_shape
-        self.dims, self.dimsd = tuple(probe.dims), tuple(probe.dimsd)
+        self.dims, self.dimsd = (geo.c_in,) + geo.in_shape, (geo.c_out,) + geo.out_shape
         self.num_params = int(np.prod(self.weight_shape))
         self.fan_in = int(np.prod(self.kernel_shape[1:]))
-        ext = ExtendedConvND(np.zeros(self.weight_shape), self.in_shape, **self.conv_kwargs)
         D = len(self.in_shape)
         #: which weights are matrix entries, shape ``weight_shape`` (zero padding masks the border)
-        self.mask = np.broadcast_to(ext.border_mask().reshape((1, 1) + ext.border_mask().shape),
-                                    self.weight_shape).copy()
+        border = geo.border_mask()
+        self.mask = np.broadcast_to(border.reshape((1, 1) + border.shape), self.weight_shape).copy()
         self._D = D
 
     def operator(self, theta):

@@ -12,7 +12,7 @@ import importlib
 import types
 
 import numpy as np
-from pylops import LinearOperator
+from pylops import LinearOperator, get_ndarray_multiplication
 from scipy.sparse import issparse
 
 from .._backend import blas_threads, get_xp
@@ -121,11 +121,11 @@ class StructuredOperator(LinearOperator):
     def dot(self, x):
         if not (isinstance(x, LinearOperator) or np.isscalar(x) or issparse(x) or hasattr(x, "matvec")):
             x = as_data_array(x, "x")
-            if x.ndim >= 2 and x.shape[-1] == 0:  # an empty batch (pylops cannot reshape it)
-                if x.shape == (self.shape[1], 0):
-                    return self._empty(x, self.shape[0])
-                if tuple(x.shape[:-1]) == tuple(self.dims):
-                    return self._empty(x, self.shape[0]).reshape(tuple(self.dimsd) + (0,))
+            nd = get_ndarray_multiplication()
+            if x.shape[-1:] == (0,) and x.shape[:-1] in ((self.shape[1],), tuple(self.dims)) and (x.ndim == 2 or nd):
+                # an empty batch, which pylops cannot reshape; shaped as pylops shapes a batch
+                Y = self.matmat(x.reshape(self.shape[1], 0))
+                return Y.reshape(tuple(self.dimsd) + (0,)) if x.ndim > 2 and nd and not self.forceflat else Y
         return super().dot(x)
 
     def _adjoint(self):

@@ -20,7 +20,6 @@ products:
 from __future__ import annotations
 
 import math
-from itertools import product
 
 import numpy as np
 import scipy.fft as _sp_fft
@@ -28,9 +27,9 @@ import scipy.fft as _sp_fft
 from .._backend import device_constant, get_fft, get_xp
 from .base import StructuredOperator, split_batch
 from .._validate import as_param_array, check_memory, result_dtype
-from .geometry import ConvGeometry, conv_output_shape, resolve_padding
+from .geometry import ConvGeometry
 
-__all__ = ["ConvND", "Conv1D", "Conv2D", "Conv3D", "resolve_padding", "conv_output_shape"]
+__all__ = ["ConvND", "Conv1D", "Conv2D", "Conv3D"]
 
 def _take_taps(Kt, taps):
     """``Kt[:, :, taps]`` with the tap indices on the backend of ``Kt``."""
@@ -148,11 +147,11 @@ class _FFTPlan:
         """``(c_out, c_in, *k)`` kernel -> ``(n_freq, c_out, c_in)``: the symbol of the layer on the grid ``F``.
 
         Equal to ``geo.symbol(K, F)`` (see :mod:`structops.operators.geometry`);
-        the taps are placed with a device copy of the index mesh.
+        the taps are placed with a device copy of the index mesh. They never
+        share a slot here: the grid is at least the padded input (zero padding)
+        or the input with ``e <= n`` (circular padding).
         """
         xp = get_xp(K)
-        if not self.geo.taps_distinct(self.F):
-            return self._fft(self.geo.periodic_filter(K, self.F))
         h = xp.zeros(K.shape[:2] + self.F, dtype=K.dtype)
         h[(slice(None), slice(None)) + self._ix(xp)] = K
         return self._fft(h)
@@ -299,7 +298,6 @@ class ConvND(StructuredOperator):
         self.out_shape = geometry.out_shape
         if method not in ("auto", "direct", "fft"):
             raise ValueError(f"unknown method {method!r}; expected 'auto', 'direct' or 'fft'")
-        self.requested_method = method
         if method == "auto":
             method = "fft" if _fft_cheaper(geometry, self.c_out, self.c_in) else "direct"
         self.method = method

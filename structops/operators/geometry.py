@@ -190,7 +190,7 @@ class ConvGeometry:
         self.ndim = D
         self.c_out, self.c_in = kernel_shape[:2]
         self.kernel_size = kernel_shape[2:]
-        self.in_shape = _in_shape((in_shape,) if isinstance(in_shape, (int, np.integer)) else in_shape, D)
+        self.in_shape = _in_shape(in_shape, D)
         self.stride = int_tuple(stride, D, "stride")
         self.dilation = int_tuple(dilation, D, "dilation")
         self.padding, self.circular = resolve_padding(padding, self.kernel_size, self.dilation, self.in_shape)

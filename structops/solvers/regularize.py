@@ -92,6 +92,7 @@ from typing import Callable
 import numpy as np
 
 from .._backend import blas_threads, get_fft, get_xp, to_numpy
+from .._validate import as_real
 from ..operators.conv import ConvND
 from ..operators.geometry import ConvGeometry
 
@@ -141,19 +142,6 @@ def _check_kernel(kernel, name="kernel"):
     if not bool(xp.isfinite(kernel).all()):
         raise ValueError(f"{name} has NaN or Inf entries; expected finite values")
     return kernel, xp
-
-
-def _check_real(value, name, *, positive=False, nonnegative=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be positive; got {value}")
-    if nonnegative and value < 0:
-        raise ValueError(f"{name} must be non-negative; got {value}")
-    return value
 
 
 # ---------------------------------------------------------------------------
@@ -366,7 +354,7 @@ def frobenius_penalty(kernel, in_shape, alpha=1.0, padding="same", stride=1, dil
     (True, (6, 3, 3, 3))
     """
     K, xp = _check_kernel(kernel)
-    alpha = _check_real(alpha, "alpha")
+    alpha = as_real(alpha, "alpha")
     if gram not in ("input", "output"):
         raise ValueError(f"gram={gram!r}; expected 'input' (M^T M) or 'output' (M M^T)")
     if method not in ("auto", "kernel", "sparse"):
@@ -501,7 +489,7 @@ def spectral_penalty(kernel, in_shape, padding="same", stride=1, dilation=1, *, 
     (2, 2, 3, 3)
     """
     K, xp = _check_kernel(kernel)
-    target = _check_real(target, "target", positive=True)
+    target = as_real(target, "target", positive=True)
     if form not in ("squares", "max", "gram"):
         raise ValueError(f"form={form!r}; expected 'squares', 'max' or 'gram'")
     geo = _geometry(K.shape, in_shape, padding, stride, dilation)
@@ -587,8 +575,8 @@ def clip_singular_values(kernel, in_shape, lo, hi, *, dilation=1, full=False):
     """
     K, xp = _check_kernel(kernel)
     geo = _geometry(K.shape, in_shape, "circular", 1, dilation)
-    lo = None if lo is None else _check_real(lo, "lo", nonnegative=True)
-    hi = None if hi is None else _check_real(hi, "hi", nonnegative=True)
+    lo = None if lo is None else as_real(lo, "lo", nonnegative=True)
+    hi = None if hi is None else as_real(hi, "hi", nonnegative=True)
     if lo is not None and hi is not None and lo > hi:
         raise ValueError(f"lo = {lo} is larger than hi = {hi}; expected 0 <= lo <= hi")
     fft = get_fft(xp)
@@ -759,7 +747,7 @@ def regularize_spectrum(
     """
     t0 = time.perf_counter()
     K0, xp = _check_kernel(kernel)
-    alpha = _check_real(alpha, "alpha", positive=True)
+    alpha = as_real(alpha, "alpha", positive=True)
     if penalty not in ("frobenius", "spectral"):
         raise ValueError(f"penalty={penalty!r}; expected 'frobenius' or 'spectral'")
     if method not in ("lbfgs", "gd", "guo"):
@@ -768,7 +756,7 @@ def regularize_spectrum(
         raise ValueError(f"maxiter={maxiter!r}; expected a non-negative int")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable; got {type(callback).__name__}")
-    gtol = _check_real(gtol, "gtol", nonnegative=True)
+    gtol = as_real(gtol, "gtol", nonnegative=True)
     if isinstance(memory, bool) or not isinstance(memory, (int, np.integer)) or memory < 1:
         raise ValueError(f"memory={memory!r}; expected a positive int")
     if form not in ("squares", "max", "gram"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import get_xp, to_numpy
+from .._backend import to_numpy
 from .asserts import _default_rtol, _op_xp, assert_adjoint, assert_matches_dense, random_like_op, taylor_test
 
 __all__ = ["check_operator"]
