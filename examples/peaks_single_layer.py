@@ -106,7 +106,7 @@ def run_varpro(P, theta0, max_nfev):
     trace = []
     t0 = time.perf_counter()
 
-    def cb(theta, obj):
+    def cb(k, theta, obj):
         W = P.best_W(theta)
         trace.append((time.perf_counter() - t0, P.passes, P.loss(theta, W), P.accuracy(theta, W)))
 

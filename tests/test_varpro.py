@@ -40,8 +40,8 @@ def test_recovers_truth_noise_free(method, outer):
     np.testing.assert_allclose(res.theta, A_TRUE, rtol=1e-8)
     np.testing.assert_allclose(res.coef, C_TRUE, rtol=1e-8)
     assert res.residual_norm < 1e-9 and res.success
-    assert res.inner == "exact" and res.njev == len(res.history) and res.nit == res.njev
-    assert res.history[-1] <= res.history[0]
+    assert res.inner == "exact" and res.njev == len(res.history["fun"]) and res.nit == res.njev
+    assert res.history["fun"][-1] <= res.history["fun"][0]
     with pytest.raises(Exception):
         res.theta = None  # frozen
 
@@ -87,7 +87,7 @@ def test_regularised_objective_is_minimised(rng):
     g = [(f(a + h * e, c) - f(a - h * e, c)) / (2 * h) for e in np.eye(2)]
     g += [(f(a, c + h * e) - f(a, c - h * e)) / (2 * h) for e in np.eye(2)]
     assert np.max(np.abs(g)) < 1e-6
-    np.testing.assert_allclose(res.objective, f(a, c), rtol=1e-10)
+    np.testing.assert_allclose(res.fun, f(a, c), rtol=1e-10)
 
 
 def test_multiple_right_hand_sides(rng):

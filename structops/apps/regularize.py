@@ -156,11 +156,11 @@ def main(argv=None) -> int:
             name = f"3x3x{ci}x{co}"
             print(
                 f"{name:>12} {label:>12} {res.sigma_max:10.4f} {res.sigma_min:10.4f} {_fmt(entry[0]):>8} "
-                f"{_fmt(entry[1]):>8} {_fmt(entry[2]):>8} {res.n_iter:6d} {seconds:8.2f}"
+                f"{_fmt(entry[1]):>8} {_fmt(entry[2]):>8} {res.nit:6d} {seconds:8.2f}"
             )
             if method == "lbfgs":
                 ok = all(TARGET[0] <= v <= TARGET[1] for v in (res.sigma_max, res.sigma_min))
-                all_ok &= ok and math.isfinite(res.penalty)
+                all_ok &= ok and math.isfinite(res.fun)
         path = os.path.join(args.out, f"guo_fig4_1_{ci}x{co}.png")
         plot_regularization(path, f"3 x 3 x {ci} x {co} kernel, {size}x{size} input", runs, iterations)
     print(f"\nfigures written to {os.path.abspath(args.out)}")

@@ -1,12 +1,16 @@
 """Solvers on structured operators: functions returning frozen results.
 
-Options are keyword arguments; long runs report through a ``callback``.
+Options are keyword arguments. Every solver returns a :class:`Result`
+(``x, fun, success, nit, nfev, message, history, seconds`` and its own
+fields) and reports through ``callback(k, x, fun, ...)``, which stops the run
+by returning ``True``.
 """
+
+from ._optim import OptimResult, Result, adam, gd, lbfgs
 
 from .extended import (
     ExtendedTrainResult,
     InnerResult,
-    OptimResult,
     inner_solve,
     joint_objective,
     reduced_objective,
@@ -25,6 +29,11 @@ from .regularize import (
 from .varpro import VarProResult, conv_preconditioner, normal_preconditioner, reduced_jacobian, varpro
 
 __all__ = [
+    "Result",
+    "OptimResult",
+    "adam",
+    "lbfgs",
+    "gd",
     "varpro",
     "VarProResult",
     "reduced_jacobian",
@@ -44,5 +53,4 @@ __all__ = [
     "joint_objective",
     "ExtendedTrainResult",
     "InnerResult",
-    "OptimResult",
 ]

@@ -51,15 +51,16 @@ Functions
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
-from scipy.optimize import minimize
 
-from .._backend import check_finite, get_xp, to_numpy
+from .._backend import check_finite, get_xp
 from .._validate import as_int, as_real
 from ..nn.extended import ExtendedNetwork
+from ._optim import OptimResult, Result, Run, adam, check_callback, gd, lbfgs, start
 
 __all__ = [
     "InnerResult",
@@ -78,95 +79,70 @@ __all__ = [
 
 # ------------------------------------------------------------------ results
 @dataclass(frozen=True)
-class InnerResult:
+class InnerResult(Result):
     """Result of :func:`inner_solve`.
 
     Attributes
     ----------
-    theta : ndarray, shape ``(num_params,)``
-        Extended-network parameters at the inner minimiser (biases = primary biases),
-        on the backend (NumPy or CuPy) and in the precision of the inputs.
-    value : float
+    x : ndarray, shape ``(num_params,)``
+        Extended-network parameters at the inner minimiser (biases = primary
+        biases), on the backend (NumPy or CuPy) and in the precision of the
+        inputs; also readable as ``theta``.
+    fun : float
         ``misfit + penalty``.
+    success, nit, nfev, message, seconds
+        Of the L-BFGS run (:class:`~structops.solvers.Result`).
+    history : dict of ndarray
+        ``"fun"``, ``"grad_norm"``, ``"step_norm"`` per L-BFGS iteration.
     misfit : float
         ``0.5 ||Y - G_ext(X; theta)||^2``.
     penalty : float
         ``lam^2/2 sum_l ||W_ext,l - W_l||_F^2``.
-    nit, nfev : int
-        L-BFGS iterations and function evaluations.
-    success : bool
-    message : str
     """
 
-    theta: np.ndarray
-    value: float
     misfit: float
     penalty: float
-    nit: int
-    nfev: int
-    success: bool
-    message: str
+
+    _renamed: ClassVar[dict] = {"value": "fun"}
+
+    @property
+    def theta(self):
+        """The per-pixel parameters at the minimiser (``x``)."""
+        return self.x
 
 
 @dataclass(frozen=True)
-class OptimResult:
-    """Result of :func:`adam` / :func:`lbfgs`.
-
-    Attributes
-    ----------
-    x : ndarray
-        Final iterate, on the backend and in the precision of ``x0``.
-    fun : float
-        Objective at ``x``.
-    history : ndarray, shape ``(nit + 1,)``
-        Objective at the initial point and after every iteration (NumPy).
-    nit, nfev : int
-    success : bool
-    message : str
-    """
-
-    x: np.ndarray
-    fun: float
-    history: np.ndarray
-    nit: int
-    nfev: int
-    success: bool
-    message: str
-
-
-@dataclass(frozen=True)
-class ExtendedTrainResult:
+class ExtendedTrainResult(Result):
     """Result of :func:`train_extended` and :func:`train_joint`.
 
     Attributes
     ----------
-    primary : ndarray, shape ``(num_primary,)``
-        Final primary parameters (kernels, biases).
-    theta : ndarray, shape ``(num_params,)``
-        Final auxiliary (per-pixel) parameters of the extended network. Both on
-        the backend (NumPy or CuPy) and in the precision of the inputs.
-    loss : float
+    x : ndarray, shape ``(num_primary,)``
+        Final primary parameters (kernels, biases); also readable as ``primary``.
+    fun : float
         Final objective (reduced for VarPro, joint for :func:`train_joint`).
+    success, nit, nfev, message, seconds
+        As in :class:`~structops.solvers.Result`: outer iterations, objective
+        evaluations (inner solves for VarPro).
     history : dict of str to ndarray
-        Per outer iteration (first entry: the starting point): ``"loss"``,
-        ``"misfit"``, ``"penalty"``, ``"grad_norm"`` and, for VarPro,
+        Per outer iteration (first entry: the starting point): ``"fun"``,
+        ``"misfit"``, ``"penalty"`` and, for VarPro, ``"grad_norm"`` and
         ``"inner_nit"`` (NumPy arrays).
-    nit, nfev : int
-        Outer iterations and objective evaluations (inner solves for VarPro).
-    success : bool
-    message : str
+    theta : ndarray, shape ``(num_params,)``
+        Final auxiliary (per-pixel) parameters of the extended network. Both
+        on the backend (NumPy or CuPy) and in the precision of the inputs.
     method : str
     """
 
-    primary: np.ndarray
     theta: np.ndarray
-    loss: float
-    history: dict = field(repr=False)
-    nit: int
-    nfev: int
-    success: bool
-    message: str
     method: str
+
+    _renamed: ClassVar[dict] = {"loss": "fun"}
+
+    @property
+    def primary(self):
+        """The final primary parameters (``x``)."""
+        return self.x
 
 
 # ---------------------------------------------------------------- objectives
@@ -198,19 +174,6 @@ def _float_dtype(*arrays) -> np.dtype:
     return dt if dt.kind == "f" else np.dtype(np.float64)
 
 
-def _start(x0, dtype=None):
-    """A copy of ``x0`` on its own backend, as a floating array (float32 stays float32)."""
-    xp = get_xp(x0)
-    x = xp.array(x0, copy=True)
-    dt = np.dtype(dtype) if dtype is not None else (x.dtype if x.dtype.kind == "f" else np.dtype(np.float64))
-    return x.astype(dt, copy=False)
-
-
-def _host(a):
-    """Float64 host copy of a parameter vector (for SciPy; no copy for a float64 NumPy array)."""
-    return np.asarray(to_numpy(a), dtype=np.float64)
-
-
 def _training_start(net, primary0, X, Y, theta0, aux_init, rng):
     """Backend and copies (in the data's floating precision) of the starting ``primary`` and ``theta``.
 
@@ -221,7 +184,7 @@ def _training_start(net, primary0, X, Y, theta0, aux_init, rng):
     _check(net, X, Y)
     xp = get_xp(primary0, X, Y, theta0)
     dtype = _float_dtype(primary0, X, Y)
-    primary0 = _start(xp.asarray(primary0), dtype)
+    primary0 = start(xp.asarray(primary0), dtype)
     if theta0 is None:
         if aux_init == "primary":
             theta0 = net.expand(primary0)
@@ -229,7 +192,7 @@ def _training_start(net, primary0, X, Y, theta0, aux_init, rng):
             theta0 = xp.asarray(np.random.default_rng(rng).standard_normal(net.num_params), dtype=dtype)
         else:
             raise ValueError(f"aux_init must be 'primary' or 'random'; got {aux_init!r}")
-    return xp, primary0, _start(theta0, dtype)
+    return xp, primary0, start(theta0, dtype)
 
 
 def data_objective(net, theta, X, Y):
@@ -333,28 +296,28 @@ def inner_solve(net: ExtendedNetwork, primary, X, Y, lam: float, theta0=None, *,
     xp = get_xp(primary, X, Y, theta0)
     dtype = _float_dtype(primary, X, Y)
     primary = xp.asarray(primary, dtype=dtype)
-    theta = net.expand(primary) if theta0 is None else _start(theta0, dtype)
+    theta = net.expand(primary) if theta0 is None else start(theta0, dtype)
     ix = net.index_arrays(xp)
     theta[ix.bias_theta] = primary[ix.bias_primary]
     idx = ix.aux_index
-    last = {}
+    parts = {}
 
     def fg(u):
         th = theta.copy()
-        th[idx] = xp.asarray(u, dtype=dtype)
+        th[idx] = u
         mis, gd = data_objective(net, th, X, Y)
         pen, gt, _ = net.penalty(th, primary, lam)
-        last["u"], last["parts"] = u.copy(), (mis, pen)
-        return mis + pen, _host((gd + gt)[idx])
+        parts["u"], parts["parts"] = u, (mis, pen)
+        return mis + pen, (gd + gt)[idx]
 
-    res = minimize(fg, _host(theta[idx]), jac=True, method="L-BFGS-B",
-                   options=dict(maxcor=memory, maxiter=maxiter, ftol=ftol, gtol=gtol))
-    theta[idx] = xp.asarray(res.x, dtype=dtype)
-    if not np.array_equal(last["u"], res.x):
-        fg(res.x)
-    mis, pen = last["parts"]
-    return InnerResult(theta, float(mis + pen), float(mis), float(pen), int(res.nit), int(res.nfev),
-                       bool(res.success), str(res.message))
+    out = lbfgs(fg, theta[idx], maxiter=maxiter, memory=memory, ftol=ftol, gtol=gtol)
+    theta[idx] = out.x
+    if parts["u"] is not out.x and not bool(xp.array_equal(parts["u"], out.x)):
+        fg(out.x)
+    mis, pen = parts["parts"]
+    return InnerResult(x=theta, fun=float(mis + pen), success=out.success, nit=out.nit, nfev=out.nfev,
+                       message=out.message, history=out.history, seconds=out.seconds, misfit=float(mis),
+                       penalty=float(pen))
 
 
 def reduced_objective(net: ExtendedNetwork, primary, X, Y, lam: float, theta0=None, **inner):
@@ -387,133 +350,7 @@ def reduced_objective(net: ExtendedNetwork, primary, X, Y, lam: float, theta0=No
     if ix.bias_theta.size:
         _, gd = data_objective(net, res.theta, X, Y)
         gp[ix.bias_primary] = gd[ix.bias_theta]
-    return res.value, gp, res
-
-
-# ---------------------------------------------------------------- optimisers
-def adam(fun, x0, *, lr: float = 0.05, maxiter: int = 200, betas=(0.9, 0.999), eps: float = 1e-8,
-         callback=None) -> OptimResult:
-    r"""Adam (Kingma and Ba, 2014) on ``fun(x) -> (value, grad)``.
-
-    Parameters
-    ----------
-    fun : callable
-        ``fun(x) -> (float, ndarray)``; ``x`` and the gradient on the backend of ``x0``.
-    x0 : ndarray
-        NumPy or CuPy; float32 stays float32, other dtypes become float64.
-    lr : float
-        Step size.
-    maxiter : int
-        Number of steps; ``maxiter + 1`` evaluations (the last at the final iterate).
-    betas : (float, float)
-        Moment decay rates.
-    eps : float
-    callback : callable, optional
-        ``callback(k, x, value)`` after each evaluation; return ``True`` to stop.
-
-    Returns
-    -------
-    OptimResult
-
-    Notes
-    -----
-    ``m <- b1 m + (1-b1) g``, ``v <- b2 v + (1-b2) g^2``,
-    ``x <- x - lr (m / (1-b1^k)) / (sqrt(v / (1-b2^k)) + eps)``.
-
-    The iterates and moments stay on the backend of ``x0`` (no host copies);
-    only the objective values (floats) are recorded on the host.
-    """
-    b1, b2 = betas
-    x = _start(x0)
-    xp = get_xp(x)
-    m = xp.zeros_like(x)
-    v = xp.zeros_like(x)
-    hist = []
-    stopped = False
-    for k in range(maxiter + 1):
-        f, g = fun(x)
-        f = float(f)
-        hist.append(f)
-        if callback is not None and callback(k, x, f):
-            stopped = True
-            break
-        if k == maxiter:
-            break
-        if not math.isfinite(f):
-            break
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        mh = m / (1 - b1 ** (k + 1))
-        vh = v / (1 - b2 ** (k + 1))
-        x = x - lr * mh / (xp.sqrt(vh) + eps)
-    nit = len(hist) - 1
-    finite = math.isfinite(hist[-1])
-    msg = "stopped by callback" if stopped else ("non-finite objective" if not finite
-                                                 else "maximum number of iterations")
-    return OptimResult(x, hist[-1], np.asarray(hist), nit, len(hist), finite, msg)
-
-
-def lbfgs(fun, x0, *, maxiter: int = 200, memory: int = 100, ftol: float = 0.0, gtol: float = 0.0,
-          callback=None) -> OptimResult:
-    """SciPy L-BFGS-B on ``fun(x) -> (value, grad)``, recording the objective per iteration.
-
-    Parameters
-    ----------
-    fun : callable
-        ``fun(x) -> (float, ndarray)``; ``x`` and the gradient on the backend of ``x0``.
-    x0 : ndarray
-        NumPy or CuPy; float32 stays float32, other dtypes become float64.
-    maxiter, memory : int
-        Iterations and ``maxcor``.
-    ftol, gtol : float
-        Stopping tolerances (default 0: run ``maxiter`` iterations unless the
-        line search fails).
-    callback : callable, optional
-        ``callback(k, x, value)`` at ``x0`` (``k = 0``) and after each iteration;
-        return ``True`` to stop.
-
-    Returns
-    -------
-    OptimResult
-        ``history[k]`` is the objective after iteration ``k`` (``history[0]`` at ``x0``);
-        ``x`` on the backend and in the precision of ``x0``.
-
-    Notes
-    -----
-    SciPy's L-BFGS-B only takes host arrays: it runs on a float64 host copy of
-    the parameter vector, and every evaluation copies the iterate to the
-    backend of ``x0`` and the gradient back (``O(num_params)`` each way), so
-    ``fun`` itself (the network's products) runs on the device.
-    """
-    x0 = _start(x0)
-    xp, dtype = get_xp(x0), x0.dtype
-    cache = {}
-
-    def on_device(u):  # the same array for a float64 NumPy x0
-        return xp.asarray(u, dtype=dtype)
-
-    def cached(u):  # the first evaluation (at x0) is reused by SciPy's first call
-        if "u" in cache and np.array_equal(cache["u"], u):
-            return cache["fg"]
-        f, g = fun(on_device(u))
-        cache["u"], cache["fg"] = u.copy(), (float(f), _host(g))
-        return cache["fg"]
-
-    u0 = _host(x0)
-    f0, _ = cached(u0)
-    hist = [float(f0)]
-    if callback is not None and callback(0, x0, hist[0]):
-        return OptimResult(x0, hist[0], np.asarray(hist), 0, 1, True, "stopped by callback")
-
-    def cb(intermediate_result):
-        hist.append(float(intermediate_result.fun))
-        if callback is not None and callback(len(hist) - 1, on_device(intermediate_result.x), hist[-1]):
-            raise StopIteration
-
-    res = minimize(cached, u0, jac=True, method="L-BFGS-B", callback=cb,
-                   options=dict(maxcor=memory, maxiter=maxiter, ftol=ftol, gtol=gtol))
-    return OptimResult(on_device(res.x), float(res.fun), np.asarray(hist), int(res.nit), int(res.nfev),
-                       bool(res.success), str(res.message))
+    return res.fun, gp, res
 
 
 # --------------------------------------------------------------- training loops
@@ -573,60 +410,59 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
     :func:`lbfgs`). ``aux_init="random"`` draws on the host (the same numbers
     on every backend) and copies the weights to the device once.
     """
+    t0 = time.perf_counter()
     _check_options(lam=lam, maxiter=maxiter, lr=lr, memory=memory, inner_maxiter=inner_maxiter,
                    inner_memory=inner_memory)
+    check_callback(callback)
     xp, primary0, theta = _training_start(net, primary0, X, Y, theta0, aux_init, rng)
     state = {"theta": theta, "inner": None}
-    hist = {"loss": [], "misfit": [], "penalty": [], "grad_norm": [], "inner_nit": []}
+    hist = {"misfit": [], "penalty": [], "grad_norm": [], "inner_nit": []}
     opts = dict(maxiter=inner_maxiter, memory=inner_memory, ftol=inner_ftol, gtol=inner_gtol)
     nfev = [0]
 
     def fun(p):
         val, g, res = reduced_objective(net, p, X, Y, lam, state["theta"], **opts)
-        state["theta"], state["inner"], state["p"] = res.theta, res, p.copy()
+        state["theta"], state["inner"], state["p"] = res.theta, res, p
         nfev[0] += 1
         return val, g
 
-    def record(k, p, val):
+    def record(k, p, val):  # called at every accepted iterate, right after its evaluation
         res = state["inner"]
-        hist["loss"].append(val)
         hist["misfit"].append(res.misfit)
         hist["penalty"].append(res.penalty)
         hist["inner_nit"].append(res.nit)
         _, g, _ = net.penalty(res.theta, p, lam)
         hist["grad_norm"].append(float(xp.linalg.norm(g)))
-        return bool(callback(k, p, val, res)) if callback is not None else False
+        return callback(k, p, val, res) if callback is not None else None
 
     if method == "adam":
         out = adam(fun, primary0, lr=lr, maxiter=maxiter, callback=record)
     elif method == "lbfgs":
         out = lbfgs(fun, primary0, maxiter=maxiter, memory=memory, callback=record)
-    elif method in ("gradient", "average"):
-        p = primary0.copy()
+    elif method == "gradient":
+        out = gd(fun, primary0, step=lr, maxiter=maxiter, callback=record)
+    elif method == "average":
         kern = net.index_arrays(xp).kernel_mask
-        msg, stopped = "maximum number of iterations", False
-        for k in range(maxiter + 1):
-            val, g = fun(p)
-            if record(k, p, val):
-                stopped = True
-                break
-            if k == maxiter:
-                break
-            if method == "gradient":
-                p = p - lr * g
-            else:
-                avg = net.project(state["theta"])
-                p = xp.where(kern, avg, p - lr * g)
-        out = OptimResult(p, float(hist["loss"][-1]), np.asarray(hist["loss"]), len(hist["loss"]) - 1,
-                          nfev[0], True, "stopped by callback" if stopped else msg)
+        val, g = fun(primary0)
+        run = Run(primary0, val, g, 0.0, 0.0, record)
+        if not run.first():
+            p = primary0
+            for _ in range(maxiter):
+                p = xp.where(kern, net.project(state["theta"]), p - lr * g)
+                val, g = fun(p)
+                if run.step(p, val, float(xp.linalg.norm(g))):
+                    break
+        out = run.result(nfev[0], maxiter)
     else:
         raise ValueError(f"method must be 'adam', 'lbfgs', 'gradient' or 'average'; got {method!r}")
-    history = {k: np.asarray(v) for k, v in hist.items()}
+    n = out.nit + 1
+    history = {"fun": out.history["fun"], **{k: np.asarray(v[:n]) for k, v in hist.items()}}
     final = state["inner"]
     if not bool(xp.array_equal(out.x, state["p"])):  # make theta consistent with the final primary
         _, _, final = reduced_objective(net, out.x, X, Y, lam, state["theta"], **opts)
-    return ExtendedTrainResult(out.x, final.theta, float(final.value), history, out.nit, nfev[0],
-                               out.success, out.message, f"varpro-{method}")
+    return ExtendedTrainResult(x=out.x, fun=float(final.fun), success=out.success, nit=out.nit, nfev=nfev[0],
+                               message=out.message, history=history, seconds=time.perf_counter() - t0,
+                               theta=final.theta, method=f"varpro-{method}")
 
 
 def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, method: str = "lbfgs",
@@ -654,7 +490,9 @@ def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, meth
     floating precision; Adam runs on the device, L-BFGS on a float64 host
     copy of ``x`` (``O(num_params)`` copies per evaluation, see :func:`lbfgs`).
     """
+    t0 = time.perf_counter()
     _check_options(lam=lam, maxiter=maxiter, lr=lr, memory=memory)
+    check_callback(callback)
     xp, primary0, theta = _training_start(net, primary0, X, Y, theta0, aux_init, rng)
     ix = net.index_arrays(xp)
     idx = ix.aux_index
@@ -673,7 +511,7 @@ def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, meth
     def cb(k, x, v):  # called right after the evaluation at x
         hist["misfit"].append(parts["last"][0])
         hist["penalty"].append(parts["last"][1])
-        return bool(callback(k, x, v)) if callback is not None else False
+        return callback(k, x, v) if callback is not None else None
 
     x0 = xp.concatenate([theta[idx], primary0])
     if method == "lbfgs":
@@ -685,6 +523,8 @@ def train_joint(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, meth
     theta[idx] = out.x[:n]
     primary = out.x[n:]
     theta[ix.bias_theta] = primary[ix.bias_primary]
-    history = {"loss": out.history, **{k: np.asarray(v) for k, v in hist.items()}}
-    return ExtendedTrainResult(primary, theta, out.fun, history, out.nit, out.nfev, out.success, out.message,
-                               f"joint-{method}")
+    m = out.nit + 1
+    history = {"fun": out.history["fun"], **{k: np.asarray(v[:m]) for k, v in hist.items()}}
+    return ExtendedTrainResult(x=primary, fun=out.fun, success=out.success, nit=out.nit, nfev=out.nfev,
+                               message=out.message, history=history, seconds=time.perf_counter() - t0,
+                               theta=theta, method=f"joint-{method}")

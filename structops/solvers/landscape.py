@@ -230,7 +230,7 @@ def _ext_point(args):
     problem, w, start_seed, opts = args  # start_seed None: start from the conventional layers
     theta0 = None if start_seed is None else \
         np.random.default_rng(start_seed).standard_normal(problem.ext.num_params)
-    return inner_solve(problem.ext, w, problem.z, problem.y, problem.lam, theta0, **opts).value
+    return inner_solve(problem.ext, w, problem.z, problem.y, problem.lam, theta0, **opts).fun
 
 
 def parallel_map(fn, items, jobs, progress):
@@ -346,13 +346,13 @@ def trajectory(problem: ToyProblem, w0, kind: str, method: str, *, maxiter: int 
 
         res = adam(fun, w0, lr=lr, maxiter=maxiter) if method == "adam" else \
             lbfgs(fun, w0, maxiter=maxiter, memory=memory)
-        raw = np.asarray(res.history)
+        raw = res.history["fun"]
         return {"loss": (raw / raw[0]).tolist(), "raw": raw.tolist(), "message": res.message}
     if kind == "ext":
         res = train_extended(problem.ext, w0, problem.z, problem.y, lam=problem.lam, method=method,
                              maxiter=maxiter, lr=lr, memory=memory, aux_init=aux_init, rng=seed,
                              inner_maxiter=inner_maxiter)
-        raw = res.history["loss"]
+        raw = res.history["fun"]
         return {"loss": (raw / raw[0]).tolist(), "raw": raw.tolist(),
                 "misfit": (res.history["misfit"] / raw[0]).tolist(), "message": res.message}
     raise ValueError(f"kind must be 'conv' or 'ext'; got {kind!r}")

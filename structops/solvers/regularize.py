@@ -85,16 +85,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import product
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 
 from .._backend import blas_threads, get_fft, get_xp, to_numpy
-from .._validate import as_real
+from .._validate import as_int, as_real
 from ..operators.conv import ConvND
 from ..operators.geometry import ConvGeometry
+from ._optim import Result, check_callback, gd, lbfgs
 
 __all__ = [
     "frobenius_penalty",
@@ -611,41 +612,40 @@ def guo_schedule(iteration: int) -> float:
 
 
 @dataclass(frozen=True)
-class RegularizeResult:
+class RegularizeResult(Result):
     """Result of :func:`regularize_spectrum`.
 
     Attributes
     ----------
-    kernel : array
-        The final kernel, shape, dtype and backend of the initial one.
-    penalty : float
+    x : array
+        The final kernel, shape, dtype and backend of the initial one (also
+        readable as ``kernel``).
+    fun : float
         Final penalty value.
+    success : bool
+        ``||grad||_F <= gtol * max(1, ||grad_0||_F)`` met (or, when the line
+        search finds no decrease, ``<= 1e-4 * max(1, ||grad_0||_F)``).
+    nit, nfev, message, seconds
+        As in :class:`~structops.solvers.Result` (``nfev`` counts line-search
+        trials; ``seconds`` includes the monitoring).
+    history : dict of ndarray
+        ``iteration`` (0 = the start), ``fun`` (the penalty), ``grad_norm``,
+        ``step_norm`` (``||K_k - K_{k-1}||_F``) and for ``"gd"``/``"guo"``
+        ``step`` (the step length) per iteration; ``sigma_max`` and
+        ``sigma_min`` where monitored (NaN elsewhere, see ``history_every``).
     sigma_max, sigma_min : float
         Of the final layer (``sigma_min`` the ``min(M, N)``-th singular value).
-    converged : bool
-    n_iter : int
-        Iterations (kernel updates) done.
-    n_evals : int
-        Penalty + gradient evaluations (line search trials included).
-    message : str
-    seconds : float
-        Wall time, monitoring included.
-    history : dict of ndarray
-        ``iteration`` (0 = the start), ``penalty``, ``grad_norm``, ``step``
-        per iteration; ``sigma_max`` and ``sigma_min`` where monitored (NaN
-        elsewhere, see ``history_every``).
     """
 
-    kernel: object
-    penalty: float
     sigma_max: float
     sigma_min: float
-    converged: bool
-    n_iter: int
-    n_evals: int
-    message: str
-    seconds: float
-    history: dict = field(repr=False)
+
+    _renamed: ClassVar[dict] = {"converged": "success", "n_iter": "nit", "n_evals": "nfev", "penalty": "fun"}
+
+    @property
+    def kernel(self):
+        """The final kernel (``x``)."""
+        return self.x
 
 
 def _monitor_plan(history_every, geo, maxiter):
@@ -702,8 +702,9 @@ def regularize_spectrum(
         line search (Guo's schedule :func:`guo_schedule` by default).
     maxiter : int
     callback : callable, optional
-        ``callback(iteration, kernel, penalty)`` after every iteration, with a
-        copy of the iterate; a return value of ``True`` stops the solver.
+        ``callback(iteration, kernel, penalty)`` at the start (iteration 0)
+        and after every iteration, with a copy of the iterate in the dtype of
+        ``kernel``; a return value of ``True`` stops the solver.
     padding, stride, dilation
         As in :class:`~structops.ConvND` (default ``'same'``, 1, 1).
     form : str
@@ -742,7 +743,7 @@ def regularize_spectrum(
     >>> from structops.solvers.regularize import regularize_spectrum
     >>> K = np.random.default_rng(1).standard_normal((3, 1, 3, 3))
     >>> res = regularize_spectrum(K, (12, 12), maxiter=300)
-    >>> res.converged, bool(0.95 < res.sigma_min <= res.sigma_max < 1.05)
+    >>> res.success, bool(0.95 < res.sigma_min <= res.sigma_max < 1.05)
     (True, True)
     """
     t0 = time.perf_counter()
@@ -752,153 +753,92 @@ def regularize_spectrum(
         raise ValueError(f"penalty={penalty!r}; expected 'frobenius' or 'spectral'")
     if method not in ("lbfgs", "gd", "guo"):
         raise ValueError(f"method={method!r}; expected 'lbfgs', 'gd' or 'guo'")
-    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
-        raise ValueError(f"maxiter={maxiter!r}; expected a non-negative int")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable; got {type(callback).__name__}")
+    maxiter = as_int(maxiter, "maxiter", minimum=0)
+    check_callback(callback)
     gtol = as_real(gtol, "gtol", nonnegative=True)
-    if isinstance(memory, bool) or not isinstance(memory, (int, np.integer)) or memory < 1:
-        raise ValueError(f"memory={memory!r}; expected a positive int")
+    memory = as_int(memory, "memory", minimum=1)
     if form not in ("squares", "max", "gram"):
         raise ValueError(f"form={form!r}; expected 'squares', 'max' or 'gram'")
     schedule = guo_schedule if schedule is None else schedule
     if not callable(schedule):
         raise TypeError(f"schedule must be callable (iteration -> step); got {type(schedule).__name__}")
     geo = _geometry(K0.shape, in_shape, padding, stride, dilation)
-    plan = _monitor_plan(history_every, geo, int(maxiter))
+    plan = _monitor_plan(history_every, geo, maxiter)
     target = math.sqrt(alpha)
     dtype = K0.dtype
-    n_evals = 0
-    last_sig = {}
+    last_sig = {}  # the spectral penalty's own sigmas at the last evaluated kernel
+
+    def known_sigmas(x):
+        if "x" in last_sig and last_sig["x"].shape == x.shape and bool(xp.array_equal(last_sig["x"], x)):
+            return last_sig["s"]
+        return None
 
     def fg(x):
-        nonlocal n_evals
-        n_evals += 1
         if penalty == "frobenius":
             with blas_threads():
                 return _frobenius_kernel_space(x, geo, alpha, "input", xp)
         f, g, sig = _spectral_value_grad(geo, x, form, target)
-        last_sig[id(x)] = sig
+        last_sig.update(x=x, s=sig)
         return f, xp.asarray(g)
 
     def sigmas(x, it, force=False):
-        if id(x) in last_sig:
-            return last_sig[id(x)]
+        known = known_sigmas(x)
+        if known is not None:
+            return known
         if force or plan is None or it in plan:
             smax, smin, _ = _extremes(geo, x, vectors=False)
             return smax, smin
         return (math.nan, math.nan)
 
-    def vdot(a, b):
-        return float(xp.sum(a * b))
+    monitored = {"sigma_max": [], "sigma_min": []}
 
-    x = K0.astype(np.float64)
-    f, g = fg(x)
-    gnorm0 = gnorm = math.sqrt(vdot(g, g))
-    hist = {"iteration": [0], "penalty": [f], "grad_norm": [gnorm], "step": [0.0]}
-    s0 = sigmas(x, 0, force=plan is None or bool(plan) or penalty == "spectral")
-    hist["sigma_max"], hist["sigma_min"] = [s0[0]], [s0[1]]
-    converged = gnorm <= gtol * max(1.0, gnorm0)
-    message = "gradient norm below gtol at the start" if converged else f"maxiter = {maxiter} reached"
-    S, Y = [], []
-    step = 1.0 / max(gnorm, 1e-300)  # gd: first trial step
-    it = 0
-    c1 = 1e-4
-    stopped = False
-    while not converged and it < maxiter:
-        it += 1
-        if method == "guo":
-            t = float(schedule(it))
-            xn = x - t * g
-            fn, gn = fg(xn)
-            if not math.isfinite(fn):
-                message = f"diverged at iteration {it} (penalty not finite) with the fixed step {t:g}"
-                it -= 1
-                stopped = True
-                break
-        else:
-            if method == "lbfgs":
-                d = _two_loop(g, S, Y, vdot)
-                gd_ = vdot(g, d)
-                if not gd_ < 0:
-                    S.clear(), Y.clear()
-                    d, gd_ = -g, -gnorm**2
-                t = 1.0 if S else 1.0 / max(gnorm, 1e-300)
-            else:
-                d, gd_ = -g, -gnorm**2
-                t = 2.0 * step
-            ok = False
-            for _ in range(60):
-                xn = x + t * d
-                fn, gn = fg(xn)
-                if math.isfinite(fn) and fn <= f + c1 * t * gd_:
-                    ok = True
-                    break
-                t *= 0.5
-            if not ok:
-                it -= 1
-                message = "line search found no decrease (the penalty is at rounding level of a minimiser)"
-                converged = gnorm <= 1e-4 * max(1.0, gnorm0)
-                break
-            if method == "gd":
-                step = t
-            else:
-                sv, yv = xn - x, gn - g
-                sy = vdot(sv, yv)
-                if sy > 1e-12 * math.sqrt(vdot(sv, sv) * vdot(yv, yv)):
-                    S.append(sv), Y.append(yv)
-                    if len(S) > memory:
-                        S.pop(0), Y.pop(0)
-        x, f, g = xn, fn, gn
-        gnorm = math.sqrt(vdot(g, g))
-        sg = sigmas(x, it)
-        last_sig.clear()
-        hist["iteration"].append(it)
-        hist["penalty"].append(f)
-        hist["grad_norm"].append(gnorm)
-        hist["step"].append(t)
-        hist["sigma_max"].append(sg[0])
-        hist["sigma_min"].append(sg[1])
-        if gnorm <= gtol * max(1.0, gnorm0):
-            converged = True
-            message = f"gradient norm {gnorm:.3e} <= gtol * max(1, ||grad_0||) after {it} iterations"
-        if callback is not None and callback(it, x.astype(dtype, copy=True), f) is True:
-            message = f"stopped by the callback after {it} iterations"
-            break
-    last_sig.clear()
-    if plan is None or plan or penalty == "spectral":
+    def monitor(it, x, f):
+        s = sigmas(x, it, force=it == 0 and (plan is None or bool(plan) or penalty == "spectral"))
+        monitored["sigma_max"].append(s[0])
+        monitored["sigma_min"].append(s[1])
+        return callback(it, x.astype(dtype, copy=False), f) if callback is not None else None
+
+    x0 = K0.astype(np.float64)
+    opts = dict(maxiter=maxiter, gtol=gtol, callback=monitor)
+    if method == "lbfgs":
+        out = lbfgs(fg, x0, memory=memory, **opts)
+    elif method == "gd":
+        out = gd(fg, x0, line_search=True, **opts)
+    else:
+        out = gd(fg, x0, step=schedule, **opts)
+    if not monitored["sigma_max"]:  # the run ended at the start, before any callback
+        monitor(0, out.x, out.fun)
+    x = out.x
+    success = out.success
+    if out.status == "line_search":
+        success = out.history["grad_norm"][-1] <= 1e-4 * max(1.0, out.history["grad_norm"][0])
+    known = known_sigmas(x)
+    if known is not None:
+        smax, smin = known
+    elif plan is None or plan or penalty == "spectral":
         smax, smin, _ = _extremes(geo, x, vectors=False)
     else:  # not monitored: the caller asks for the spectrum when wanted
         smax = smin = math.nan
-    if math.isnan(hist["sigma_max"][-1]) or stopped:
-        hist["sigma_max"][-1], hist["sigma_min"][-1] = smax, smin
-    history = {k: np.asarray(v, dtype=float if k != "iteration" else int) for k, v in hist.items()}
+    last_sig.clear()
+    history = dict(out.history)
+    history["iteration"] = np.arange(out.nit + 1)
+    for key, values in monitored.items():
+        values = np.asarray(values[: out.nit + 1], dtype=float)
+        if math.isnan(values[-1]) or out.status in ("diverged", "callback"):
+            values[-1] = smax if key == "sigma_max" else smin
+        history[key] = values
+    message = out.message
+    if out.status == "diverged" and method == "guo":
+        message = f"{message}, with the fixed steps of the schedule"
     return RegularizeResult(
-        kernel=x.astype(dtype, copy=False),
-        penalty=float(f),
+        x=x.astype(dtype, copy=False),
+        fun=float(out.fun),
+        success=bool(success),
+        nit=out.nit,
+        nfev=out.nfev,
+        message=message,
+        history=history,
+        seconds=time.perf_counter() - t0,
         sigma_max=smax,
         sigma_min=smin,
-        converged=bool(converged),
-        n_iter=int(it),
-        n_evals=int(n_evals),
-        message=message,
-        seconds=time.perf_counter() - t0,
-        history=history,
     )
-
-
-def _two_loop(g, S, Y, vdot):
-    """L-BFGS direction ``-H g`` by the two-loop recursion (``H_0 = (s^T y / y^T y) I``)."""
-    q = g.copy()
-    alphas = []
-    for s, y in zip(reversed(S), reversed(Y)):
-        rho = 1.0 / vdot(y, s)
-        a = rho * vdot(s, q)
-        alphas.append((a, rho))
-        q = q - a * y
-    if S:
-        q = q * (vdot(S[-1], Y[-1]) / vdot(Y[-1], Y[-1]))
-    for (s, y), (a, rho) in zip(zip(S, Y), reversed(alphas)):
-        b = rho * vdot(y, q)
-        q = q + (a - b) * s
-    return -q

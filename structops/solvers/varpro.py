@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from pylops import LinearOperator
@@ -35,6 +36,7 @@ from scipy.optimize import least_squares
 
 from .._backend import blas_threads, get_fft, get_xp, to_numpy
 from .._validate import as_int, as_real
+from ._optim import Result, check_callback, stops
 
 __all__ = ["varpro", "VarProResult", "reduced_jacobian", "conv_preconditioner", "normal_preconditioner"]
 
@@ -42,42 +44,45 @@ _METHODS = ("golub-pereyra", "kaufman")
 
 
 @dataclass(frozen=True)
-class VarProResult:
+class VarProResult(Result):
     """Result of :func:`varpro` (all arrays on the host, float64).
 
     Attributes
     ----------
-    theta : ndarray, shape ``(p,)``
-        Nonlinear parameters.
+    x : ndarray, shape ``(p,)``
+        Nonlinear parameters ``theta`` (also readable as ``theta``).
+    fun : float
+        Value of the full objective (with both regularisation terms).
+    success, message, seconds
+        As in :class:`~structops.solvers.Result`.
+    nit : int
+        Outer iterations: Jacobian evaluations of the reduced problem (the
+        first at ``theta0``).
+    nfev : int
+        Evaluations of the reduced residual.
+    history : dict of ndarray
+        ``"fun"``: the objective at every Jacobian evaluation (the accepted
+        iterates; ``nit`` entries).
     coef : ndarray, shape ``(n,)`` or ``(n, q)``
         Linear coefficients ``w(theta)``.
     residual_norm : float
         Weighted data residual norm ``||W(Phi w - y)||`` (``wresid_norm`` of
         ``varpro.m``).
-    objective : float
-        Value of the full objective (with both regularisation terms).
     wresid : ndarray
         Weighted residual ``W(Phi w - y)``, the shape of ``y``. (``varpro.m``
         reports ``W(y - Phi w)``, the negative.)
     y_est : ndarray
         Model values ``Phi(theta) w``.
-    nit : int
-        Outer iterations: Jacobian evaluations of the reduced problem.
-    nfev, njev : int
-        Evaluations of the reduced residual and of its Jacobian.
+    njev : int
+        Jacobian evaluations.
     inner_iterations : int
         Total Krylov iterations of the inner solves (0 for the exact solver).
-    history : tuple of float
-        Objective at every Jacobian evaluation (the accepted iterates).
-    success : bool
     status : int
-    message : str
+        SciPy ``least_squares`` status, or ``-2`` when the callback stopped the run.
     method : str
         ``"golub-pereyra"`` or ``"kaufman"``.
     inner : str
         ``"exact"`` or ``"krylov"``.
-    time : float
-        Wall-clock seconds.
     sigma : float
         Regression standard deviation ``residual_norm / sqrt(dof)``,
         ``dof = (number of data) - (number of parameters)`` (NaN if ``dof <= 0``).
@@ -94,23 +99,15 @@ class VarProResult:
         Correlation matrix of ``covariance`` (or of ``cov_theta`` alone).
     """
 
-    theta: np.ndarray
     coef: np.ndarray
     residual_norm: float
-    objective: float
     wresid: np.ndarray
     y_est: np.ndarray
-    nit: int
-    nfev: int
     njev: int
     inner_iterations: int
-    history: tuple
-    success: bool
     status: int
-    message: str
     method: str
     inner: str
-    time: float
     sigma: float
     cov_theta: np.ndarray
     std_theta: np.ndarray
@@ -118,6 +115,17 @@ class VarProResult:
     std_coef: np.ndarray | None = None
     correlation: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+
+    _renamed: ClassVar[dict] = {"objective": "fun", "time": "seconds"}
+
+    @property
+    def theta(self):
+        """The nonlinear parameters (``x``)."""
+        return self.x
+
+
+class _Stop(Exception):
+    """Raised inside ``least_squares`` when the callback asks to stop."""
 
 
 # ---------------------------------------------------------------- helpers
@@ -631,7 +639,9 @@ def varpro(phi, y, theta0, *, dphi=None, weights=None, tikhonov=0.0, L=None, the
         preconditioner, ``w`` is computed by preconditioned block CG on the
         normal equations instead of ``cgls``.
     callback : callable, optional
-        ``callback(theta, objective)`` at every Jacobian evaluation.
+        ``callback(k, theta, objective)`` at every Jacobian evaluation
+        (``k = 0`` at ``theta0``), with a copy of ``theta``; returning
+        ``True`` stops the run at that ``theta``.
     stats : bool
         Compute the regression statistics (covariance, standard errors); off
         saves one Jacobian evaluation (and a dense factorisation).
@@ -694,6 +704,7 @@ def varpro(phi, y, theta0, *, dphi=None, weights=None, tikhonov=0.0, L=None, the
     (array([1., 3.]), array([2., 1.]))
     """
     t0 = time.perf_counter()
+    check_callback(callback)
     jac_tol = inner_tol if jac_tol is None else jac_tol
     prob = _setup(phi, y, theta0, dphi, weights, tikhonov, L, theta_reg, method, inner, inner_tol,
                   inner_maxiter, jac_tol, preconditioner)
@@ -709,13 +720,16 @@ def varpro(phi, y, theta0, *, dphi=None, weights=None, tikhonov=0.0, L=None, the
         prob.nfev += 1
         return np.asarray(to_numpy(prob.state(theta)["rfull"]))
 
+    accepted = {}
+
     def jac(theta):
         prob.njev += 1
         J = np.asarray(to_numpy(prob.jacobian(theta)))
         obj = prob.state(theta)["objective"]
         prob.history.append(obj)
-        if callback is not None:
-            callback(theta.copy(), obj)
+        accepted["theta"] = theta.copy()
+        if callback is not None and stops(callback(prob.njev - 1, theta.copy(), obj)):
+            raise _Stop
         return J
 
     kw = dict(method=outer, xtol=xtol, ftol=ftol, gtol=gtol, max_nfev=max_nfev, x_scale=x_scale,
@@ -723,8 +737,14 @@ def varpro(phi, y, theta0, *, dphi=None, weights=None, tikhonov=0.0, L=None, the
     if bounds is not None:
         kw["bounds"] = bounds
     with blas_threads():  # small dense factorisations: one BLAS thread is fastest and robust
-        sol = least_squares(fun, theta0, jac=jac, **kw)
-        theta = np.asarray(sol.x, dtype=np.float64)
+        try:
+            sol = least_squares(fun, theta0, jac=jac, **kw)
+            theta = np.asarray(sol.x, dtype=np.float64)
+            success, status, message = bool(sol.success), int(sol.status), str(sol.message)
+        except _Stop:
+            theta = accepted["theta"]
+            success, status = False, -2
+            message = f"stopped by the callback after {prob.njev} Jacobian evaluations"
         if stats:
             st_out = _statistics(prob, theta, stats_max)
         else:
@@ -741,23 +761,23 @@ def varpro(phi, y, theta0, *, dphi=None, weights=None, tikhonov=0.0, L=None, the
         w, res_top, y_est = w[:, 0], res_top[:, 0], y_est[:, 0]
     rnorm = float(xp.linalg.norm(res_top))
     return VarProResult(
-        theta=theta,
-        coef=np.asarray(to_numpy(w)),
-        residual_norm=rnorm,
-        objective=float(st["objective"]),
-        wresid=np.asarray(to_numpy(res_top)),
-        y_est=np.asarray(to_numpy(y_est), dtype=np.float64),
+        x=theta,
+        fun=float(st["objective"]),
+        success=success,
         nit=prob.njev,
         nfev=prob.nfev,
+        message=message,
+        history={"fun": np.asarray(prob.history, dtype=float)},
+        seconds=time.perf_counter() - t0,
+        coef=np.asarray(to_numpy(w)),
+        residual_norm=rnorm,
+        wresid=np.asarray(to_numpy(res_top)),
+        y_est=np.asarray(to_numpy(y_est), dtype=np.float64),
         njev=prob.njev,
         inner_iterations=prob.inner_iterations,
-        history=tuple(prob.history),
-        success=bool(sol.success),
-        status=int(sol.status),
-        message=str(sol.message),
+        status=status,
         method=method,
         inner=prob.inner,
-        time=time.perf_counter() - t0,
         **st_out,
     )
 
