@@ -125,7 +125,8 @@ def as_int(value, name: str, minimum: int | None = None) -> int:
     except TypeError:
         raise TypeError(f"{name} must be an integer; got {value!r} of type {type(value).__name__}") from None
     if minimum is not None and v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {v}")
+        kind = {0: "a non-negative int (>= 0)", 1: "a positive int (>= 1)"}.get(minimum, f"an int >= {minimum}")
+        raise ValueError(f"{name} must be {kind}; got {v}")
     return v
 
 
@@ -220,3 +221,30 @@ def result_dtype(*arrays) -> np.dtype:
     if dt.kind not in "fc":
         dt = np.result_type(dt, np.float64)
     return dt
+
+
+def as_real_kernel(kernel, name: str = "kernel"):
+    """``(kernel, xp)``: a real, finite, non-empty ``(c_out, c_in, *k)`` kernel on its backend.
+
+    Integer kernels become float64; complex and non-numeric ones are a
+    ``TypeError``. No copy is made of a float32/float64 array.
+    """
+    if not hasattr(kernel, "dtype"):
+        kernel = np.asarray(kernel)
+    xp = get_xp(kernel)
+    kernel = xp.asarray(kernel)
+    if kernel.dtype.kind in "biu":
+        kernel = kernel.astype(np.float64)
+    if kernel.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({kernel.dtype}); expected a real float32 or float64 kernel")
+    if kernel.dtype.kind != "f":
+        raise TypeError(f"{name} has dtype {kernel.dtype}; expected a real float32 or float64 kernel")
+    if kernel.ndim < 3:
+        raise ValueError(
+            f"{name} has shape {tuple(kernel.shape)}; expected (c_out, c_in, k_1, ..., k_D) with D >= 1"
+        )
+    if kernel.size == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(kernel.shape)})")
+    if not bool(xp.isfinite(kernel).all()):
+        raise ValueError(f"{name} has NaN or Inf entries; expected finite values")
+    return kernel, xp

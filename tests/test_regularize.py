@@ -7,6 +7,7 @@ never from the code under test.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -366,6 +367,18 @@ def test_cli_quick(tmp_path, capsys):
         "guo_fig4_1_1x3.png", "guo_fig4_1_3x1.png", "guo_fig4_1_3x6.png", "guo_fig4_1_6x3.png"
     ]
     assert "L-BFGS" in out and "Guo schedule" in out
+
+
+def test_cli_layers_above_the_monitoring_threshold(tmp_path, capsys):
+    # 3x6 channels on 15x15: 675 rows in the smaller normal matrix, where the solver's own monitoring is opt-in
+    from structops.apps.regularize import main
+
+    main(["--iterations", "4", "--size", "15", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.strip().startswith("3x3x")]
+    assert len(rows) == 8, out
+    for line in rows:  # sigma_max, sigma_min and the seconds are numbers
+        assert "nan" not in line and len(re.findall(r"\d+\.\d+", line)) == 3, line
 
 
 def test_reproduction_figure_4_1():

@@ -81,6 +81,8 @@ def _entry_iterations(res, kernels, geo_args):
         return cache[it]
 
     mon = its[np.isfinite(smax)]
+    if mon.size == 0:  # nothing monitored: every stored kernel is measured
+        mon = np.asarray(sorted(kernels))
     out = []
     for which in (0, 1, 2):
         def inside(it):
@@ -149,7 +151,9 @@ def main(argv=None) -> int:
                 kernels[it] = k.copy()
 
             t0 = time.perf_counter()
-            res = regularize_spectrum(K, (size, size), method=method, maxiter=iterations, callback=keep)
+            # every iteration's sigmas, as in the figure (the solver monitors large layers only when asked)
+            res = regularize_spectrum(K, (size, size), method=method, maxiter=iterations, callback=keep,
+                                      history_every=1)
             entry = _entry_iterations(res, kernels, ((size, size),))
             seconds = time.perf_counter() - t0
             runs.append((label, res))

@@ -228,6 +228,15 @@ def _fft_cheaper(geo: ConvGeometry, co: int, ci: int) -> bool:
     return fft < direct
 
 
+def resolve_method(geometry: ConvGeometry, method: str = "auto") -> str:
+    """The product algorithm of a layer: ``"direct"`` or ``"fft"``; ``"auto"`` picks the cheaper by operation count."""
+    if method not in ("auto", "direct", "fft"):
+        raise ValueError(f"unknown method {method!r}; expected 'auto', 'direct' or 'fft'")
+    if method == "auto":
+        return "fft" if _fft_cheaper(geometry, geometry.c_out, geometry.c_in) else "direct"
+    return method
+
+
 class ConvND(StructuredOperator):
     r"""N-D multi-channel convolution layer (cross-correlation, as in PyTorch).
 
@@ -296,11 +305,7 @@ class ConvND(StructuredOperator):
         self.stride, self.dilation = geometry.stride, geometry.dilation
         self.padding, self.circular = geometry.padding, geometry.circular
         self.out_shape = geometry.out_shape
-        if method not in ("auto", "direct", "fft"):
-            raise ValueError(f"unknown method {method!r}; expected 'auto', 'direct' or 'fft'")
-        if method == "auto":
-            method = "fft" if _fft_cheaper(geometry, self.c_out, self.c_in) else "direct"
-        self.method = method
+        self.method = resolve_method(geometry, method)
         self._taps = kernel.reshape(self.c_out, self.c_in, -1)
         self._plans = {}
         self._H = {}

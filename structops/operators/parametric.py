@@ -53,9 +53,10 @@ import numpy as np
 from pylops import LinearOperator
 
 from .._backend import get_xp
+from .._validate import as_int, as_param_array, result_dtype
 from .base import FunctionOperator, StructuredOperator, split_batch
-from .._validate import as_param_array, result_dtype
-from .conv import ConvND
+from .conv import ConvND, resolve_method
+from .geometry import ConvGeometry
 
 __all__ = [
     "ParametricModel",
@@ -463,7 +464,7 @@ def diagonal(n: int, offset=None) -> MatrixModel:
            [0., 2., 0.],
            [0., 0., 3.]])
     """
-    n = _positive(n, "n")
+    n = as_int(n, "n", minimum=1)
     return _Diagonal(n, offset)
 
 
@@ -481,7 +482,7 @@ def antisymmetric(n: int, offset=None) -> MatrixModel:
            [-1.,  0.,  3.],
            [-2., -3.,  0.]])
     """
-    n = _positive(n, "n")
+    n = as_int(n, "n", minimum=1)
     return _Antisymmetric(n, offset)
 
 
@@ -501,7 +502,7 @@ def mmatrix(n: int, offset=None) -> MatrixModel:
            [-3.,  7., -4.],
            [-5., -6., 11.]])
     """
-    n = _positive(n, "n")
+    n = as_int(n, "n", minimum=1)
     if n < 2:
         raise ValueError(f"mmatrix needs n >= 2; got {n}")
     return _MMatrix(n, offset)
@@ -512,8 +513,8 @@ def full(m: int, n: int | None = None, offset=None) -> MatrixModel:
 
     A dense (fully connected) layer.
     """
-    m = _positive(m, "m")
-    n = m if n is None else _positive(n, "n")
+    m = as_int(m, "m", minimum=1)
+    n = m if n is None else as_int(n, "n", minimum=1)
     return _Full(m, n, offset)
 
 
@@ -531,12 +532,6 @@ def from_basis(Q, shape, offset=None, order: str = "F") -> MatrixModel:
         lecture) or by rows.
     """
     return _Basis(Q, shape, offset, order)
-
-
-def _positive(n, name):
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"{name} must be a positive int; got {n!r}")
-    return int(n)
 
 
 # ---------------------------------------------------------------- conv model
@@ -580,12 +575,13 @@ class ConvModel(ParametricModel):
         self.offset = offset
         self.num_params = nk if basis is None else int(basis.shape[1])
         self.conv_kwargs = dict(stride=stride, padding=padding, dilation=dilation, method=method)
-        probe = ConvND(np.zeros(self.kernel_shape), in_shape, **self.conv_kwargs)
-        self.in_shape = probe.in_shape
-        self.dims, self.dimsd = probe.dims, probe.dimsd
+        self.geometry = geo = ConvGeometry(self.kernel_shape, in_shape, stride=stride, padding=padding,
+                                           dilation=dilation)
+        self.in_shape = geo.in_shape
+        self.dims, self.dimsd = (geo.c_in,) + geo.in_shape, (geo.c_out,) + geo.out_shape
         self.fan_in = int(np.prod(self.kernel_shape[1:]))
-        if method == "auto":  # fix the algorithm once, so every operator of the model agrees
-            self.conv_kwargs["method"] = probe.method
+        # fix the algorithm once, so every operator of the model agrees
+        self.conv_kwargs["method"] = resolve_method(geo, method)
 
     def kernel(self, theta):
         """Kernel array ``offset + reshape(Q theta)`` of shape ``kernel_shape``."""

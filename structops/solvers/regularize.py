@@ -91,8 +91,8 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from .._backend import blas_threads, get_fft, get_xp, to_numpy
-from .._validate import as_int, as_real
+from .._backend import blas_threads, get_fft, to_numpy
+from .._validate import as_int, as_real, as_real_kernel
 from ..operators.conv import ConvND
 from ..operators.geometry import ConvGeometry
 from ._optim import Result, check_callback, gd, lbfgs
@@ -121,28 +121,6 @@ def _geometry(kernel_shape, in_shape, padding, stride, dilation) -> ConvGeometry
     if isinstance(in_shape, (int, np.integer)) and not isinstance(in_shape, bool):
         in_shape = (in_shape,) * D
     return ConvGeometry(kernel_shape, in_shape, stride=stride, padding=padding, dilation=dilation)
-
-
-def _check_kernel(kernel, name="kernel"):
-    if not hasattr(kernel, "dtype"):
-        kernel = np.asarray(kernel)
-    xp = get_xp(kernel)
-    kernel = xp.asarray(kernel)
-    if kernel.dtype.kind in "biu":
-        kernel = kernel.astype(np.float64)
-    if kernel.dtype.kind == "c":
-        raise TypeError(f"{name} is complex ({kernel.dtype}); expected a real float32 or float64 kernel")
-    if kernel.dtype.kind != "f":
-        raise TypeError(f"{name} has dtype {kernel.dtype}; expected a real float32 or float64 kernel")
-    if kernel.ndim < 3:
-        raise ValueError(
-            f"{name} has shape {tuple(kernel.shape)}; expected (c_out, c_in, k_1, ..., k_D) with D >= 1"
-        )
-    if kernel.size == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(kernel.shape)})")
-    if not bool(xp.isfinite(kernel).all()):
-        raise ValueError(f"{name} has NaN or Inf entries; expected finite values")
-    return kernel, xp
 
 
 # ---------------------------------------------------------------------------
@@ -354,7 +332,7 @@ def frobenius_penalty(kernel, in_shape, alpha=1.0, padding="same", stride=1, dil
     >>> bool(abs(f - f2) <= 1e-12 * f), g.shape
     (True, (6, 3, 3, 3))
     """
-    K, xp = _check_kernel(kernel)
+    K, xp = as_real_kernel(kernel)
     alpha = as_real(alpha, "alpha")
     if gram not in ("input", "output"):
         raise ValueError(f"gram={gram!r}; expected 'input' (M^T M) or 'output' (M M^T)")
@@ -433,7 +411,7 @@ def extreme_singular_values(kernel, in_shape, padding="same", stride=1, dilation
     :func:`structops.singular_values` (exact FFT rule for circular layers,
     Lanczos and the banded factorisation otherwise).
     """
-    K, _ = _check_kernel(kernel)
+    K, _ = as_real_kernel(kernel)
     geo = _geometry(K.shape, in_shape, padding, stride, dilation)
     smax, smin, _ = _extremes(geo, K, vectors=False)
     return smax, smin
@@ -489,7 +467,7 @@ def spectral_penalty(kernel, in_shape, padding="same", stride=1, dilation=1, *, 
     >>> g.shape
     (2, 2, 3, 3)
     """
-    K, xp = _check_kernel(kernel)
+    K, xp = as_real_kernel(kernel)
     target = as_real(target, "target", positive=True)
     if form not in ("squares", "max", "gram"):
         raise ValueError(f"form={form!r}; expected 'squares', 'max' or 'gram'")
@@ -574,7 +552,7 @@ def clip_singular_values(kernel, in_shape, lo, hi, *, dilation=1, full=False):
     >>> h.shape
     (3, 3, 8, 8)
     """
-    K, xp = _check_kernel(kernel)
+    K, xp = as_real_kernel(kernel)
     geo = _geometry(K.shape, in_shape, "circular", 1, dilation)
     lo = None if lo is None else as_real(lo, "lo", nonnegative=True)
     hi = None if hi is None else as_real(hi, "hi", nonnegative=True)
@@ -747,7 +725,7 @@ def regularize_spectrum(
     (True, True)
     """
     t0 = time.perf_counter()
-    K0, xp = _check_kernel(kernel)
+    K0, xp = as_real_kernel(kernel)
     alpha = as_real(alpha, "alpha", positive=True)
     if penalty not in ("frobenius", "spectral"):
         raise ValueError(f"penalty={penalty!r}; expected 'frobenius' or 'spectral'")

@@ -13,11 +13,11 @@ from .._backend import get_xp, to_numpy
 __all__ = ["assert_adjoint", "assert_matches_dense", "taylor_test", "random_like_op"]
 
 
-def _default_rtol(dtype) -> float:
+def default_rtol(dtype) -> float:
     return 1e-12 if np.finfo(np.dtype(dtype)).eps < 1e-10 else 2e-5
 
 
-def _op_xp(op, xp):
+def op_xp(op, xp):
     if xp is not None:
         return xp
     return getattr(op, "xp", np)
@@ -28,7 +28,7 @@ def random_like_op(op, side: str, nbatch: int | None = None, rng=None, xp=None):
 
     Real for real operators, complex for complex ones; ``(n,)`` or ``(n, nbatch)``.
     """
-    xp = _op_xp(op, xp)
+    xp = op_xp(op, xp)
     rng = np.random.default_rng(rng)
     n = op.shape[1] if side == "model" else op.shape[0]
     shape = (n,) if nbatch is None else (n, nbatch)
@@ -65,8 +65,8 @@ def assert_adjoint(op, rtol: float | None = None, nbatch: int = 3, rng=None, xp=
     err : float
         The largest relative mismatch seen.
     """
-    xp = _op_xp(op, xp)
-    rtol = _default_rtol(op.dtype) if rtol is None else rtol
+    xp = op_xp(op, xp)
+    rtol = default_rtol(op.dtype) if rtol is None else rtol
     rng = np.random.default_rng(rng)
     errs = []
     u = random_like_op(op, "model", rng=rng, xp=xp)
@@ -113,11 +113,11 @@ def assert_matches_dense(op, dense, rtol: float | None = None, nbatch: int = 3, 
     err : float
         The largest relative error seen.
     """
-    xp = _op_xp(op, xp)
+    xp = op_xp(op, xp)
     dense = np.asarray(to_numpy(dense))
     if dense.shape != tuple(op.shape):
         raise AssertionError(f"dense matrix has shape {dense.shape}; operator has {op.shape}")
-    rtol = _default_rtol(op.dtype) if rtol is None else rtol
+    rtol = default_rtol(op.dtype) if rtol is None else rtol
     rng = np.random.default_rng(rng)
     norm = max(np.linalg.norm(dense), np.finfo(float).tiny)
     errs = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import to_numpy
-from .asserts import _default_rtol, _op_xp, assert_adjoint, assert_matches_dense, random_like_op, taylor_test
+from .asserts import default_rtol, op_xp, assert_adjoint, assert_matches_dense, random_like_op, taylor_test
 
 __all__ = ["check_operator"]
 
@@ -77,9 +77,9 @@ def check_operator(op, dense=None, *, rebuild=None, theta=None, spectra: bool = 
     >>> sorted(report)
     ['adjoint', 'batched', 'dense', 'empty batch', 'spectra']
     """
-    xp = _op_xp(op, None)
+    xp = op_xp(op, None)
     rng = np.random.default_rng(rng)
-    rtol = _default_rtol(op.dtype) if rtol is None else rtol
+    rtol = default_rtol(op.dtype) if rtol is None else rtol
     report = {"adjoint": assert_adjoint(op, rtol=rtol, nbatch=nbatch, rng=rng, xp=xp)}
 
     # batched products are the single products, column by column
