@@ -211,11 +211,13 @@ def test_smallest_zero_padded_reports_solver_failure(rng, monkeypatch):
     fake = types.ModuleType("structops.linalg.normal")
     fake.smallest_singular_values = lambda op, k=1, tol=1e-10, **kw: (np.arange(1.0, k + 1), {"converged": False})
     monkeypatch.setitem(sys.modules, "structops.linalg.normal", fake)
-    op, _ = _layer_and_dense(rng, ZERO[0])
+    op, A = _layer_and_dense(rng, ZERO[0])
+    # a small layer falls back to the dense SVD: the right values, not the solver's
+    _assert_spectrum(singular_values(op, k=2, which="smallest"), _svd(A)[-2:], scale=_svd(A)[0])
     with pytest.raises(SpectrumNotConvergedError):
-        singular_values(op, k=2, which="smallest")
+        singular_values(op, k=2, which="smallest", dense=False)
     with pytest.warns(SpectrumNotConvergedWarning):
-        s = singular_values(op, k=2, which="smallest", strict=False)
+        s = singular_values(op, k=2, which="smallest", strict=False, dense=False)
     np.testing.assert_array_equal(s, [2.0, 1.0])  # descending
 
 
@@ -337,9 +339,12 @@ def test_non_convergence_raises(rng):
 
 def test_smallest_zero_padded_non_convergence(rng):
     pytest.importorskip("structops.linalg.normal")
-    op, _ = _layer_and_dense(rng, NONCONV)
-    with pytest.raises(SpectrumNotConvergedError):
-        singular_values(op, k=3, which="smallest", maxiter=1, tol=1e-14)
+    op, A = _layer_and_dense(rng, NONCONV)
+    with pytest.raises(SpectrumNotConvergedError):  # no dense fallback: the solver's failure is reported
+        singular_values(op, k=3, which="smallest", maxiter=1, tol=1e-14, dense=False)
+    # with the fallback allowed, a small layer gets the dense SVD's values instead of a refusal
+    _assert_spectrum(singular_values(op, k=3, which="smallest", maxiter=1, tol=1e-14), _svd(A)[-3:],
+                     scale=_svd(A)[0])
 
 
 def test_non_convergence_warns_when_not_strict(rng):
@@ -351,6 +356,12 @@ def test_non_convergence_warns_when_not_strict(rng):
     ref = _svd(A)[:2]
     ok = np.isnan(s) | np.isclose(s, ref, rtol=1e-6)
     assert ok.all()
+
+
+def _no_restarts(opts):
+    out = opts.strict_copy()
+    out.maxiter = 0
+    return out
 
 
 def test_residual_check_rejects_loose_results(rng, monkeypatch):
@@ -367,6 +378,21 @@ def test_residual_check_rejects_loose_results(rng, monkeypatch):
             return e.eigenvalues, e.eigenvectors
 
     monkeypatch.setattr(lanczos.spla, "eigsh", sloppy)
+    fallbacks = []
+    block = lanczos.block_krylov_svd
+
+    def counted(*args, **kwargs):
+        fallbacks.append(1)
+        return block(*args, **kwargs)
+
+    monkeypatch.setattr(lanczos, "block_krylov_svd", counted)
+    s = singular_values(op, k=1, dense=False, tol=1e-12)
+    assert fallbacks == [1]  # the loose Lanczos result was rejected; block Lanczos answered
+    np.testing.assert_allclose(s, _svd(op.todense())[:1], rtol=1e-11)
+    def failing(op, k, opts, vectors, **kwargs):  # no restarts, a shallow space: cannot reach tol=1e-12
+        return block(op, k, _no_restarts(opts), vectors, **kwargs, depth=3, block=k + 1)
+
+    monkeypatch.setattr(lanczos, "block_krylov_svd", failing)  # a fallback that cannot converge either
     with pytest.raises(SpectrumNotConvergedError):
         singular_values(op, k=1, dense=False, tol=1e-12)
 

@@ -55,6 +55,24 @@ class _Opts:
             raise ValueError(f"per_frequency must be 'auto', 'svd' or 'gram'; got {per_frequency!r}")
         self.per_frequency = per_frequency
 
+    def strict_copy(self) -> "_Opts":
+        """The same options with ``strict=True`` (a failure raises, for a fallback to catch)."""
+        out = self._copy()
+        out.strict = True
+        return out
+
+    def _copy(self) -> "_Opts":
+        out = _Opts.__new__(_Opts)
+        for name in self.__slots__:
+            setattr(out, name, getattr(self, name))
+        return out
+
+    def allow_dense(self) -> "_Opts":
+        """The same options with the dense SVD allowed by size (for blocks that need all their values)."""
+        out = self._copy()
+        out.dense = None if self.dense is False else self.dense
+        return out
+
 
 def shape_of(op):
     shape = getattr(op, "shape", None)

@@ -96,7 +96,8 @@ from ._common import (
     shape_of,
 )
 from .circular import circular_start_vector, symbol_of
-from .lanczos import lanczos_svd
+from .lanczos import largest_svd, lanczos_svd
+from .structure import reduce_layer
 
 __all__ = [
     "singular_values",
@@ -253,9 +254,14 @@ def _generic_values(op, k, which, opts):
         return _dense_svd(op, None, which, False)
     dense_auto = opts.dense is None and min(M, N) <= _DENSE_PREFERRED
     if opts.dense or dense_auto or k >= min(M, N) - 1:
+        if opts.dense is False:
+            raise ValueError(f"dense=False forbids the dense SVD, the only method for k = {k} >= min(M, N) - 1 "
+                             f"of this {M} x {N} {type(op).__name__}; ask for fewer values or allow it")
         if not _dense_ok(M, N, opts) and opts.dense is not True:
             raise _too_large(op, f"the {k} {which} singular values")
         return _dense_svd(op, k, which, False)
+    if which == "largest":
+        return largest_svd(op, k, opts, False)[0]
     return lanczos_svd(op, k, which, opts, False)[0]
 
 
@@ -279,10 +285,56 @@ def _(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense
 def _(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto"):
     opts = _Opts(tol, maxiter, strict, dense, per_frequency)
     M, N, k = _check_k(op, k, which)
+    red = reduce_layer(op)
+    if red is not None:
+        return _reduced_values(red, k, which, opts)
+    return _conv_values(op, k, which, opts)
+
+
+def _scaled(op: ConvND):
+    """``(op', scale)`` with ``op = scale op'`` and ``max |K'|`` in ``[1, 2)`` (exact: a power of two)."""
+    K = to_numpy(op.kernel)
+    a = float(np.abs(K).max()) if K.size else 0.0
+    if a == 0.0 or 2.0**-20 <= a <= 2.0**20:
+        return op, 1.0
+    e = math.frexp(a)[1] - 1
+    K64 = np.asarray(K, dtype=np.complex128 if K.dtype.kind == "c" else np.float64)
+    return op.with_kernel(np.ldexp(K64, -e) if K64.dtype.kind == "f" else K64 * 2.0**-e), 2.0**e
+
+
+def _conv_values(op, k, which, opts):
+    """Singular values of an irreducible layer, computed on its kernel scaled to unit size."""
+    op, scale = _scaled(op)
     sym = symbol_of(op)
     if sym is not None:
-        return select(sym.values(opts.per_frequency), k, which)
-    return _zero_padded_values(op, k, which, opts)
+        s = select(sym.values(opts.per_frequency), k, which)
+    else:
+        s = _zero_padded_values(op, k, which, opts)
+    return s * scale if scale != 1.0 else s
+
+
+def _reduced_values(red, k, which, opts):
+    """The union of the blocks' values (with multiplicities) and the structural zeros."""
+    if k is None:
+        check_memory(16.0 * (red.zeros + red.count()), "the singular values")
+    parts = [np.zeros(red.zeros if k is None else min(red.zeros, k))]  # the zeros that can be selected
+    for block, mult in red.blocks:
+        r = min(block.shape)
+        if k is None:
+            kb = None
+        elif which == "largest":
+            kb = min(k, r)
+        else:
+            kb = min(k - red.zeros, r)
+            if kb <= 0:
+                continue
+        # ``dense`` speaks of the layer as given: its blocks take the method their size calls for
+        bopts = opts.allow_dense()
+        parts.append(np.repeat(_conv_values(block, kb, which, bopts), mult if k is None else min(mult, k)))
+    s = np.sort(np.concatenate(parts))[::-1]
+    if k is None:
+        return s
+    return s[:k] if which == "largest" else s[len(s) - k :]
 
 
 def _zero_padded_values(op, k, which, opts):
@@ -297,7 +349,7 @@ def _zero_padded_values(op, k, which, opts):
     vin, vout = circular_start_vector(op)
     side = "in" if N <= M else "out"
     v0 = vin if side == "in" else vout
-    return lanczos_svd(op, k, which, opts, False, v0=v0, v0_side=side)[0]
+    return largest_svd(op, k, opts, False, v0=v0, v0_side=side)[0]
 
 
 def _normal_smallest(op, k, opts, vectors):
@@ -319,12 +371,9 @@ def _normal_smallest(op, k, opts, vectors):
     order = np.argsort(-vals, kind="stable")
     vals = vals[order]
     if not info.get("converged", False):
-        not_converged(
+        return (vals, None, None), (
             f"the {k} smallest singular values of a {M} x {N} zero-padded layer did not reach tol={opts.tol:.1e} "
-            f"(error bounds {info.get('error_bound')}, iterations {info.get('iterations')})",
-            opts,
-            values=vals,
-            residual=info.get("residual"),
+            f"(error bounds {info.get('error_bound')}, iterations {info.get('iterations')})"
         )
     if not vectors:
         return (vals, None, None), None
@@ -350,11 +399,11 @@ def _smallest_zero_padded(op, k, opts, vectors=False):
     res, reason = _normal_smallest(op, k, opts, vectors)
     if res is not None and reason is None:
         return res if vectors else res[0]
-    if res is not None:  # values certified, vectors not accurate enough
+    if res is not None:  # values not certified, or vectors not accurate enough: a dense SVD where affordable
         if opts.dense is None and _dense_ok(M, N, opts):
             return _dense_svd(op, k, "smallest", vectors)
         not_converged(reason, opts, values=res[0])
-        return res
+        return res if vectors else res[0]
     if opts.dense is False or not _dense_ok(M, N, opts):
         kind = "circular" if op.circular else "zero-padded"
         why = "dense=False forbids a dense SVD" if opts.dense is False else (
@@ -413,6 +462,8 @@ def _generic_vectors(op, k, which, opts, v0=None, v0_side=None):
         if not _dense_ok(M, N, opts) and opts.dense is not True:
             raise _too_large(op, f"the {k} {which} singular vectors")
         return _dense_svd(op, k, which, True)
+    if which == "largest":
+        return largest_svd(op, k, opts, True, v0=v0, v0_side=v0_side)
     return lanczos_svd(op, k, which, opts, True, v0=v0, v0_side=v0_side)
 
 

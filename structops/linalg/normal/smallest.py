@@ -241,7 +241,7 @@ _LANCZOS_AFTER = 6
 
 def _lanczos_inverse(fac, n: int, p: int, v0):
     """``p`` leading eigenvectors of ``G^{-1}`` (ARPACK), ``(n, p)``, and the solves used."""
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
     count = [0]
 
@@ -257,6 +257,8 @@ def _lanczos_inverse(fac, n: int, p: int, v0):
         V = e.eigenvectors if e.eigenvectors is not None and e.eigenvectors.shape[1] else v0.reshape(-1, 1)
         if V.shape[1] < p:
             V = np.hstack([V, np.random.default_rng(0).standard_normal((n, p - V.shape[1]))])
+    except ArpackError:  # e.g. no shifts for a spectrum of few distinct values: go on with the start block
+        V = np.hstack([v0.reshape(-1, 1), np.random.default_rng(0).standard_normal((n, p - 1))])
     return V, count[0]
 
 
