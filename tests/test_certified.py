@@ -145,6 +145,35 @@ def test_independent_parts_along_an_axis(kshape, in_shape, stride, padding, dila
     np.testing.assert_allclose(structops.singular_values(op, k=k, dense=False), ref[:k], rtol=1e-10)
 
 
+def test_the_certificate():
+    K = np.zeros((2, 2, 5, 5))
+    K[0, 0] = 1.0
+    K[1, 1, 2, 2] = 24.6
+    s, info = structops.singular_values(structops.Conv2D(K, (24, 24)), k=2, return_info=True)
+    assert isinstance(info, structops.linalg.spectra.SpectrumInfo) and info.certified
+    assert info.reductions and "component" in info.reductions[0]
+    assert 0 < info.error_bound < 1e-9 * s[0] and info.seconds > 0 and info.methods
+    A = np.random.default_rng(0).standard_normal((30, 20))
+    s, info = structops.singular_values(A, return_info=True)
+    assert info.methods[0][0] == "dense SVD" and info.error_bound < 1e-12
+    assert np.max(np.abs(s - svd(A))) <= info.error_bound
+    # strict=False after a failure: the certificate says so
+    op = structops.Conv2D(np.random.default_rng(1).standard_normal((3, 3, 3, 3)), (24, 24))
+    with pytest.warns(structops.linalg.spectra.SpectrumNotConvergedWarning):
+        s, info = structops.singular_values(op, k=2, dense=False, tol=1e-15, maxiter=1, strict=False,
+                                            return_info=True)
+    assert not info.certified and info.error_bound == np.inf
+
+
+def test_tol_is_relative_to_each_value_with_a_rounding_floor():
+    from structops.linalg._common import certified
+
+    eps = np.finfo(float).eps
+    assert certified([2.0, 1e-3], [1e-11, 1e-14], 2.0, 1e-10)
+    assert not certified([2.0, 1e-3], [1e-11, 1e-12], 2.0, 1e-10)  # 1e-12 > 1e-10 * 1e-3: not relative to sigma_max
+    assert certified([2.0, 1e-17], [1e-11, 5 * eps], 2.0, 1e-10)  # below the floor 10 eps sigma_max
+
+
 def test_no_reduction_for_a_dense_kernel():
     K = np.random.default_rng(5).standard_normal((3, 2, 3, 3))
     assert reduce_layer(structops.Conv2D(K, (8, 8))) is None
@@ -213,12 +242,12 @@ def _sweep(n, seed):
         smax = ref[0]
         cond = smax / ref[-1] if ref[-1] > 0 else np.inf
         done += 1
-        k = min(3, r)
+        k = min(1 if done % 2 else 3, r)
         for which, dense in (("largest", None), ("largest", False), ("smallest", None), ("smallest", False)):
             if dense is False and k >= r - 1:
                 continue
             try:
-                s = structops.singular_values(op, k=k, which=which, dense=dense)
+                s, info = structops.singular_values(op, k=k, which=which, dense=dense, return_info=True)
             except (structops.SpectrumNotConvergedError, NotImplementedError) as exc:
                 refused += 1
                 if cond < 1e9:
@@ -229,6 +258,10 @@ def _sweep(n, seed):
             if not np.allclose(s, want, rtol=0, atol=1e-8 * smax + 1e-300):
                 wrong += 1
                 report.append(("wrong", kind, op, which, dense, cond, s, want))
+            # the certificate holds: no value further from the (dense, rounding-level) reference than its bound
+            slack = 100 * np.finfo(float).eps * smax * np.sqrt(max(op.shape))
+            if not (info.certified and np.max(np.abs(s - want)) <= info.error_bound + slack):
+                report.append(("bound", kind, op, which, dense, cond, s, want, info))
     return done, wrong, refused, report
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,10 +41,47 @@ class SpectrumNotConvergedWarning(RuntimeWarning):
 
 
 # ---------------------------------------------------------------- options, checks
-class _Opts:
-    __slots__ = ("tol", "maxiter", "strict", "dense", "per_frequency")
+@dataclass(frozen=True)
+class SpectrumInfo:
+    """How singular values were computed, and how far they may be from the true ones.
 
-    def __init__(self, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto"):
+    Attributes
+    ----------
+    error_bound : float
+        Every returned value lies within this (absolute) distance of a
+        singular value of the operator; ``inf`` when some value is not
+        certified (``strict=False``).
+    methods : tuple of (str, float)
+        Each method that produced values, with its own bound, in order.
+    reductions : tuple of str
+        The exact structural reductions applied (empty for none).
+    seconds : float
+    certified : bool
+        ``error_bound`` is finite: every value passed its check.
+    """
+
+    __module__ = "structops.linalg.spectra"
+
+    error_bound: float
+    methods: tuple
+    reductions: tuple
+    seconds: float
+    certified: bool
+
+    @classmethod
+    def from_log(cls, log, seconds):
+        methods = tuple((m, b) for m, b in log if not m.startswith("reduction: "))
+        reductions = tuple(m[len("reduction: "):] for m, _ in log if m.startswith("reduction: "))
+        perturbation = sum(b for m, b in log if m.startswith("reduction: "))
+        bound = max((b for _, b in methods), default=0.0) + perturbation
+        return cls(error_bound=bound, methods=methods, reductions=reductions, seconds=seconds,
+                   certified=math.isfinite(bound))
+
+
+class _Opts:
+    __slots__ = ("tol", "maxiter", "strict", "dense", "per_frequency", "log")
+
+    def __init__(self, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto", log=None):
         self.tol = _DEFAULT_TOL if tol is None else as_real(tol, "tol")
         if not 0 < self.tol < 1:
             raise ValueError(f"tol must be in (0, 1); got {tol!r}")
@@ -54,6 +93,12 @@ class _Opts:
         if per_frequency not in ("auto", "svd", "gram"):
             raise ValueError(f"per_frequency must be 'auto', 'svd' or 'gram'; got {per_frequency!r}")
         self.per_frequency = per_frequency
+        self.log = log  # a list collecting (method, absolute error bound) for return_info, or None
+
+    def note(self, method: str, bound: float) -> None:
+        """Record that ``method`` produced values within ``bound`` of singular values."""
+        if self.log is not None:
+            self.log.append((method, float(bound)))
 
     def strict_copy(self) -> "_Opts":
         """The same options with ``strict=True`` (a failure raises, for a fallback to catch)."""
@@ -65,6 +110,12 @@ class _Opts:
         out = _Opts.__new__(_Opts)
         for name in self.__slots__:
             setattr(out, name, getattr(self, name))
+        return out
+
+    def with_log(self, log) -> "_Opts":
+        """The same options recording into ``log``."""
+        out = self._copy()
+        out.log = log
         return out
 
     def allow_dense(self) -> "_Opts":
@@ -83,6 +134,18 @@ def shape_of(op):
     return int(shape[0]), int(shape[1])
 
 
+def certified(s, bound, sigma_max, tol) -> bool:
+    """The one meaning of ``tol``: every ``|s_i - sigma| <= bound_i`` with ``bound_i <= max(tol s_i, 10 eps sigma_max)``.
+
+    ``bound_i`` bounds the distance from ``s_i`` to a singular value; the
+    floor ``10 eps sigma_max`` is the rounding level of any backward-stable
+    method, below which no value can be resolved.
+    """
+    s, bound = np.asarray(s, dtype=float), np.asarray(bound, dtype=float)
+    floor = 10.0 * np.finfo(np.float64).eps * float(sigma_max)
+    return bool(np.all(bound <= np.maximum(tol * np.abs(s), floor)))
+
+
 def select(s, k, which):
     """``s`` descending -> the k largest or smallest, still descending."""
     if k is None:
@@ -99,6 +162,7 @@ def workers() -> int:
 
 
 def not_converged(msg, opts, values=None, residual=None):
+    opts.note("not certified: " + msg, math.inf)
     if opts.strict:
         raise SpectrumNotConvergedError(msg, values=values, residual=residual)
     warnings.warn(msg + " (strict=False: the values are returned as they are)", SpectrumNotConvergedWarning, stacklevel=3)

@@ -17,7 +17,7 @@ import scipy.sparse.linalg as spla
 from .._backend import blas_threads, to_numpy
 from .._validate import check_memory
 from ..operators.conv import ConvND
-from ._common import SpectrumNotConvergedError, conv64, not_converged, shape_of
+from ._common import SpectrumNotConvergedError, certified, conv64, not_converged, shape_of
 
 __all__ = ["lanczos_svd", "block_krylov_svd", "largest_svd"]
 
@@ -151,10 +151,13 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
         ref = sigma_max if sigma_max is not None else float(lanczos_svd(op, 1, "largest", opts, False)[0][0])
     if converged:
         worst = float(bound.max()) / max(ref, np.finfo(float).tiny)
-        if not worst <= opts.tol:
+        if certified(s, bound, ref, opts.tol):
+            opts.note("Lanczos (ARPACK), residual-checked", float(bound.max()))
+        else:
             not_converged(
-                f"the {which} singular values of a {M} x {N} {type(op).__name__} by Lanczos have a residual "
-                f"bound of {worst:.1e} x sigma_max, above tol={opts.tol:.1e}; raise maxiter or tol",
+                f"the {which} singular values of a {M} x {N} {type(op).__name__} by Lanczos have residual "
+                f"bounds up to {worst:.1e} x sigma_max, above tol={opts.tol:.1e} times the values; raise maxiter "
+                "or tol",
                 opts,
                 values=s,
                 residual=worst,
@@ -278,17 +281,20 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
             X, GX = V @ Z, GV @ Z
             sv = np.sqrt(np.maximum(theta[:k], 0.0))
             r = np.linalg.norm(GX[:, :k] - X[:, :k] * theta[:k], axis=0) / np.maximum(sv, np.finfo(float).tiny)
-            if m_max == n or np.all(r <= 0.25 * opts.tol * max(float(sv[0]), np.finfo(float).tiny)):
+            if m_max == n or certified(sv, 4.0 * r, float(sv[0]), opts.tol):
                 converged = True
                 break
             # the block that continues the Krylov space: every residual G x - theta x lies in its span
             nxt = _orthonormal_block(GV[:, -b:], V, rng, P.complex)
         s, U, Vv, bound = _triplets(P, X[:, :k], side)
     worst = float(bound.max()) / max(float(s[0]), np.finfo(float).tiny)
-    if not (converged and worst <= opts.tol):
+    if converged and certified(s, bound, float(s[0]), opts.tol):
+        opts.note("block Lanczos, residual-checked", float(bound.max()))
+    else:
         not_converged(
-            f"the {k} largest singular values of a {M} x {N} {type(op).__name__} by block Lanczos have a "
-            f"residual bound of {worst:.1e} x sigma_max after {cycle} restarts, above tol={opts.tol:.1e}; "
+            f"the {k} largest singular values of a {M} x {N} {type(op).__name__} by block Lanczos have "
+            f"residual bounds up to {worst:.1e} x sigma_max after {cycle} restarts, above tol={opts.tol:.1e} "
+            "times the values; "
             "raise maxiter or tol",
             opts,
             values=s,
@@ -297,15 +303,18 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
     return (s, U, Vv) if vectors else (s, None, None)
 
 
-def largest_svd(op, k, opts, vectors, v0=None, v0_side=None, *, extra=8, seed=0):
+def largest_svd(op, k, opts, vectors, v0=None, v0_side=None, *, extra=None, seed=0):
     """The ``k`` largest singular triplets: Lanczos for ``k + extra`` of them, block Lanczos if it fails.
 
-    Asking ARPACK for ``extra`` more values than wanted, from a start vector
-    with a component in every direction (a random vector, plus ``v0`` if
-    given), lets it resolve values repeated up to ``extra + 1`` times among
-    the wanted ones; when its residual check fails, :func:`block_krylov_svd`
-    (slower, robust to multiplicities up to its block size) takes over.
+    Asking ARPACK for ``extra`` more values than wanted (default 8 for
+    ``k >= 2``, none for ``k = 1``, where a repeated top value is still the
+    norm), from a start vector with a component in every direction (a random
+    vector, plus ``v0`` if given), lets it resolve values repeated up to
+    ``extra + 1`` times among the wanted ones; when its residual check fails,
+    :func:`block_krylov_svd` (slower, robust to multiplicities up to its
+    block size) takes over.
     """
+    extra = (0 if k == 1 else 8) if extra is None else int(extra)
     M, N = shape_of(op)
     n = min(M, N)
     side = "in" if N <= M else "out"
@@ -315,10 +324,12 @@ def largest_svd(op, k, opts, vectors, v0=None, v0_side=None, *, extra=8, seed=0)
     if v0 is not None and v0_side == side:
         v = np.asarray(v0).reshape(-1).real
         start = v / max(np.linalg.norm(v), np.finfo(float).tiny) + 0.5 * start / np.linalg.norm(start)
-    strict = opts.strict_copy()
+    strict = opts.strict_copy().with_log([])  # a failure here is not the caller's: its notes are dropped
     try:
         s, U, V = lanczos_svd(op, kk, "largest", strict, vectors, v0=start, v0_side=side)
     except SpectrumNotConvergedError:
         return block_krylov_svd(op, k, opts, vectors, v0=v0, v0_side=v0_side, seed=seed)
+    for method, bound in strict.log:
+        opts.note(method, bound)
     return s[:k], (U[:, :k] if vectors else None), (V[:, :k] if vectors else None)
 

@@ -10,14 +10,18 @@ operators and NumPy arrays alike:
 operator                               rule
 =====================================  ==========================================================
 :class:`~structops.Circulant`          ``|fftn(c)|``
+:class:`~structops.ConvND`, any        first the exact structural reductions (independent
+                                       channel groups, channel rank, independent parts along
+                                       the axes); then, for each part:
 :class:`~structops.ConvND`, circular,  batched SVD of ``c_out x (prod(stride) c_in)`` channel
 stride dividing the input size         matrices, one per frequency of the ``n / stride`` grid
                                        (polyphase form; stride 1 is the block-circulant case)
-:class:`~structops.ConvND`, zero       largest: Lanczos (ARPACK) on the normal operator, started
-padding (or circular with a stride     from the circular layer's top singular vector, every
-that does not divide the input)        result checked by its residual; smallest: the banded
-                                       factorisation of the normal matrix where available,
-                                       otherwise a dense SVD for small layers
+:class:`~structops.ConvND`, zero       largest: Lanczos (ARPACK) on the normal operator for
+padding (or circular with a stride     ``k + 8`` values, started from the circular layer's top
+that does not divide the input)        singular vector plus a random one, block Lanczos when
+                                       that fails, every result checked by its residual;
+                                       smallest: the banded factorisation of the normal
+                                       matrix, a dense SVD for small layers
 anything else                          dense SVD when small; Lanczos with a residual check
 =====================================  ==========================================================
 
@@ -64,11 +68,17 @@ product) exceeds ``1e-12 sigma_max`` of the layer. This estimate is an error
 model with a safety factor (observed errors stay 5x or more below it), not a
 rigorous bound; ``per_frequency="svd"`` is backward stable throughout.
 
+**Structure first.** A layer whose channels split into independent groups,
+whose channel matrix is rank deficient, or whose axes split into independent
+parts (dilation sub-lattices, non-overlapping windows) is reduced exactly to
+smaller layers (:mod:`structops.linalg.structure`): repeated values and
+structural zeros are then counted, not searched for.
+
 **Iterative results** come with a residual check. For a computed triplet
 ``(s, u, v)`` the residuals ``r_1 = ||A v - s u||`` and ``r_2 = ||A^H u - s v||``
 bound the distance from ``s`` to a singular value of ``A`` by
 ``sqrt((r_1^2 + r_2^2) / 2)``; a result is accepted only when that bound is at
-most ``tol * sigma_max``. Otherwise :class:`SpectrumNotConvergedError` is
+most ``tol * s`` (or ``10 eps sigma_max``). Otherwise :class:`SpectrumNotConvergedError` is
 raised (or, with ``strict=False``, a :class:`SpectrumNotConvergedWarning` is
 issued and unconverged values are NaN). Lanczos finds extreme singular values
 reliably when started well, but like every Krylov method it can in principle
@@ -79,6 +89,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 
 import numpy as np
 
@@ -87,6 +98,7 @@ from .._validate import check_memory
 from ..operators.circulant import Circulant
 from ..operators.conv import ConvND
 from ._common import (
+    SpectrumInfo,
     SpectrumNotConvergedError,
     SpectrumNotConvergedWarning,
     _Opts,
@@ -106,6 +118,7 @@ __all__ = [
     "cond",
     "SpectrumNotConvergedError",
     "SpectrumNotConvergedWarning",
+    "SpectrumInfo",
 ]
 
 # Dense fallback: at most this many matrix entries (or a narrow matrix below the
@@ -177,11 +190,14 @@ def _dense_matrix(op):
     return A.astype(np.complex128 if np.iscomplexobj(A) else np.float64, copy=False)
 
 
-def _dense_svd(op, k, which, vectors):
+def _dense_svd(op, k, which, vectors, opts=None):
     A = _dense_matrix(op)
     with blas_threads():
         if not vectors:
-            return select(np.linalg.svd(A, compute_uv=False), k, which)
+            s = np.linalg.svd(A, compute_uv=False)
+            if opts is not None:  # backward stable: within a small multiple of eps sigma_max
+                opts.note("dense SVD", 4 * max(A.shape) * np.finfo(np.float64).eps * float(s[0] if s.size else 0))
+            return select(s, k, which)
         U, s, Vh = np.linalg.svd(A, full_matrices=False)
     sl = slice(0, k) if which == "largest" else slice(len(s) - k, len(s))
     return s[sl], U[:, sl], Vh[sl].conj().T
@@ -189,7 +205,8 @@ def _dense_svd(op, k, which, vectors):
 
 # ---------------------------------------------------------------- singular_values
 @functools.singledispatch
-def singular_values(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto"):
+def singular_values(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto",
+                    return_info=False):
     """Singular values of a linear operator, by the exact rule of its structure where there is one.
 
     Parameters
@@ -202,7 +219,11 @@ def singular_values(op, k=None, which="largest", *, tol=None, maxiter=None, stri
         "smallest" means the smallest of the ``min(M, N)`` singular values, not
         the zeros of a null space.
     tol : float, optional
-        Accuracy of iterative results relative to ``sigma_max`` (default ``1e-10``).
+        Accuracy of iterative results (default ``1e-10``): each returned
+        ``s_i`` lies within ``max(tol * s_i, 10 eps sigma_max)`` of a singular
+        value (relative to itself, with the rounding level of a
+        backward-stable method as the floor). Exact rules (the symbol of
+        circular layers, the dense SVD) are accurate to that floor.
     maxiter : int, optional
         Restarts of the Lanczos method (ARPACK); default: ARPACK's own for the
         largest values, 300 for the smallest.
@@ -215,12 +236,18 @@ def singular_values(op, k=None, which="largest", *, tol=None, maxiter=None, stri
     per_frequency : {"auto", "svd", "gram"}
         Batched solver of the per-frequency channel matrices of circular
         layers (see the module notes).
+    return_info : bool
+        Also return the certificate: a :class:`SpectrumInfo` with the error
+        bound of the values, the methods and structural reductions used and
+        the time.
 
     Returns
     -------
     s : ndarray of float64, shape ``(min(M, N),)`` or ``(k,)``
         Descending in every case: ``singular_values(op, k, "smallest")`` equals
         the last ``k`` entries of ``singular_values(op)``.
+    info : SpectrumInfo
+        Only with ``return_info=True``.
 
     Raises
     ------
@@ -242,8 +269,8 @@ def singular_values(op, k=None, which="largest", *, tol=None, maxiter=None, stri
     >>> bool(np.allclose(s, np.linalg.svd(A, compute_uv=False)))
     True
     """
-    opts = _Opts(tol, maxiter, strict, dense, per_frequency)
-    return _generic_values(op, k, which, opts)
+    opts, t0 = _Opts(tol, maxiter, strict, dense, per_frequency, log=[] if return_info else None), time.perf_counter()
+    return _finish(_generic_values(op, k, which, opts), opts, t0)
 
 
 def _generic_values(op, k, which, opts):
@@ -251,7 +278,7 @@ def _generic_values(op, k, which, opts):
     if k is None:
         if not _dense_ok(M, N, opts):
             raise _too_large(op, "the full spectrum")
-        return _dense_svd(op, None, which, False)
+        return _dense_svd(op, None, which, False, opts)
     dense_auto = opts.dense is None and min(M, N) <= _DENSE_PREFERRED
     if opts.dense or dense_auto or k >= min(M, N) - 1:
         if opts.dense is False:
@@ -259,36 +286,48 @@ def _generic_values(op, k, which, opts):
                              f"of this {M} x {N} {type(op).__name__}; ask for fewer values or allow it")
         if not _dense_ok(M, N, opts) and opts.dense is not True:
             raise _too_large(op, f"the {k} {which} singular values")
-        return _dense_svd(op, k, which, False)
+        return _dense_svd(op, k, which, False, opts)
     if which == "largest":
         return largest_svd(op, k, opts, False)[0]
     return lanczos_svd(op, k, which, opts, False)[0]
 
 
 @singular_values.register(np.ndarray)
-def _(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto"):
+def _(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto",
+      return_info=False):
     if op.ndim != 2:
         raise ValueError(f"expected a 2-D array; got shape {op.shape}")
-    opts = _Opts(tol, maxiter, strict, dense, per_frequency)
-    return _generic_values(op, k, which, opts)
+    opts, t0 = _Opts(tol, maxiter, strict, dense, per_frequency, log=[] if return_info else None), time.perf_counter()
+    return _finish(_generic_values(op, k, which, opts), opts, t0)
 
 
 @singular_values.register(Circulant)
-def _(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto"):
+def _(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto",
+      return_info=False):
+    opts, t0 = _Opts(tol, maxiter, strict, dense, per_frequency, log=[] if return_info else None), time.perf_counter()
     _, _, k = _check_k(op, k, which)
     xp = op.xp
     s = np.sort(to_numpy(xp.abs(op.eigenvalues().astype(np.complex128))).reshape(-1))[::-1]
-    return select(s.astype(np.float64), k, which)
+    opts.note("exact: |fft(c)|", 4 * s.size * np.finfo(np.float64).eps * float(s[0] if s.size else 0.0))
+    return _finish(select(s.astype(np.float64), k, which), opts, t0)
 
 
 @singular_values.register(ConvND)
-def _(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto"):
-    opts = _Opts(tol, maxiter, strict, dense, per_frequency)
+def _(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto",
+      return_info=False):
+    opts, t0 = _Opts(tol, maxiter, strict, dense, per_frequency, log=[] if return_info else None), time.perf_counter()
     M, N, k = _check_k(op, k, which)
     red = reduce_layer(op)
     if red is not None:
-        return _reduced_values(red, k, which, opts)
-    return _conv_values(op, k, which, opts)
+        return _finish(_reduced_values(red, k, which, opts), opts, t0)
+    return _finish(_conv_values(op, k, which, opts), opts, t0)
+
+
+def _finish(s, opts, t0):
+    """``s``, or ``(s, SpectrumInfo)`` when the call asked for the certificate."""
+    if opts.log is None:
+        return s
+    return s, SpectrumInfo.from_log(opts.log, time.perf_counter() - t0)
 
 
 def _scaled(op: ConvND):
@@ -305,16 +344,24 @@ def _scaled(op: ConvND):
 def _conv_values(op, k, which, opts):
     """Singular values of an irreducible layer, computed on its kernel scaled to unit size."""
     op, scale = _scaled(op)
+    inner = opts.with_log([] if opts.log is not None else None)
     sym = symbol_of(op)
     if sym is not None:
-        s = select(sym.values(opts.per_frequency), k, which)
+        s = select(sym.values(inner.per_frequency), k, which)
+        inner.note("exact per-frequency symbol", sym.error_bound)
     else:
-        s = _zero_padded_values(op, k, which, opts)
+        s = _zero_padded_values(op, k, which, inner)
+    for method, bound in inner.log or ():
+        opts.note(method, bound * scale)
     return s * scale if scale != 1.0 else s
 
 
 def _reduced_values(red, k, which, opts):
     """The union of the blocks' values (with multiplicities) and the structural zeros."""
+    for step in red.steps:
+        opts.note("reduction: " + step, 0.0)
+    if red.perturbation:
+        opts.note("reduction: channel-rank truncation", red.perturbation)
     if k is None:
         check_memory(16.0 * (red.zeros + red.count()), "the singular values")
     parts = [np.zeros(red.zeros if k is None else min(red.zeros, k))]  # the zeros that can be selected
@@ -370,6 +417,9 @@ def _normal_smallest(op, k, opts, vectors):
     vals = np.asarray(to_numpy(vals), dtype=np.float64).reshape(-1)
     order = np.argsort(-vals, kind="stable")
     vals = vals[order]
+    eb = info.get("absolute_error_bound")
+    if info.get("converged", False):
+        opts.note("normal-matrix inverse iteration", float(np.max(eb)) if eb is not None else math.inf)
     if not info.get("converged", False):
         return (vals, None, None), (
             f"the {k} smallest singular values of a {M} x {N} zero-padded layer did not reach tol={opts.tol:.1e} "
@@ -395,13 +445,13 @@ def _normal_smallest(op, k, opts, vectors):
 def _smallest_zero_padded(op, k, opts, vectors=False):
     M, N = op.shape
     if opts.dense is True or (vectors and opts.dense is None and min(M, N) <= _DENSE_PREFERRED):
-        return _dense_svd(op, k, "smallest", vectors)
+        return _dense_svd(op, k, "smallest", vectors, opts)
     res, reason = _normal_smallest(op, k, opts, vectors)
     if res is not None and reason is None:
         return res if vectors else res[0]
     if res is not None:  # values not certified, or vectors not accurate enough: a dense SVD where affordable
         if opts.dense is None and _dense_ok(M, N, opts):
-            return _dense_svd(op, k, "smallest", vectors)
+            return _dense_svd(op, k, "smallest", vectors, opts)
         not_converged(reason, opts, values=res[0])
         return res if vectors else res[0]
     if opts.dense is False or not _dense_ok(M, N, opts):
@@ -415,7 +465,7 @@ def _smallest_zero_padded(op, k, opts, vectors=False):
             "methods do not converge reliably for the smallest singular values of zero-padded layers; "
             "pass dense=True to force a dense SVD"
         )
-    return _dense_svd(op, k, "smallest", vectors)
+    return _dense_svd(op, k, "smallest", vectors, opts)
 
 
 # ---------------------------------------------------------------- singular_vectors
@@ -461,7 +511,7 @@ def _generic_vectors(op, k, which, opts, v0=None, v0_side=None):
     if opts.dense or dense_auto or k >= min(M, N) - 1:
         if not _dense_ok(M, N, opts) and opts.dense is not True:
             raise _too_large(op, f"the {k} {which} singular vectors")
-        return _dense_svd(op, k, which, True)
+        return _dense_svd(op, k, which, True, opts)
     if which == "largest":
         return largest_svd(op, k, opts, True, v0=v0, v0_side=v0_side)
     return lanczos_svd(op, k, which, opts, True, v0=v0, v0_side=v0_side)

@@ -58,11 +58,16 @@ class Reduction:
         ``min(M, N)``).
     steps : tuple of str
         The reductions applied, in order, for reports.
+    perturbation : float
+        How far any singular value may move by the channel-rank truncation
+        (``sqrt(T)`` times the Frobenius norm of the dropped part; 0 when no
+        rank was dropped).
     """
 
     blocks: tuple
     zeros: int
     steps: tuple
+    perturbation: float = 0.0
 
     def count(self) -> int:
         """Singular values the blocks carry, multiplicities included."""
@@ -95,27 +100,30 @@ def _components(K):
 def _rank_reduced(K):
     """``K`` with output and input channels rotated onto the channel matrix's row and column spaces.
 
-    Returns ``(K', changed)``; ``K'`` has ``r_out <= c_out`` output and
-    ``r_in <= c_in`` input channels (possibly zero of either).
+    Returns ``(K', changed, dropped)``; ``K'`` has ``r_out <= c_out`` output
+    and ``r_in <= c_in`` input channels (possibly zero of either), ``dropped``
+    the Frobenius norm of the channel-matrix part treated as zero.
     """
     changed = False
+    dropped = 0.0
     for side in ("out", "in"):
         co, ci = K.shape[:2]
         Km = K.reshape(co, -1) if side == "out" else np.moveaxis(K, 1, 0).reshape(ci, -1)
         if Km.shape[0] == 0:
-            return K, changed
+            return K, changed, dropped
         U, s, Vt = np.linalg.svd(Km, full_matrices=False)
         tol = max(Km.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
         r = int(np.count_nonzero(s > tol))
         if r == Km.shape[0]:
             continue
         changed = True
+        dropped = math.hypot(dropped, float(np.linalg.norm(s[r:])))
         R = (s[:r, None] * Vt[:r])  # (r, other * T)
         if side == "out":
             K = R.reshape((r,) + K.shape[1:])
         else:
             K = np.moveaxis(R.reshape((r, co) + K.shape[2:]), 0, 1)
-    return K, changed
+    return K, changed, dropped
 
 
 def _axis_parts(n, lo, hi, k, s, d):
@@ -224,9 +232,12 @@ def reduce_layer(op: ConvND) -> Reduction | None:
     if len(comps) != 1 or comps[0][0].size != op.c_out or comps[0][1].size != op.c_in:
         steps.append(f"{len(comps)} channel component(s)")
     kernels = []
+    perturbation = 0.0
+    taps = math.prod(op.kernel_size)
     for oo, ii in comps:
         Kc = K[np.ix_(oo, ii)]
-        Kr, changed = _rank_reduced(Kc)
+        Kr, changed, dropped = _rank_reduced(Kc)
+        perturbation = max(perturbation, math.sqrt(taps) * dropped)  # the blocks are independent
         if changed:
             steps.append(f"channel rank {Kr.shape[0]} x {Kr.shape[1]} of {Kc.shape[0]} x {Kc.shape[1]}")
         if Kr.shape[0] and Kr.shape[1]:
@@ -253,4 +264,4 @@ def reduce_layer(op: ConvND) -> Reduction | None:
     zeros = min(op.shape) - red.count()
     if zeros < 0:  # pragma: no cover - a reduction that loses rows or columns is a bug
         raise AssertionError(f"structural reduction of {op!r} carries {red.count()} > min(M, N) values")
-    return Reduction(blocks=red.blocks, zeros=zeros, steps=red.steps)
+    return Reduction(blocks=red.blocks, zeros=zeros, steps=red.steps, perturbation=perturbation)

@@ -101,7 +101,7 @@ def smallest_singular_values(op, k=1, tol=1e-10, maxiter=None, *, method="auto",
         ``n_solves`` (block solves times block size), ``iterations``,
         ``residual`` (largest ``||A^T u - s v|| / ||A||``, ``||A||`` replaced by
         the upper bound ``sqrt(||A||_1 ||A||_inf)``), ``residuals`` (absolute,
-        per value), ``error_bound`` (relative, per value), ``factor_bytes``,
+        per value), ``error_bound`` (relative, per value), ``absolute_error_bound``, ``factor_bytes``,
         ``factor_flops``, ``seconds``, ``seconds_factor``, ``shift`` (diagonal
         shift used when the normal matrix was numerically singular),
         ``right``, ``left`` (singular vectors as columns: ``A v = s u``).
@@ -223,6 +223,7 @@ def smallest_singular_values(op, k=1, tol=1e-10, maxiter=None, *, method="auto",
         "residual": float(np.max(r[:k]) / anorm) if anorm > 0 else float("inf"),
         "residuals": np.asarray(r[:k], dtype=float),
         "error_bound": np.asarray(rel, dtype=float),
+        "absolute_error_bound": np.asarray(bound[:k], dtype=float),
         "factor_bytes": int(fac.nbytes),
         "factor_flops": float(fac.flops),
         "seconds": seconds,
