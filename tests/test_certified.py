@@ -145,6 +145,21 @@ def test_independent_parts_along_an_axis(kshape, in_shape, stride, padding, dila
     np.testing.assert_allclose(structops.singular_values(op, k=k, dense=False), ref[:k], rtol=1e-10)
 
 
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_singular_vectors_of_reducible_layers(which):
+    K = np.zeros((3, 3, 3, 3))
+    K[0, 0] = np.random.default_rng(7).standard_normal((3, 3))
+    K[1:, 1:] = np.random.default_rng(8).standard_normal((2, 2, 3, 3))
+    for op in (structops.Conv2D(K, (14, 14)), structops.Conv2D(K, (14, 14), dilation=2)):
+        A = op.todense()
+        ref = svd(A)
+        s, U, V = structops.singular_vectors(op, k=3, which=which)
+        want = ref[:3] if which == "largest" else ref[-3:]
+        np.testing.assert_allclose(s, want, rtol=1e-9, atol=1e-12 * ref[0])
+        np.testing.assert_allclose(A @ V, U * s, atol=1e-9 * ref[0])
+        np.testing.assert_allclose(V.T @ V, np.eye(3), atol=1e-9)
+
+
 def test_the_certificate():
     K = np.zeros((2, 2, 5, 5))
     K[0, 0] = 1.0

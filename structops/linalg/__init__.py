@@ -5,6 +5,8 @@ Modules
 :mod:`~structops.linalg.spectra`
     ``singular_values``, ``singular_vectors``, ``opnorm``, ``cond``:
     dispatched on the structure of an operator, with the dense fallback.
+:mod:`~structops.linalg.structure`
+    Exact reductions of a layer into smaller independent layers.
 :mod:`~structops.linalg.circular`
     The exact per-frequency spectra of circular layers and circulants.
 :mod:`~structops.linalg.lanczos`
@@ -19,7 +21,15 @@ Modules
 
 from . import normal
 from .preconditioners import conv_preconditioner, normal_preconditioner
-from .spectra import SpectrumNotConvergedError, SpectrumNotConvergedWarning, cond, opnorm, singular_values, singular_vectors
+from .spectra import (
+    SpectrumInfo,
+    SpectrumNotConvergedError,
+    SpectrumNotConvergedWarning,
+    cond,
+    opnorm,
+    singular_values,
+    singular_vectors,
+)
 
 __all__ = [
     "singular_values",
@@ -28,6 +38,7 @@ __all__ = [
     "cond",
     "SpectrumNotConvergedError",
     "SpectrumNotConvergedWarning",
+    "SpectrumInfo",
     "conv_preconditioner",
     "normal_preconditioner",
     "normal",

@@ -526,6 +526,34 @@ def _(op, k=1, which="largest", *, tol=None, maxiter=None, strict=True, dense=No
 
 def _structured_vectors(op, k, which, opts):
     _, _, k = _check_k(op, k, which, default_k=1)
+    if isinstance(op, ConvND) and reduce_layer(op) is not None:
+        return _checked_vectors(op, k, which, opts)
+    return _vectors_of_part(op, k, which, opts)
+
+
+def _checked_vectors(op, k, which, opts):
+    """Triplets of a reducible layer by the whole-layer route, their values checked against the certified ones.
+
+    The structural reductions give the values exactly; the vectors come from
+    the layer itself (its repeated values as an orthonormal basis of their
+    subspace), and are returned only when their values agree with the
+    certified ones, so a value the vector route missed is an error, never a
+    wrong triplet.
+    """
+    want, info = singular_values(op, k, which, tol=opts.tol, maxiter=opts.maxiter, strict=True,
+                                 dense=opts.dense, per_frequency=opts.per_frequency, return_info=True)
+    s, U, V = _vectors_of_part(op, k, which, opts)
+    tol = max(info.error_bound, 0.0) + max(opts.tol * float(want[0]), 10 * np.finfo(float).eps * float(want[0]))
+    if not np.all(np.abs(np.asarray(s) - want) <= tol + opts.tol * np.abs(want)):
+        not_converged(
+            f"the {k} {which} singular vectors of this {op.shape[0]} x {op.shape[1]} layer: the whole-layer route "
+            f"found the values {np.asarray(s)}, not the certified {want} (a block or repeated spectrum it did not "
+            "resolve); ask for the values, or for vectors of fewer values",
+            opts, values=want)
+    return s, U, V
+
+
+def _vectors_of_part(op, k, which, opts):
     sym = symbol_of(op)
     if sym is not None:
         return sym.vectors(k, which, opts.per_frequency)
