@@ -186,7 +186,27 @@ def test_tol_is_relative_to_each_value_with_a_rounding_floor():
     eps = np.finfo(float).eps
     assert certified([2.0, 1e-3], [1e-11, 1e-14], 2.0, 1e-10)
     assert not certified([2.0, 1e-3], [1e-11, 1e-12], 2.0, 1e-10)  # 1e-12 > 1e-10 * 1e-3: not relative to sigma_max
-    assert certified([2.0, 1e-17], [1e-11, 5 * eps], 2.0, 1e-10)  # below the floor 10 eps sigma_max
+    assert certified([2.0, 1e-17], [1e-11, 5 * eps], 2.0, 1e-10)  # below the floor 10 eps sigma_max (n = 1)
+    assert certified([2.0, 1e-17], [1e-11, 150 * eps], 2.0, 1e-10, n=100)  # floor 10 sqrt(n) eps sigma_max
+    assert not certified([2.0, 1e-17], [1e-11, 250 * eps], 2.0, 1e-10, n=100)
+
+
+def test_numerically_singular_depthwise_filters_are_certified_without_a_dense_svd():
+    # Kaiming 3x3 filters on 56x56 are singular to working precision: the Ritz upper bound certifies them
+    K = np.random.default_rng(1).standard_normal((1, 1, 3, 3)) * np.sqrt(2 / 9)
+    op = structops.Conv2D(K, (56, 56))
+    s, info = structops.singular_values(op, k=1, which="smallest", return_info=True)
+    assert info.certified and [m for m, _ in info.methods] == ["normal-matrix inverse iteration"]
+    assert s[0] <= info.error_bound <= 1e-12 * structops.opnorm(op)
+
+
+def test_dilation_2_same_layer_is_certified_fast():
+    K = np.random.default_rng(0).standard_normal((16, 16, 3, 3)) / 12
+    op = structops.Conv2D(K, (32, 32), dilation=2)
+    s, info = structops.singular_values(op, k=1, which="smallest", return_info=True)
+    assert info.certified and info.seconds < 20 and info.reductions
+    smax = structops.opnorm(op)
+    assert np.isfinite(structops.cond(op)) and structops.cond(op) == pytest.approx(smax / s[0], rel=1e-8)
 
 
 def test_no_reduction_for_a_dense_kernel():

@@ -134,16 +134,20 @@ def shape_of(op):
     return int(shape[0]), int(shape[1])
 
 
-def certified(s, bound, sigma_max, tol) -> bool:
-    """The one meaning of ``tol``: every ``|s_i - sigma| <= bound_i`` with ``bound_i <= max(tol s_i, 10 eps sigma_max)``.
+def rounding_floor(sigma_max, n) -> float:
+    """``10 sqrt(n) eps sigma_max``: the rounding level of a backward-stable method on an ``n``-dimensional operator."""
+    return 10.0 * math.sqrt(max(int(n), 1)) * np.finfo(np.float64).eps * float(sigma_max)
+
+
+def certified(s, bound, sigma_max, tol, n=1) -> bool:
+    """The one meaning of ``tol``: every ``bound_i <= max(tol s_i, 10 sqrt(n) eps sigma_max)``.
 
     ``bound_i`` bounds the distance from ``s_i`` to a singular value; the
-    floor ``10 eps sigma_max`` is the rounding level of any backward-stable
-    method, below which no value can be resolved.
+    floor (:func:`rounding_floor`, ``n = max(M, N)``) is the rounding level of
+    a backward-stable method, below which no value can be resolved.
     """
     s, bound = np.asarray(s, dtype=float), np.asarray(bound, dtype=float)
-    floor = 10.0 * np.finfo(np.float64).eps * float(sigma_max)
-    return bool(np.all(bound <= np.maximum(tol * np.abs(s), floor)))
+    return bool(np.all(bound <= np.maximum(tol * np.abs(s), rounding_floor(sigma_max, n))))
 
 
 def select(s, k, which):

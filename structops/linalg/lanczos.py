@@ -3,7 +3,7 @@ r"""Extreme singular triplets of any linear operator by Lanczos (ARPACK), every 
 For a computed triplet ``(s, u, v)`` the residuals ``r_1 = ||A v - s u||`` and
 ``r_2 = ||A^H u - s v||`` bound the distance from ``s`` to a singular value of
 ``A`` by ``sqrt((r_1^2 + r_2^2) / 2)``; a result is accepted only when that
-bound is at most ``tol * sigma_max``. Otherwise
+bound is at most ``max(tol * s, 10 sqrt(max(M, N)) eps sigma_max)``. Otherwise
 :class:`~structops.SpectrumNotConvergedError` is raised (or, with
 ``strict=False``, a :class:`~structops.linalg.spectra.SpectrumNotConvergedWarning`
 is issued and unconverged values are NaN).
@@ -151,7 +151,7 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
         ref = sigma_max if sigma_max is not None else float(lanczos_svd(op, 1, "largest", opts, False)[0][0])
     if converged:
         worst = float(bound.max()) / max(ref, np.finfo(float).tiny)
-        if certified(s, bound, ref, opts.tol):
+        if certified(s, bound, ref, opts.tol, max(M, N)):
             opts.note("Lanczos (ARPACK), residual-checked", float(bound.max()))
         else:
             not_converged(
@@ -281,14 +281,14 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
             X, GX = V @ Z, GV @ Z
             sv = np.sqrt(np.maximum(theta[:k], 0.0))
             r = np.linalg.norm(GX[:, :k] - X[:, :k] * theta[:k], axis=0) / np.maximum(sv, np.finfo(float).tiny)
-            if m_max == n or certified(sv, 4.0 * r, float(sv[0]), opts.tol):
+            if m_max == n or certified(sv, 4.0 * r, float(sv[0]), opts.tol, max(M, N)):
                 converged = True
                 break
             # the block that continues the Krylov space: every residual G x - theta x lies in its span
             nxt = _orthonormal_block(GV[:, -b:], V, rng, P.complex)
         s, U, Vv, bound = _triplets(P, X[:, :k], side)
     worst = float(bound.max()) / max(float(s[0]), np.finfo(float).tiny)
-    if converged and certified(s, bound, float(s[0]), opts.tol):
+    if converged and certified(s, bound, float(s[0]), opts.tol, max(M, N)):
         opts.note("block Lanczos, residual-checked", float(bound.max()))
     else:
         not_converged(

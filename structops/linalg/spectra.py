@@ -78,7 +78,7 @@ structural zeros are then counted, not searched for.
 ``(s, u, v)`` the residuals ``r_1 = ||A v - s u||`` and ``r_2 = ||A^H u - s v||``
 bound the distance from ``s`` to a singular value of ``A`` by
 ``sqrt((r_1^2 + r_2^2) / 2)``; a result is accepted only when that bound is at
-most ``tol * s`` (or ``10 eps sigma_max``). Otherwise :class:`SpectrumNotConvergedError` is
+most ``tol * s`` (or ``10 sqrt(n) eps sigma_max``). Otherwise :class:`SpectrumNotConvergedError` is
 raised (or, with ``strict=False``, a :class:`SpectrumNotConvergedWarning` is
 issued and unconverged values are NaN). Lanczos finds extreme singular values
 reliably when started well, but like every Krylov method it can in principle
@@ -104,6 +104,7 @@ from ._common import (
     _Opts,
     conv64,
     not_converged,
+    rounding_floor,
     select,
     shape_of,
 )
@@ -195,8 +196,8 @@ def _dense_svd(op, k, which, vectors, opts=None):
     with blas_threads():
         if not vectors:
             s = np.linalg.svd(A, compute_uv=False)
-            if opts is not None:  # backward stable: within a small multiple of eps sigma_max
-                opts.note("dense SVD", 4 * max(A.shape) * np.finfo(np.float64).eps * float(s[0] if s.size else 0))
+            if opts is not None:  # backward stable: within the rounding floor
+                opts.note("dense SVD", rounding_floor(float(s[0]) if s.size else 0.0, max(A.shape)))
             return select(s, k, which)
         U, s, Vh = np.linalg.svd(A, full_matrices=False)
     sl = slice(0, k) if which == "largest" else slice(len(s) - k, len(s))
@@ -220,7 +221,7 @@ def singular_values(op, k=None, which="largest", *, tol=None, maxiter=None, stri
         the zeros of a null space.
     tol : float, optional
         Accuracy of iterative results (default ``1e-10``): each returned
-        ``s_i`` lies within ``max(tol * s_i, 10 eps sigma_max)`` of a singular
+        ``s_i`` lies within ``max(tol * s_i, 10 sqrt(n) eps sigma_max)`` (``n = max(M, N)``) of a singular
         value (relative to itself, with the rounding level of a
         backward-stable method as the floor). Exact rules (the symbol of
         circular layers, the dense SVD) are accurate to that floor.

@@ -80,7 +80,7 @@ def smallest_singular_values(op, k=1, tol=1e-10, maxiter=None, *, method="auto",
     tol : float
         Relative accuracy to certify: converged when every value has an error
         bound (see Notes) below ``tol * s``, or below the rounding level
-        ``10 eps ||A||`` (numerically zero singular values).
+        ``10 sqrt(max(M, N)) eps ||A||`` (numerically zero singular values).
     maxiter : int, optional
         Iterations of inverse subspace iteration (default 50).
     method : {"auto", "nd", "band"}
@@ -165,7 +165,7 @@ def smallest_singular_values(op, k=1, tol=1e-10, maxiter=None, *, method="auto",
     n = gram.n
     V = rng.standard_normal((n, p))
     n_solves = 0
-    floor = 10 * EPS * anorm  # the rounding level of any backward-stable method
+    floor = 10 * math.sqrt(max(M, N)) * EPS * anorm  # the rounding level of a backward-stable method
     converged = False
     s = r = bound = U = None
     it = 0
