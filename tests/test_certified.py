@@ -301,14 +301,12 @@ def _sweep(n, seed):
 
 
 def test_sweep_of_random_layers():
-    """250 random layers, each asked for its 3 largest and 3 smallest values by every route: none wrong."""
-    done, wrong, refused, report = _sweep(250, seed=11)
-    assert done == 250
-    assert not report, report[:5]  # no wrong value, and refusals only above cond 1e9
-    assert wrong == 0
+    """1000 random layers, each asked for its 1 or 3 largest and smallest values by every route: none wrong.
 
-
-@pytest.mark.slow
-def test_sweep_of_1000_layers():
+    Refusals are allowed only above cond 1e9 (counted, not reported); every
+    answer's certificate must bound its distance to the dense reference.
+    """
     done, wrong, refused, report = _sweep(1000, seed=12)
-    assert done == 1000 and wrong == 0 and not report, report[:5]
+    assert done == 1000
+    assert not report, report[:5]  # no wrong value, no certificate violated, no refusal below cond 1e9
+    assert wrong == 0
