@@ -11,10 +11,14 @@ from ..._backend import to_numpy
 EPS = np.finfo(np.float64).eps
 
 # BLAS threads for the factorisations and the solves (band and multifrontal).
-# On small machines the single-threaded OpenBLAS band/dense routines measured
-# fastest (a 65536 x 65536 band factorisation: 22 s on one thread, 71 s on
-# two); ``None`` leaves the library's own setting alone.
+# On small machines the single-threaded OpenBLAS band routines and the solves
+# measured fastest (a 65536 x 65536 band factorisation: 22 s on one thread, 71 s
+# on two); ``None`` leaves the library's own setting alone.
 FACTOR_THREADS: int | None = 1
+# The multifrontal factorisation's large dense fronts gain from the library's
+# threads (the 64 -> 64, 32x32 layer: 28.0 s on one thread, 20.9 s on two).
+FRONT_THREADS: int | None = None
+FRONT_THREADS_MIN_FLOPS = 1e10  # below this operation count the factorisation stays on FACTOR_THREADS
 
 class Gram:
     """Entries of the normal matrix of a zero-padded layer, grouped by pixel offset.

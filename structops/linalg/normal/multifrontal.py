@@ -89,7 +89,9 @@ class NDFactor:
         self.nodes = []
         self._where = np.full(gram.npix, -1, dtype=np.int64)
         self._deltas = list(gram.groups)
-        with blas_threads(_gram_mod.FACTOR_THREADS):
+        # threads pay off on large fronts only (small BLAS calls lose to the threading overhead)
+        big = self.flops >= _gram_mod.FRONT_THREADS_MIN_FLOPS
+        with blas_threads(_gram_mod.FRONT_THREADS if big else _gram_mod.FACTOR_THREADS):
             self._factor(*root)
         self.nbytes = sum(L.nbytes + LB.nbytes for _, _, L, LB in self.nodes)
         self._where = None
