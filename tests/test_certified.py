@@ -105,6 +105,14 @@ def test_zero_and_extreme_scales(scale):
     assert structops.cond(op) == pytest.approx(structops.cond(op1), rel=1e-8)
 
 
+def test_complex_kernels_near_the_underflow_threshold():
+    # the power-of-two rescaling must not overflow (2**1030 is inf) for subnormal-size complex kernels
+    K = np.random.default_rng(9).standard_normal((2, 2, 3, 3)) + 1j * np.random.default_rng(10).standard_normal((2, 2, 3, 3))
+    ref = structops.opnorm(structops.Conv2D(K, (12, 12)))
+    s = structops.opnorm(structops.Conv2D(K * 1e-310, (12, 12)))
+    assert np.isfinite(s) and s == pytest.approx(1e-310 * ref, rel=1e-9)
+
+
 def test_rank_deficient_channel_mixing_is_exactly_singular():
     K = np.random.default_rng(3).standard_normal((1, 3, 3, 3))
     K = np.concatenate([K, -2.0 * K], axis=0)  # two output channels, one direction

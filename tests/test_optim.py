@@ -237,3 +237,11 @@ def test_every_solver_stops_when_the_callback_returns_true(name):
 def test_lbfgs_solves_rosenbrock():
     res = lbfgs(rosenbrock, np.array([-1.2, 1.0]), maxiter=1000, gtol=1e-10)
     assert res.success and np.allclose(res.x, 1.0, atol=1e-7), res.message
+
+
+@pytest.mark.parametrize("name", OPTIMISERS)
+def test_a_start_that_meets_gtol_is_converged(name):
+    x0 = X_STAR + 1e-11  # ||g_0|| ~ 1e-7 < 1e-6 < 1: the test gtol * max(1, ||g_0||) holds at the start
+    assert np.linalg.norm(quadratic(x0)[1]) < 1e-6
+    res = OPTIMISERS[name](quadratic, x0, maxiter=50, gtol=1e-6)
+    assert res.nit == 0 and res.status == "converged" and res.success and "at the start" in res.message

@@ -359,9 +359,7 @@ def test_non_convergence_warns_when_not_strict(rng):
 
 
 def _no_restarts(opts):
-    out = opts.strict_copy()
-    out.maxiter = 0
-    return out
+    return opts.replace(strict=True, maxiter=0)
 
 
 def test_residual_check_rejects_loose_results(rng, monkeypatch):

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         return status
     import numpy as np
 
-    from ..solvers.regularize import regularize_spectrum
+    from ..solvers.regularize import MONITORED_ROWS, regularize_spectrum
 
     size = args.size or (12 if args.quick else 20)
     iterations = args.iterations or (300 if args.quick else 1000)
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             # the sigmas along the run, as in the figure (the solver monitors large layers only when asked):
             # every iteration of small layers, every 5th of larger ones, the entries refined from the kernels
-            every = 1 if min(co, ci) * size * size <= 600 else 5
+            every = 1 if min(co, ci) * size * size <= MONITORED_ROWS else 5
             res = regularize_spectrum(K, (size, size), method=method, maxiter=iterations, callback=keep,
                                       history_every=every)
             entry = _entry_iterations(res, kernels, ((size, size),))

@@ -100,28 +100,13 @@ class _Opts:
         if self.log is not None:
             self.log.append((method, float(bound)))
 
-    def strict_copy(self) -> "_Opts":
-        """The same options with ``strict=True`` (a failure raises, for a fallback to catch)."""
-        out = self._copy()
-        out.strict = True
-        return out
-
-    def _copy(self) -> "_Opts":
+    def replace(self, **changes) -> "_Opts":
+        """A copy with some options changed (already checked values: no checks again)."""
         out = _Opts.__new__(_Opts)
         for name in self.__slots__:
-            setattr(out, name, getattr(self, name))
-        return out
-
-    def with_log(self, log) -> "_Opts":
-        """The same options recording into ``log``."""
-        out = self._copy()
-        out.log = log
-        return out
-
-    def allow_dense(self) -> "_Opts":
-        """The same options with the dense SVD allowed by size (for blocks that need all their values)."""
-        out = self._copy()
-        out.dense = None if self.dense is False else self.dense
+            setattr(out, name, changes.pop(name, getattr(self, name)))
+        if changes:
+            raise TypeError(f"unknown options {sorted(changes)}")
         return out
 
 

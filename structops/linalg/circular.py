@@ -140,33 +140,28 @@ class Symbol:
         xp = self.xp
         F, a, b = P.shape
         eps = np.finfo(np.float64).eps
+        kin = max(a, b)
+        use_gram = per_frequency == "gram" or (per_frequency == "auto" and kin >= 2 * min(a, b))
         if min(a, b) == 1:
             S = to_numpy(xp.sqrt(xp.sum(xp.abs(P) ** 2, axis=(1, 2))))[:, None]
-            self.error_bound = 4 * max(a, b) * eps * float(S.max(initial=0.0))
-            return S
-        use_gram = per_frequency == "gram" or (per_frequency == "auto" and max(a, b) >= 2 * min(a, b))
-        if not use_gram:
+        elif not use_gram:
             S = _batched(xp, _svdvals, P)
-            self.error_bound = 4 * max(a, b) * eps * float(S.max(initial=0.0))  # backward stable per frequency
-            return S
-        lam = _batched(xp, _gram_eigvalsh, P)  # ascending
-        S = np.sqrt(np.maximum(lam, 0))[:, ::-1]
-        if per_frequency == "gram":
-            kin = max(a, b)
+        else:
+            lam = _batched(xp, _gram_eigvalsh, P)  # ascending
+            S = np.sqrt(np.maximum(lam, 0))[:, ::-1]
             lmax = np.maximum(lam[:, -1], 0)
-            self.error_bound = float(np.max(_GRAM_SAFETY * math.sqrt(kin) * eps * lmax
-                                            / np.maximum(S[:, -1], np.finfo(float).tiny), initial=0.0))
+            est = _GRAM_SAFETY * math.sqrt(kin) * eps * lmax / np.maximum(S[:, -1], np.finfo(float).tiny)
+            if per_frequency == "gram":
+                self.error_bound = float(est.max(initial=0.0))
+                return S
+            # recompute the frequencies the Gram model cannot vouch for
+            smax = math.sqrt(float(lmax.max())) if lmax.size else 0.0
+            bad = np.flatnonzero(est > _GRAM_RTOL * smax)
+            if bad.size:
+                S[bad] = _batched(xp, _svdvals, P[xp.asarray(bad)] if xp is not np else P[bad])
+            self.error_bound = max(_GRAM_RTOL * smax, 4 * kin * eps * smax)  # the error model's acceptance level
             return S
-        # recompute the frequencies the Gram model cannot vouch for
-        eps = np.finfo(np.float64).eps
-        kin = max(a, b)
-        lmax = np.maximum(lam[:, -1], 0)
-        smax = math.sqrt(float(lmax.max())) if lmax.size else 0.0
-        est = _GRAM_SAFETY * math.sqrt(kin) * eps * lmax / np.maximum(S[:, -1], np.finfo(float).tiny)
-        bad = np.flatnonzero(est > _GRAM_RTOL * smax)
-        if bad.size:
-            S[bad] = _batched(xp, _svdvals, P[xp.asarray(bad)] if xp is not np else P[bad])
-        self.error_bound = max(_GRAM_RTOL * smax, 4 * kin * eps * smax)  # the error model's acceptance level
+        self.error_bound = 4 * kin * eps * float(S.max(initial=0.0))  # backward stable per frequency
         return S
 
     def values(self, per_frequency="auto"):

@@ -324,7 +324,7 @@ def largest_svd(op, k, opts, vectors, v0=None, v0_side=None, *, extra=None, seed
     if v0 is not None and v0_side == side:
         v = np.asarray(v0).reshape(-1).real
         start = v / max(np.linalg.norm(v), np.finfo(float).tiny) + 0.5 * start / np.linalg.norm(start)
-    strict = opts.strict_copy().with_log([])  # a failure here is not the caller's: its notes are dropped
+    strict = opts.replace(strict=True, log=[])  # a failure here is not the caller's: its notes are dropped
     try:
         s, U, V = lanczos_svd(op, kk, "largest", strict, vectors, v0=start, v0_side=side)
     except SpectrumNotConvergedError:

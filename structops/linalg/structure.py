@@ -71,14 +71,17 @@ class Reduction:
 
     def count(self) -> int:
         """Singular values the blocks carry, multiplicities included."""
-        return sum(m * min(b.shape) for b, m in self.blocks)
+        return _carried(self.blocks)
 
 
-def _layer(op: ConvND, kernel, in_shape=None, padding=None, dilation=None) -> ConvND:
-    """A layer like ``op`` with another kernel (and optionally another grid, padding or dilation)."""
-    return ConvND(kernel, op.in_shape if in_shape is None else in_shape, stride=op.stride,
-                  padding=("circular" if op.circular else op.padding) if padding is None else padding,
-                  dilation=op.dilation if dilation is None else dilation)
+def _carried(blocks) -> int:
+    return sum(m * min(b.shape) for b, m in blocks)
+
+
+def _layer(op: ConvND, kernel) -> ConvND:
+    """A layer with the grid, stride, padding and dilation of ``op`` and a kernel with other channel counts."""
+    return ConvND(kernel, op.in_shape, stride=op.stride, padding="circular" if op.circular else op.padding,
+                  dilation=op.dilation)
 
 
 def _components(K):
@@ -260,8 +263,8 @@ def reduce_layer(op: ConvND) -> Reduction | None:
     for b, mult in blocks:  # equal blocks once, with their multiplicities added
         key = (b.geometry, b.kernel.tobytes())
         merged[key] = (b, merged.get(key, (b, 0))[1] + mult)
-    red = Reduction(blocks=tuple(merged.values()), zeros=0, steps=tuple(steps))
-    zeros = min(op.shape) - red.count()
+    blocks = tuple(merged.values())
+    zeros = min(op.shape) - _carried(blocks)
     if zeros < 0:  # pragma: no cover - a reduction that loses rows or columns is a bug
-        raise AssertionError(f"structural reduction of {op!r} carries {red.count()} > min(M, N) values")
-    return Reduction(blocks=red.blocks, zeros=zeros, steps=red.steps, perturbation=perturbation)
+        raise AssertionError(f"structural reduction of {op!r} carries {_carried(blocks)} > min(M, N) values")
+    return Reduction(blocks=blocks, zeros=zeros, steps=tuple(steps), perturbation=perturbation)

@@ -143,12 +143,12 @@ def _check(maxiter, ftol, gtol, callback):
 class Run:
     """Book-keeping shared by the three optimisers: history, tests, callback, result."""
 
-    def __init__(self, x0, f0, g0, ftol, gtol, callback, keys=()):
+    def __init__(self, x0, f0, gnorm0, ftol, gtol, callback, keys=()):
         self.t0 = time.perf_counter()
         self.xp = get_xp(x0)
         self.ftol, self.gtol, self.callback = ftol, gtol, callback
         self.x, self.f = x0, float(f0)
-        self.gnorm0 = _norm(self.xp, g0) if g0 is not None else math.nan
+        self.gnorm0 = float(gnorm0)
         self.hist = {"fun": [self.f], "grad_norm": [self.gnorm0], "step_norm": [0.0], **{k: [0.0] for k in keys}}
         self.nit, self.status, self.message = 0, None, ""
 
@@ -165,7 +165,7 @@ class Run:
             self.status, self.message = "diverged", "the objective is not finite at the starting point"
             return True
         stop = self.callback is not None and stops(self.callback(0, self.x.copy(), self.f))
-        if self.gtol > 0 and (self.gnorm0 == 0.0 or (self.gtol >= 1.0 and math.isfinite(self.gnorm0))):
+        if self._converged(self.gnorm0, None) is not None:
             self.status, self.message = "converged", "gradient norm below gtol at the start"
         elif stop:
             self.status, self.message = "callback", "stopped by the callback at the start"
@@ -245,7 +245,7 @@ def adam(fun, x0, *, lr: float = 0.05, maxiter: int = 200, betas=(0.9, 0.999), e
     x = start(x0)
     xp = get_xp(x)
     f, g = fun(x)
-    run = Run(x, f, g, ftol, gtol, callback)
+    run = Run(x, f, _norm(xp, g), ftol, gtol, callback)
     nfev = 1
     if not run.first():
         m = xp.zeros_like(x)
@@ -296,7 +296,7 @@ def gd(fun, x0, *, step=None, maxiter: int = 200, line_search: bool = False, fto
     xp = get_xp(x)
     f, g = fun(x)
     nfev = 1
-    run = Run(x, f, g, ftol, gtol, callback, keys=("step",))
+    run = Run(x, f, _norm(xp, g), ftol, gtol, callback, keys=("step",))
     if run.first():
         return run.result(nfev, maxiter)
     gnorm = run.gnorm0
@@ -327,7 +327,7 @@ def gd(fun, x0, *, step=None, maxiter: int = 200, line_search: bool = False, fto
     return run.result(nfev, maxiter)
 
 
-def lbfgs(fun, x0, *, maxiter: int = 200, memory: int = 10, ftol: float = 0.0, gtol: float = 0.0,
+def lbfgs(fun, x0, *, maxiter: int = 200, memory: int = 100, ftol: float = 0.0, gtol: float = 0.0,
           callback=None) -> OptimResult:
     """Limited-memory BFGS (SciPy's L-BFGS-B, unbounded) on ``fun(x) -> (value, grad)``.
 
@@ -377,7 +377,7 @@ def lbfgs(fun, x0, *, maxiter: int = 200, memory: int = 10, ftol: float = 0.0, g
 
     u0 = host(x0).reshape(-1)
     evaluate(u0)
-    run = Run(x0, last["f"], xp.asarray(last["g"]), ftol, gtol, callback)
+    run = Run(x0, last["f"], last["gnorm"], ftol, gtol, callback)
     if run.first():
         return run.result(nfev[0], maxiter)
 

@@ -305,10 +305,10 @@ def inner_solve(net: ExtendedNetwork, primary, X, Y, lam: float, theta0=None, *,
     def fg(u):
         th = theta.copy()
         th[idx] = u
-        mis, gd = data_objective(net, th, X, Y)
-        pen, gt, _ = net.penalty(th, primary, lam)
+        mis, g_data = data_objective(net, th, X, Y)
+        pen, g_pen, _ = net.penalty(th, primary, lam)
         parts["u"], parts["parts"] = u, (mis, pen)
-        return mis + pen, (gd + gt)[idx]
+        return mis + pen, (g_data + g_pen)[idx]
 
     out = lbfgs(fg, theta[idx], maxiter=maxiter, memory=memory, ftol=ftol, gtol=gtol)
     theta[idx] = out.x
@@ -444,7 +444,7 @@ def train_extended(net: ExtendedNetwork, primary0, X, Y, *, lam: float = 0.04, m
     elif method == "average":
         kern = net.index_arrays(xp).kernel_mask
         val, g = fun(primary0)
-        run = Run(primary0, val, g, 0.0, 0.0, record)
+        run = Run(primary0, val, float(xp.linalg.norm(g)), 0.0, 0.0, record)
         if not run.first():
             p = primary0
             for _ in range(maxiter):

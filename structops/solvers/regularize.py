@@ -107,6 +107,10 @@ __all__ = [
     "RegularizeResult",
 ]
 
+# history_every="auto" monitors sigma_max / sigma_min of layers whose smaller
+# normal matrix has at most this many rows (cheap dense eigenvalues).
+MONITORED_ROWS = 600
+
 # Dense eigen-decomposition of the smaller normal matrix for the monitored
 # singular values up to this size (about 50 ms at 1200 on one core).
 _DENSE_GRAM_MAX = 2500
@@ -629,7 +633,7 @@ class RegularizeResult(Result):
 def _monitor_plan(history_every, geo, maxiter):
     """Set of iterations at which sigma_max / sigma_min are recorded (the last one always)."""
     if history_every == "auto":
-        if min(geo.n_out, geo.n_in) <= 600:
+        if min(geo.n_out, geo.n_in) <= MONITORED_ROWS:
             return None  # every iteration
         return set()  # large layers: monitoring is opt-in (an exact sigma_min can cost far more than the penalty)
     if isinstance(history_every, bool) or not isinstance(history_every, (int, np.integer)) or history_every < 0:
@@ -770,10 +774,13 @@ def regularize_spectrum(
 
     monitored = {"sigma_max": [], "sigma_min": []}
 
-    def monitor(it, x, f):
+    def record(it, x):
         s = sigmas(x, it, force=it == 0 and (plan is None or bool(plan) or penalty == "spectral"))
         monitored["sigma_max"].append(s[0])
         monitored["sigma_min"].append(s[1])
+
+    def monitor(it, x, f):
+        record(it, x)
         return callback(it, x.astype(dtype, copy=False), f) if callback is not None else None
 
     x0 = K0.astype(np.float64)
@@ -785,7 +792,7 @@ def regularize_spectrum(
     else:
         out = gd(fg, x0, step=schedule, **opts)
     if not monitored["sigma_max"]:  # the run ended at the start, before any callback
-        monitor(0, out.x, out.fun)
+        record(0, out.x)
     x = out.x
     success = out.success
     if out.status == "line_search":
