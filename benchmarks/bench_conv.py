@@ -22,6 +22,8 @@ Sections
 (b) the same on a batch of 32 images (structops ``matmat`` on ``(N, 32)``,
     the PyLops block's ``matmat``, torch with batch 32).
 (c) float32: structops vs torch, one image and a batch of 32.
+(e) depthwise 256 channels (``groups=256``), 3x3, 56x56: structops grouped vs the
+    same layer with a dense ``(256, 256)`` channel kernel vs torch ``groups=256``.
 (d) GPU, when CuPy and a CUDA build of torch see a device: 64 -> 64 channels,
     3x3, 64x64, batch 64, float32 and float64, structops on CuPy arrays vs
     cuDNN ``conv2d`` / ``conv_transpose2d``.
@@ -125,11 +127,16 @@ def environment(torch):
 
 
 # ---------------------------------------------------------------- sections
-def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng):
-    """Forward and adjoint of one layer on the CPU, every implementation."""
+def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng, groups=1):
+    """Forward and adjoint of one layer on the CPU, every implementation.
+
+    With ``groups > 1`` the layer is also timed as the same layer written with a
+    dense ``(c_out, c_in)`` kernel (zeros outside the groups' blocks).
+    """
     dtype = kernel.dtype
     c_out, c_in, kh, kw = kernel.shape
-    op = structops.Conv2D(kernel, (n, n), padding="same")
+    c_in *= groups
+    op = structops.Conv2D(kernel, (n, n), padding="same", groups=groups)
     N, M = op.shape[1], op.shape[0]
     if batch == 1:
         x = rng.standard_normal(N).astype(dtype)
@@ -144,6 +151,21 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng):
         FAILURES.append(f"{case}: structops returned {want_f.dtype} for {dtype} input")
     record(case, "forward", "structops Conv2D", median_time(fwd, repeat, warmup))
     record(case, "adjoint", "structops Conv2D", median_time(adj, repeat, warmup))
+    if groups > 1:
+        full = np.zeros((c_out, c_in, kh, kw), dtype=dtype)
+        cog, cig = c_out // groups, c_in // groups
+        for j in range(groups):
+            full[j * cog:(j + 1) * cog, j * cig:(j + 1) * cig] = kernel[j * cog:(j + 1) * cog]
+        opf = structops.Conv2D(full, (n, n), padding="same")
+        if batch == 1:
+            ff, fa = (lambda: opf.matvec(x)), (lambda: opf.rmatvec(y))
+        else:
+            ff, fa = (lambda: opf.matmat(x)), (lambda: opf.rmatmat(y))
+        name = "structops Conv2D, dense-channel kernel"
+        for what, f, want in (("forward", ff, want_f), ("adjoint", fa, want_a)):
+            got = f()
+            ok = agree(case, f"{name} {what}", got, want, dtype)
+            record(case, what, name, median_time(f, repeat, warmup) if ok else float("nan"), rel_diff(got, want))
 
     if with_pylops:
         P = pylops_conv2d_block(kernel, (n, n))
@@ -176,8 +198,8 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng):
             return out.reshape((rows,) if batch == 1 else (rows, batch))
 
         with torch.inference_mode():
-            tf = lambda: F.conv2d(xt, w, padding=pad)  # noqa: E731
-            ta = lambda: F.conv_transpose2d(yt, w, padding=pad)  # noqa: E731
+            tf = lambda: F.conv2d(xt, w, padding=pad, groups=groups)  # noqa: E731
+            ta = lambda: F.conv_transpose2d(yt, w, padding=pad, groups=groups)  # noqa: E731
             for what, f, want, rows, tname in (
                 ("forward", tf, want_f, M, "torch conv2d (CPU)"),
                 ("adjoint", ta, want_a, N, "torch conv_transpose2d (CPU)"),
@@ -252,6 +274,10 @@ def main(argv=None) -> int:
     cpu_case("(b) float64, batch 32", kernel64, n, 32, repeat, args.warmup, torch, pyl, rng)
     cpu_case("(c) float32, 1 image", kernel32, n, 1, repeat, args.warmup, torch, False, rng)
     cpu_case("(c) float32, batch 32", kernel32, n, 32, repeat, args.warmup, torch, False, rng)
+    dw = (rng.standard_normal((256, 1, 3, 3)) * np.sqrt(2 / 9))
+    cpu_case("(e) depthwise 256 ch 56x56, float64", dw, 56, 1, repeat, args.warmup, torch, False, rng, groups=256)
+    cpu_case("(e) depthwise 256 ch 56x56, float32, batch 8", dw.astype(np.float32), 56, 8, repeat, args.warmup,
+             torch, False, rng, groups=256)
 
     gpu = structops.cupy_available() and torch is not None and torch.cuda.is_available()
     if gpu:

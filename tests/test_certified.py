@@ -318,3 +318,55 @@ def test_sweep_of_random_layers():
     assert done == 1000
     assert not report, report[:5]  # no wrong value, no certificate violated, no refusal below cond 1e9
     assert wrong == 0
+
+
+# ---------------------------------------------------------------- ill-conditioned layers
+def _ill_conditioned(cond, c=3, n=12, seed=0):
+    """A square 'same' layer with ``sigma_max / sigma_min`` about ``cond``: a symmetric layer shifted by an eigenvalue."""
+    rng = np.random.default_rng(seed)
+    K = rng.standard_normal((c, c, 3, 3)) / 3
+    K = K + np.flip(K.transpose(1, 0, 2, 3), axis=(2, 3))  # A = A^T
+    lam = np.linalg.eigvalsh(dense_matrix(K, (n, n)))
+    i = np.argmin(np.abs(lam))
+    K[np.arange(c), np.arange(c), 1, 1] -= lam[i] - np.sign(lam[i]) * np.abs(lam).max() / cond
+    return K
+
+
+@pytest.mark.parametrize("cond", [1e5, 1e7, 1e8, 1e9])
+def test_ill_conditioned_square_layers_are_certified_to_1e_6(cond):
+    K = _ill_conditioned(cond)
+    op = structops.Conv2D(K, (12, 12))
+    ref = svd(dense_matrix(K, (12, 12)))
+    assert 0.5 * cond < ref[0] / ref[-1] < 2 * cond
+    s, info = structops.singular_values(op, k=1, which="smallest", dense=False, tol=1e-6, return_info=True)
+    assert info.certified and info.error_bound <= 1e-6 * s[0]
+    # the dense reference is itself only accurate to about eps ||A||
+    assert abs(s[0] - ref[-1]) <= info.error_bound + 50 * np.finfo(float).eps * ref[0]
+    assert structops.cond(op, dense=False, tol=1e-6) == pytest.approx(ref[0] / ref[-1], rel=1e-5)
+
+
+def test_ill_conditioned_layer_refines_on_both_sides():
+    from structops.linalg.normal import smallest_singular_values
+
+    K = _ill_conditioned(1e9, c=2, n=16, seed=3)
+    ref = svd(dense_matrix(K, (16, 16)))
+    s, info = smallest_singular_values(structops.Conv2D(K, (16, 16)), k=2, tol=1e-6)
+    assert info["converged"] and info["two_sided"]
+    assert np.all(info["absolute_error_bound"] <= 1e-6 * s)
+    assert np.all(np.abs(s - ref[-2:][::-1]) <= info["absolute_error_bound"] + 50 * np.finfo(float).eps * ref[0])
+    # the vectors: A v = s u at rounding level of ||A|| (not eps ||A|| cond(A))
+    A = dense_matrix(K, (16, 16))
+    U, V = info["left"], info["right"]
+    assert np.linalg.norm(A @ V - U * s) <= 1e-13 * ref[0]
+    assert np.linalg.norm(A.T @ U - V * s) <= 1e-13 * ref[0]
+
+
+def test_beyond_cond_1e9_the_certificate_still_holds():
+    # cond 1e11: the normal matrices are singular to working precision (shifted factors), the
+    # two-sided residuals in long double still bound the error, below the rounding floor
+    K = _ill_conditioned(1e11)
+    ref = svd(dense_matrix(K, (12, 12)))
+    s, info = structops.singular_values(structops.Conv2D(K, (12, 12)), k=1, which="smallest", dense=False,
+                                        return_info=True)
+    assert info.certified and info.error_bound <= 10 * np.sqrt(432) * np.finfo(float).eps * ref[0]
+    assert abs(s[0] - ref[-1]) <= info.error_bound + 50 * np.finfo(float).eps * ref[0]

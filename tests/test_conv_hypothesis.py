@@ -143,3 +143,26 @@ def test_todense_of_a_large_layer_uses_sparse_identity_columns():
     np.testing.assert_allclose(op.todense(), dense_conv(K, (19, 19), (1, 1), ((1, 1), (1, 1)), (1, 1), False),
                                atol=1e-13)
     np.testing.assert_allclose(op.H.todense(), op.todense().T, atol=1e-13)
+
+
+@given(cfg=conv_configs(), complex_kernel=st.booleans(), sparsity=st.floats(0, 1))
+def test_sparse_matrix_is_the_dense_loops(cfg, complex_kernel, sparsity):
+    """``tosparse`` assembles the same matrix as the dense loops (zero kernel entries not stored)."""
+    layout = expected_layout(cfg)
+    if layout is None:
+        return
+    pairs, _ = layout
+    rng = np.random.default_rng(cfg["seed"])
+    shape = (cfg["c_out"], cfg["c_in"], *cfg["k"])
+    K = rng.standard_normal(shape) + (1j * rng.standard_normal(shape) if complex_kernel else 0)
+    K[rng.random(shape) < sparsity] = 0
+    op = structops.ConvND(K, cfg["in_shape"], stride=cfg["stride"], padding=cfg["padding"],
+                          dilation=cfg["dilation"])
+    D = cfg["D"]
+    dense = dense_conv(K, cfg["in_shape"], as_tuple(cfg["stride"], D), pairs, as_tuple(cfg["dilation"], D),
+                       cfg["padding"] == "circular")
+    A = op.tosparse()
+    assert A.shape == op.shape and A.dtype == K.dtype and A.format == "csr"
+    assert A.nnz <= np.count_nonzero(K) * int(np.prod(op.out_shape))
+    np.testing.assert_allclose(A.toarray(), dense, rtol=0, atol=1e-14 * max(1.0, np.abs(K).sum()))
+    assert op.tosparse("csc").format == "csc"

@@ -14,7 +14,7 @@ import numpy as np
 from .._backend import blas_threads, get_fft, to_numpy
 from .._validate import check_memory
 from ..operators.circulant import Circulant
-from ..operators.conv import ConvND
+from ..operators.conv import ConvND, require_ungrouped
 from ._common import workers
 
 # Gram matrices: accepted error relative to sigma_max, safety factor of the model.
@@ -44,6 +44,7 @@ class Symbol:
 
     @classmethod
     def from_conv(cls, op: ConvND):
+        require_ungrouped(op, "Symbol.from_conv")
         xp = op.xp
         K = op.kernel
         K = K.astype(np.complex128 if K.dtype.kind == "c" else np.float64)
@@ -281,7 +282,9 @@ def _batched(xp, fn, P):
 
 
 def symbol_of(op):
-    """The exact periodic symbol of ``op``, or None when it has none."""
+    """The exact periodic symbol of ``op``, or None when it has none (or is grouped: see ``group_layers``)."""
+    if getattr(op, "groups", 1) > 1:
+        return None
     if isinstance(op, Circulant):
         return Symbol.from_circulant(op)
     if isinstance(op, ConvND) and op.circular and all(n % s == 0 for n, s in zip(op.in_shape, op.stride)):
@@ -291,7 +294,7 @@ def symbol_of(op):
 
 def circular_start_vector(op: ConvND):
     """Top right singular vector of the circular layer with the same kernel (or None), a Lanczos start."""
-    if op.circular or any(s != 1 for s in op.stride):
+    if op.circular or any(s != 1 for s in op.stride) or op.groups > 1:
         return None, None
     try:
         circ = ConvND(op.kernel, op.in_shape, padding="circular", dilation=op.dilation)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import get_fft, get_xp, to_numpy
-from ..operators.conv import ConvND
+from ..operators.conv import ConvND, require_ungrouped
 from .normal import normal_solver
 
 __all__ = ["conv_preconditioner", "normal_preconditioner"]
@@ -48,6 +48,7 @@ def conv_preconditioner(op, damp2: float = 0.0, scale: float = 1.0):
 
     if not isinstance(op, ConvND) or any(s != 1 for s in op.stride):
         raise TypeError("conv_preconditioner needs a structops ConvND with stride 1")
+    require_ungrouped(op, "conv_preconditioner")
     xp = get_xp(op.kernel)
     fft = get_fft(xp)
     n = tuple(op.in_shape)
@@ -92,6 +93,7 @@ def normal_preconditioner(op, damp2: float = 0.0, scale: float = 1.0):
         ``M(X)`` for ``X`` of shape ``(c_in * N, k)``.
     """
 
+    require_ungrouped(op, "normal_preconditioner")
     xp = get_xp(op.kernel)
     solve = normal_solver(op, shift=damp2 / scale)
 

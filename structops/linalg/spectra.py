@@ -427,7 +427,8 @@ def _normal_smallest(op, k, opts, vectors):
     vals = vals[order]
     eb = info.get("absolute_error_bound")
     if info.get("converged", False):
-        opts.note("normal-matrix inverse iteration", float(np.max(eb)) if eb is not None else math.inf)
+        name = "normal-matrix inverse iteration" + (" (two-sided)" if info.get("two_sided") else "")
+        opts.note(name, float(np.max(eb)) if eb is not None else math.inf)
     if not info.get("converged", False):
         return (vals, None, None), (
             f"the {k} smallest singular values of a {M} x {N} zero-padded layer did not reach tol={opts.tol:.1e} "

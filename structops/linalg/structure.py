@@ -4,6 +4,8 @@ Each reduction is a change of basis of the input and output spaces by
 permutations and orthogonal matrices, so the layer's singular values are the
 union of those of the smaller layers, plus zeros:
 
+0. **Groups.** A grouped layer (``groups = g``) is the direct sum of its
+   ``g`` groups, each an ungrouped layer.
 1. **Channel components.** The bipartite graph of output and input channels
    with an edge where ``K[o, i]`` has a nonzero tap splits into connected
    components (depthwise and grouped layers written as a full kernel, block
@@ -231,14 +233,19 @@ def reduce_layer(op: ConvND) -> Reduction | None:
     K = np.asarray(to_numpy(op.kernel))
     K = K.astype(np.complex128 if K.dtype.kind == "c" else np.float64, copy=False)
     steps = []
-    comps = _components(K)
-    if len(comps) != 1 or comps[0][0].size != op.c_out or comps[0][1].size != op.c_in:
+    g = op.groups
+    if g > 1:
+        steps.append(f"{g} channel groups")
+    cog = op.c_out // g
+    # the groups' kernels, each split into its channel components
+    comps = [(K[j * cog : (j + 1) * cog], oo, ii) for j in range(g) for oo, ii in _components(K[j * cog : (j + 1) * cog])]
+    if len(comps) != g or any(oo.size != cog or ii.size != op.c_in // g for _, oo, ii in comps):
         steps.append(f"{len(comps)} channel component(s)")
     kernels = []
     perturbation = 0.0
     taps = math.prod(op.kernel_size)
-    for oo, ii in comps:
-        Kc = K[np.ix_(oo, ii)]
+    for Kg, oo, ii in comps:
+        Kc = Kg[np.ix_(oo, ii)]
         Kr, changed, dropped = _rank_reduced(Kc)
         perturbation = max(perturbation, math.sqrt(taps) * dropped)  # the blocks are independent
         if changed:

@@ -29,7 +29,16 @@ from .base import StructuredOperator, split_batch
 from .._validate import as_param_array, check_memory, result_dtype
 from .geometry import ConvGeometry
 
-__all__ = ["ConvND", "Conv1D", "Conv2D", "Conv3D"]
+__all__ = ["ConvND", "Conv1D", "Conv2D", "Conv3D", "require_ungrouped"]
+
+
+def require_ungrouped(op, what: str):
+    """Raise ``NotImplementedError`` for a grouped layer where ``what`` takes ungrouped ones only."""
+    g = getattr(op, "groups", 1)
+    if g > 1:
+        raise NotImplementedError(
+            f"{what} takes ungrouped layers; this one has groups={g}: apply it to each of op.group_layers()"
+        )
 
 def _take_taps(Kt, taps):
     """``Kt[:, :, taps]`` with the tap indices on the backend of ``Kt``."""
@@ -41,21 +50,32 @@ def _take_taps(Kt, taps):
 
 
 # -- direct algorithm -----------------------------------------------------------
+# Grouped layers (``groups = g``): the kernel is ``(c_out, c_in / g, T)`` and the
+# channel products are batched over the groups, ``(g, ., .)`` matrices; a
+# depthwise-like layer (one input channel per group) multiplies elementwise.
 def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, B: int):
-    """``Kt``: ``(c_out, c_in, T)`` taps; ``phases``: ``(nphase, c_in, L)`` -> ``(c_out, L)``."""
+    """``Kt``: ``(c_out, c_in / g, T)`` taps; ``phases``: ``(nphase, c_in, L)`` -> ``(c_out, L)``."""
     xp = get_xp(phases, Kt)
     L = phases.shape[2]
     n_valid = L - geo.max_off
     dtype = np.result_type(Kt.dtype, phases.dtype)
+    g, cig = phases.shape[1] // Kt.shape[1], Kt.shape[1]
+    cog = co // g
     out = xp.zeros((co, L), dtype=dtype)
+    og = out.reshape(g, cog, L)
     for ph, taps, offs in geo.phases:
-        Kr = _take_taps(Kt, taps).transpose(2, 0, 1).reshape(len(taps) * co, -1)
-        x = phases[ph]
-        for j0, j1 in geo.chunks(n_valid, Kr.shape[0], dtype.itemsize):
-            Z = (Kr @ x[:, j0 : j1 + geo.max_off]).reshape(len(taps), co, -1)
-            acc = out[:, j0:j1]
+        Kg = _take_taps(Kt, taps).reshape(g, cog, cig, len(taps))
+        x = phases[ph].reshape(g, cig, L)
+        if cig == 1:  # one input channel per group: no channel sum
             for t, off in enumerate(offs):
-                acc += Z[t, :, off : off + (j1 - j0)]
+                og[:, :, :n_valid] += Kg[:, :, 0, t, None] * x[:, :, off : off + n_valid]
+            continue
+        Kr = Kg.transpose(0, 3, 1, 2).reshape(g, len(taps) * cog, cig)
+        for j0, j1 in geo.chunks(n_valid, g * Kr.shape[1], dtype.itemsize):
+            Z = xp.matmul(Kr, x[:, :, j0 : j1 + geo.max_off]).reshape(g, len(taps), cog, -1)
+            acc = og[:, :, j0:j1]
+            for t, off in enumerate(offs):
+                acc += Z[:, t, :, off : off + (j1 - j0)]
     return out
 
 
@@ -65,29 +85,45 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int):
     L = ext.shape[1]
     n_valid = L - geo.max_off
     dtype = np.result_type(Kt.dtype, ext.dtype)
+    cig = Kt.shape[1]
+    g = ci // cig
+    cog = Kt.shape[0] // g
+    eg = ext.reshape(g, cog, L)
     G = xp.zeros((geo.nphase, ci, L), dtype=dtype)
     for ph, taps, offs in geo.phases:
-        KrH = _take_taps(Kt, taps).conj().transpose(2, 1, 0).reshape(len(taps) * ci, -1)
-        g = G[ph]
-        for j0, j1 in geo.chunks(n_valid, KrH.shape[0], dtype.itemsize):
-            Z = (KrH @ ext[:, j0:j1]).reshape(len(taps), ci, -1)
+        Kg = _take_taps(Kt, taps).conj().reshape(g, cog, cig, len(taps))
+        gg = G[ph].reshape(g, cig, L)
+        if cig == 1:
             for t, off in enumerate(offs):
-                g[:, j0 + off : j1 + off] += Z[t]
+                w = Kg[:, :, 0, t, None] * eg[:, :, :n_valid]
+                gg[:, 0, off : off + n_valid] += w.sum(axis=1) if cog > 1 else w[:, 0]
+            continue
+        KrH = Kg.transpose(0, 3, 2, 1).reshape(g, len(taps) * cig, cog)
+        for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize):
+            Z = xp.matmul(KrH, eg[:, :, j0:j1]).reshape(g, len(taps), cig, -1)
+            for t, off in enumerate(offs):
+                gg[:, :, j0 + off : j1 + off] += Z[:, t]
     return G
 
 
 def _direct_kernel_grad(geo: ConvGeometry, phases, ext, co: int, ci: int):
-    """``G[o, i, t] = sum_j conj(x_t[i, j]) w[o, j]``: the adjoint in the kernel, ``(c_out, c_in, T)``."""
+    """``G[o, i, t] = sum_j conj(x_t[i, j]) w[o, j]``: the adjoint in the kernel, ``(c_out, c_in / g, T)``.
+
+    ``ci`` is the channel count per group (``c_in`` for ungrouped layers).
+    """
     xp = get_xp(phases, ext)
     L = ext.shape[1]
     n_valid = L - geo.max_off
     dtype = np.result_type(phases.dtype, ext.dtype)
+    g = phases.shape[1] // ci
+    cog = co // g
     G = xp.empty((co, ci, geo.taps), dtype=dtype)
-    w = ext[:, :n_valid]
+    Gg = G.reshape(g, cog, ci, geo.taps)
+    w = ext[:, :n_valid].reshape(g, cog, n_valid)
     for ph, taps, offs in geo.phases:
-        x = phases[ph]
+        x = phases[ph].reshape(g, ci, L)
         for t, off in zip(taps, offs):
-            G[:, :, t] = w @ x[:, off : off + n_valid].conj().T
+            Gg[:, :, :, t] = xp.matmul(w, x[:, :, off : off + n_valid].conj().transpose(0, 2, 1))
     return G
 
 
@@ -176,10 +212,26 @@ class _FFTPlan:
         return self._fft(z)
 
     @staticmethod
-    def mix(H, Xf, adjoint: bool):
-        """Per-frequency channel mixing ``Z = H X`` (or ``H^H X``), all ``(n_freq, ., .)``."""
+    def mix(H, Xf, adjoint: bool, groups: int = 1):
+        """Per-frequency channel mixing ``Z = H X`` (or ``H^H X``), all ``(n_freq, ., .)``.
+
+        ``H`` is ``(n_freq, c_out, c_in / groups)``: for ``groups > 1`` the
+        stack of the groups' diagonal blocks.
+        """
         xp = get_xp(H, Xf)
-        if H.shape[1] * H.shape[2] <= 16:  # few channels: broadcast products beat tiny GEMMs
+        nf, co, cig = H.shape
+        g = groups
+        if g > 1:
+            Hg = H.reshape(nf, g, co // g, cig)
+            Xg = Xf.reshape(nf, g, -1, Xf.shape[2])
+            if Hg.shape[2] == 1 and Hg.shape[3] == 1:  # depthwise: elementwise
+                Z = (Hg.conj() if adjoint else Hg) * Xg
+            elif adjoint:
+                Z = xp.matmul(Hg.transpose(0, 1, 3, 2), Xg.conj()).conj()
+            else:
+                Z = xp.matmul(Hg, Xg)
+            return Z.reshape(nf, -1, Xf.shape[2])
+        if co * cig <= 16:  # few channels: broadcast products beat tiny GEMMs
             if adjoint:
                 H = H.conj().transpose(0, 2, 1)
             Z = H[:, :, 0, None] * Xf[:, None, 0, :]
@@ -193,20 +245,26 @@ class _FFTPlan:
     def forward(self, H, Xf):
         """Output ``(c_out * M, B)`` from kernel and input spectra."""
         xp = get_xp(Xf)
-        y = self._ifft(self.mix(H, Xf, adjoint=False))[self._subsample()]
+        y = self._ifft(self.mix(H, Xf, adjoint=False, groups=self.geo.groups))[self._subsample()]
         return xp.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
 
     def adjoint(self, H, Zf):
         """Input-space ``(c_in * N, B)`` from the kernel spectrum and an output spectrum."""
         xp = get_xp(Zf)
-        xx = self._ifft(self.mix(H, Zf, adjoint=True))
+        xx = self._ifft(self.mix(H, Zf, adjoint=True, groups=self.geo.groups))
         x = xx[(slice(None), slice(None)) + tuple(slice(0, n) for n in self.geo.in_shape)]
         return xp.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
 
     def kernel_grad(self, Xf, Zf):
         """``G[o, i, d] = sum_p conj(xx[i, p s + d dil - lo]) w[o, p]``, shape ``(c_out, c_in, *k)``."""
         xp = get_xp(Xf, Zf)
-        S = xp.matmul(Zf, Xf.conj().transpose(0, 2, 1))  # (n_freq, c_out, c_in), summed over B
+        g = self.geo.groups
+        if g > 1:  # the groups' diagonal blocks only: (n_freq, c_out, c_in / g)
+            nf, co, B = Zf.shape
+            S = xp.matmul(Zf.reshape(nf, g, co // g, B), Xf.reshape(nf, g, -1, B).conj().transpose(0, 1, 3, 2))
+            S = S.reshape(nf, co, -1)
+        else:
+            S = xp.matmul(Zf, Xf.conj().transpose(0, 2, 1))  # (n_freq, c_out, c_in), summed over B
         corr = self._ifft(S)  # corr[o, i, t] = sum_m w_up[o, m] conj(xx[i, m - t]); t = lo - d dil
         return corr[(slice(None), slice(None)) + self._ix(xp)]
 
@@ -253,6 +311,14 @@ class ConvND(StructuredOperator):
     dilation : int or tuple of int
     method : {"auto", "direct", "fft"}
         Algorithm for the products; ``"auto"`` picks the cheaper.
+    groups : int
+        Channel groups, as ``torch.nn.functional.conv2d(groups=)``: the
+        kernel is ``(c_out, c_in / groups, *k)``, output channel ``o`` reads
+        only the input channels of its group ``o // (c_out / groups)``;
+        ``groups = c_in`` is a depthwise layer. The products batch the groups'
+        channel matrices (the dense ``(c_out, c_in)`` kernel is never formed),
+        and the spectra are the union of the groups' (see
+        :meth:`group_layers`).
 
     Attributes
     ----------
@@ -291,22 +357,23 @@ class ConvND(StructuredOperator):
     (256, 5)
     """
 
-    def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto"):
+    def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto", groups=1):
         kernel = as_param_array(kernel, "kernel", min_ndim=3)
-        self._setup(kernel, ConvGeometry(kernel.shape, in_shape, stride=stride, padding=padding, dilation=dilation),
-                    method)
+        self._setup(kernel, ConvGeometry(kernel.shape, in_shape, stride=stride, padding=padding, dilation=dilation,
+                                         groups=groups), method)
 
     def _setup(self, kernel, geometry: ConvGeometry, method):
         self.kernel = kernel
         self.geometry = self._geo = geometry
         self.c_out, self.c_in = geometry.c_out, geometry.c_in
+        self.groups = geometry.groups
         self.kernel_size = geometry.kernel_size
         self.in_shape = geometry.in_shape
         self.stride, self.dilation = geometry.stride, geometry.dilation
         self.padding, self.circular = geometry.padding, geometry.circular
         self.out_shape = geometry.out_shape
         self.method = resolve_method(geometry, method)
-        self._taps = kernel.reshape(self.c_out, self.c_in, -1)
+        self._taps = kernel.reshape(self.c_out, self.c_in // self.groups, -1)
         self._plans = {}
         self._H = {}
         StructuredOperator.__init__(self, dims=(self.c_in,) + self.in_shape, dimsd=(self.c_out,) + self.out_shape,
@@ -340,6 +407,39 @@ class ConvND(StructuredOperator):
         """
         cls = type(self) if type(self) in (ConvND, Conv1D, Conv2D, Conv3D) else ConvND
         return cls.from_geometry(kernel, self.geometry, method=self.method)
+
+    def tosparse(self, format: str = "csr"):
+        """The layer as a SciPy sparse matrix, assembled from the kernel taps (host copy).
+
+        ``nnz <= c_out c_in taps prod(out_shape)``; the kernel's dtype is kept.
+        See :meth:`ConvGeometry.sparse_matrix <structops.operators.geometry.ConvGeometry.sparse_matrix>`.
+
+        Examples
+        --------
+        >>> import numpy as np, structops
+        >>> op = structops.Conv2D(np.ones((2, 3, 3, 3)), (8, 8))
+        >>> A = op.tosparse()
+        >>> A.shape, np.allclose(A @ np.ones(op.shape[1]), op @ np.ones(op.shape[1]))
+        ((128, 192), True)
+        """
+        return self.geometry.sparse_matrix(self.kernel, format)
+
+    def group_layers(self):
+        """The groups as independent ungrouped layers: a list of ``groups`` :class:`ConvND`.
+
+        Group ``j`` maps input channels ``j c_in / g ...`` to output channels
+        ``j c_out / g ...`` with the kernel ``kernel[j c_out / g : (j + 1) c_out / g]``;
+        the layer is their direct sum (block diagonal after the channel
+        permutation, none for this channel ordering), so its singular values
+        are the union of theirs. ``[self]`` when ``groups == 1``.
+        """
+        if self.groups == 1:
+            return [self]
+        geo = self.geometry
+        cog = self.c_out // self.groups
+        return [ConvND(self.kernel[j * cog : (j + 1) * cog], self.in_shape, stride=self.stride,
+                       padding=geo.padding_spec, dilation=self.dilation, method=self.method)
+                for j in range(self.groups)]
 
     # -- FFT pieces, built on first use -------------------------------------------
     def _plan(self, real: bool) -> _FFTPlan:
@@ -403,7 +503,7 @@ def _conv_forward(layer: ConvND, K, X, dtype):
         H = layer._spectrum(dtype) if K is layer.kernel else plan.kernel_spectrum(K.astype(dtype, copy=False))
         return plan.forward(H, plan.input_spectrum(X.astype(dtype, copy=False), layer.c_in)).astype(dtype, copy=False)
     phases = geo.to_phases(X, layer.c_in, dtype)
-    ext = _direct_forward(geo, K.reshape(co, layer.c_in, -1), phases, co, B)
+    ext = _direct_forward(geo, K.reshape(co, K.shape[1], -1), phases, co, B)
     return geo.from_cells(ext, co, B)
 
 
@@ -432,32 +532,34 @@ class _ConvKernelJacobian(StructuredOperator):
     def _forward(self, dK):
         layer, geo = self.layer, self.layer._geo
         nd = dK.shape[1]
-        co, ci = layer.c_out, layer.c_in
-        # directions stacked as extra output channels: kernel (nd * c_out, c_in, ...)
-        Ks = self.xp.moveaxis(dK.reshape(co, ci, -1, nd), -1, 0).reshape(nd * co, ci, -1)
+        co, g = layer.c_out, layer.groups
+        ci = layer.c_in // g
+        # directions stacked as extra output channels of every group: kernel (g * nd * c_out / g, c_in / g, ...)
+        Ks = self.xp.moveaxis(dK.reshape(g, co // g, ci, -1, nd), -1, 1).reshape(nd * co, ci, -1)
         if layer.method == "fft":
             H = self._plan.kernel_spectrum(Ks.reshape((nd * co, ci) + layer.kernel_size).astype(self._dtype, copy=False))
             Y = self._plan.forward(H, self._Xh)
         else:
             ext = _direct_forward(geo, Ks, self._phases, nd * co, self.B)
             Y = geo.from_cells(ext, nd * co, self.B)
-        # (nd * c_out * M, B) -> (c_out * M * B, nd)
-        Y = Y.reshape(nd, -1)
+        # (g * nd * c_out / g * M, B) -> (c_out * M * B, nd)
+        Y = self.xp.moveaxis(Y.reshape(g, nd, -1), 1, 0).reshape(nd, -1)
         return Y.T.astype(self.dtype, copy=False)
 
     def _backward(self, W):
         layer, geo = self.layer, self.layer._geo
         nd = W.shape[1]
-        co, ci = layer.c_out, layer.c_in
-        # (c_out * M * B, nd) -> outputs of a layer with nd * c_out channels, batch B
-        Wc = W.T.reshape(nd * co * int(np.prod(layer.out_shape)), self.B)
+        co, g = layer.c_out, layer.groups
+        ci = layer.c_in // g
+        # (c_out * M * B, nd) -> outputs of a layer with nd * c_out channels (group-major), batch B
+        Wc = self.xp.moveaxis(W.T.reshape(nd, g, -1), 1, 0).reshape(nd * co * int(np.prod(layer.out_shape)), self.B)
         if layer.method == "fft":
             Zh = self._plan.output_spectrum(Wc.astype(self._dtype, copy=False), nd * co)
             G = self._plan.kernel_grad(self._Xh, Zh)
         else:
             ext = geo.to_cells(Wc, nd * co, self._dtype)
             G = _direct_kernel_grad(geo, self._phases, ext, nd * co, ci)
-        G = G.reshape(nd, -1)
+        G = self.xp.moveaxis(G.reshape(g, nd, -1), 1, 0).reshape(nd, -1)
         return G.T.astype(self.dtype, copy=False)
 
 
@@ -474,10 +576,11 @@ class Conv1D(ConvND):
     (2, 8)
     """
 
-    def __init__(self, kernel, n, stride=1, padding="same", dilation=1, method="auto"):
+    def __init__(self, kernel, n, stride=1, padding="same", dilation=1, method="auto", groups=1):
         if hasattr(kernel, "ndim") and kernel.ndim != 3:
             raise ValueError(f"Conv1D needs a kernel of shape (c_out, c_in, k); got shape {tuple(kernel.shape)}")
-        super().__init__(kernel, (n,) if isinstance(n, (int, np.integer)) else n, stride=stride, padding=padding, dilation=dilation, method=method)
+        super().__init__(kernel, (n,) if isinstance(n, (int, np.integer)) else n, stride=stride, padding=padding, dilation=dilation, method=method,
+                         groups=groups)
 
 
 class Conv2D(ConvND):
@@ -493,10 +596,11 @@ class Conv2D(ConvND):
     (16, 16, 16)
     """
 
-    def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto"):
+    def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto", groups=1):
         if hasattr(kernel, "ndim") and kernel.ndim != 4:
             raise ValueError(f"Conv2D needs a kernel of shape (c_out, c_in, kh, kw); got shape {tuple(kernel.shape)}")
-        super().__init__(kernel, in_shape, stride=stride, padding=padding, dilation=dilation, method=method)
+        super().__init__(kernel, in_shape, stride=stride, padding=padding, dilation=dilation, method=method,
+                         groups=groups)
 
 
 class Conv3D(ConvND):
@@ -505,7 +609,8 @@ class Conv3D(ConvND):
     See :class:`ConvND` for the parameters and the maths.
     """
 
-    def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto"):
+    def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto", groups=1):
         if hasattr(kernel, "ndim") and kernel.ndim != 5:
             raise ValueError(f"Conv3D needs a kernel of shape (c_out, c_in, kd, kh, kw); got shape {tuple(kernel.shape)}")
-        super().__init__(kernel, in_shape, stride=stride, padding=padding, dilation=dilation, method=method)
+        super().__init__(kernel, in_shape, stride=stride, padding=padding, dilation=dilation, method=method,
+                         groups=groups)

@@ -16,7 +16,7 @@ import numpy as np
 from .._backend import device_constant, get_xp
 from .base import StructuredOperator, split_batch
 from .._validate import as_param_array, result_dtype
-from .conv import ConvND
+from .conv import ConvND, require_ungrouped
 from .geometry import ConvGeometry
 
 __all__ = ["ExtendedConvND", "ExtendedConv1D", "ExtendedConv2D", "extension_penalty"]
@@ -96,6 +96,7 @@ class ExtendedConvND(StructuredOperator):
     @classmethod
     def from_conv(cls, conv: ConvND):
         """The extended layer whose per-pixel kernels all equal ``conv.kernel``."""
+        require_ungrouped(conv, "ExtendedConvND.from_conv")
         xp = conv.xp
         D = len(conv.in_shape)
         K = conv.kernel.reshape(conv.kernel.shape + (1,) * D)

@@ -34,7 +34,7 @@ from itertools import product
 
 import numpy as np
 
-from .._backend import get_fft, get_xp
+from .._backend import get_fft, get_xp, to_numpy
 from .._validate import as_int, check_memory, check_size, int_tuple
 
 __all__ = ["ConvGeometry", "resolve_padding", "conv_output_shape", "PADDING_NAMES"]
@@ -152,17 +152,23 @@ class ConvGeometry:
     Parameters
     ----------
     kernel_shape : tuple of int
-        ``(c_out, c_in, k_1, ..., k_D)``.
+        ``(c_out, c_in / groups, k_1, ..., k_D)``.
     in_shape : int or tuple of int
         ``(n_1, ..., n_D)``, the spatial shape of one input channel (an int
         for ``D = 1``).
     stride, dilation : int or tuple of int
     padding : str, int or tuple
         As in :class:`structops.ConvND`.
+    groups : int
+        Channel groups as in ``torch.nn.Conv2d``: output channel ``o`` reads
+        the inputs ``g c_in / groups ... (g + 1) c_in / groups - 1`` of its
+        group ``g = o // (c_out / groups)``.
 
     Attributes
     ----------
     c_out, c_in : int
+        All channels (``c_in = groups * kernel_shape[1]``).
+    groups : int
     kernel_size, in_shape, out_shape, stride, dilation : tuple of int
     padding : tuple of (int, int)
         Resolved ``(lo, hi)`` per axis.
@@ -182,13 +188,16 @@ class ConvGeometry:
     ((16, 16), ((1, 1), (1, 1)), 2048)
     """
 
-    def __init__(self, kernel_shape, in_shape, stride=1, padding="same", dilation=1):
+    def __init__(self, kernel_shape, in_shape, stride=1, padding="same", dilation=1, groups=1):
         kernel_shape = int_tuple(kernel_shape, len(kernel_shape), "kernel shape")
         if len(kernel_shape) < 3:
             raise ValueError(f"kernel shape {kernel_shape}; expected (c_out, c_in, k_1, ..., k_D) with D >= 1")
         D = len(kernel_shape) - 2
         self.ndim = D
-        self.c_out, self.c_in = kernel_shape[:2]
+        self.groups = as_int(groups, "groups", minimum=1)
+        if kernel_shape[0] % self.groups:
+            raise ValueError(f"groups={self.groups} does not divide the {kernel_shape[0]} output channels")
+        self.c_out, self.c_in = kernel_shape[0], kernel_shape[1] * self.groups
         self.kernel_size = kernel_shape[2:]
         self.in_shape = _in_shape(in_shape, D)
         self.stride = int_tuple(stride, D, "stride")
@@ -203,7 +212,7 @@ class ConvGeometry:
     # -- description --------------------------------------------------------------------
     @property
     def kernel_shape(self) -> tuple:
-        return (self.c_out, self.c_in) + self.kernel_size
+        return (self.c_out, self.c_in // self.groups) + self.kernel_size
 
     @property
     def padding_spec(self):
@@ -212,7 +221,7 @@ class ConvGeometry:
 
     def key(self) -> tuple:
         """A hashable summary (equal geometries have equal keys)."""
-        return (self.kernel_shape, self.in_shape, self.stride, self.dilation, self.padding, self.circular)
+        return (self.kernel_shape, self.in_shape, self.stride, self.dilation, self.padding, self.circular, self.groups)
 
     def __eq__(self, other):
         return isinstance(other, ConvGeometry) and self.key() == other.key()
@@ -227,6 +236,7 @@ class ConvGeometry:
         return (
             f"{self.c_in} -> {self.c_out} channels, kernel {self.kernel_size}, input {self.in_shape}, "
             f"stride {self.stride}, dilation {self.dilation}, padding {self.padding_spec}"
+            + (f", groups {self.groups}" if self.groups > 1 else "")
         )
 
     # -- the periodic grid and the symbol ---------------------------------------------
@@ -298,6 +308,79 @@ class ConvGeometry:
         axes = tuple(range(2, 2 + self.ndim))
         Hf = fft.rfftn(h, axes=axes) if real else fft.fftn(h, axes=axes)
         return xp.ascontiguousarray(xp.moveaxis(Hf.reshape(Hf.shape[:2] + (-1,)), -1, 0))
+
+    def tap_pixels(self):
+        """For every tap ``d`` (C order): the output and input pixels it connects.
+
+        Returns
+        -------
+        list of (ndarray, ndarray)
+            ``(P, Q)``: flat output pixels ``p`` and the flat input pixels
+            ``q = p s + d delta - lo`` they read (modulo the grid for circular
+            padding; pairs outside the image are left out under zero padding).
+        """
+        axes = []
+        for n, m, s, dl, (lo, _), k in zip(self.in_shape, self.out_shape, self.stride, self.dilation, self.padding,
+                                           self.kernel_size):
+            per = []
+            for j in range(k):
+                p = np.arange(m)
+                q = p * s + j * dl - lo
+                if self.circular:
+                    q = q % n
+                else:
+                    p, q = p[(q >= 0) & (q < n)], q[(q >= 0) & (q < n)]
+                per.append((p, q))
+            axes.append(per)
+        pairs = []
+        for d in np.ndindex(*self.kernel_size):
+            parts = [axes[a][d[a]] for a in range(self.ndim)]
+            P = np.ravel_multi_index(np.meshgrid(*[p for p, _ in parts], indexing="ij"), self.out_shape).ravel()
+            Q = np.ravel_multi_index(np.meshgrid(*[q for _, q in parts], indexing="ij"), self.in_shape).ravel()
+            pairs.append((P, Q))
+        return pairs
+
+    def sparse_matrix(self, kernel, format: str = "csr"):
+        """The layer as a SciPy sparse matrix, ``(n_out, n_in)``, assembled from the taps.
+
+        Row ``(o, p)`` and column ``(i, q)`` in the operator's (C) order; the
+        entry of tap ``d`` is ``K[o, i, d]`` where output pixel ``p`` reads input
+        pixel ``q = p s + d delta - lo`` (taps falling on the same pixel of a
+        periodic grid are summed). Zero kernel entries are not stored.
+
+        Parameters
+        ----------
+        kernel : array, shape ``kernel_shape``
+            NumPy or CuPy (copied to the host); its dtype is kept.
+        format : str
+            A SciPy sparse format name (``"csr"``, ``"csc"``, ``"coo"``).
+
+        Returns
+        -------
+        scipy.sparse matrix
+            ``nnz <= c_out c_in taps prod(out_shape)``.
+        """
+        import scipy.sparse as sp
+
+        K = np.asarray(to_numpy(kernel))
+        if tuple(K.shape) != self.kernel_shape:
+            raise ValueError(f"kernel has shape {tuple(K.shape)}; the geometry needs {self.kernel_shape}")
+        npo, npi = self.n_out // self.c_out, self.n_in // self.c_in
+        cog, cig = self.c_out // self.groups, self.c_in // self.groups
+        check_memory(16 * np.count_nonzero(K) * npo, "the sparse matrix")
+        rows, cols, vals = [], [], []
+        for d, (P, Q) in zip(np.ndindex(*self.kernel_size), self.tap_pixels()):
+            Kd = K[(slice(None), slice(None)) + d]
+            o, i = np.nonzero(Kd)
+            if not o.size or not P.size:
+                continue
+            rows.append((o[:, None] * npo + P).ravel())
+            cols.append((((o // cog) * cig + i)[:, None] * npi + Q).ravel())
+            vals.append(np.repeat(Kd[o, i], P.size))
+        cat = (lambda a, dt: np.concatenate(a) if a else np.zeros(0, dtype=dt))
+        A = sp.coo_matrix((cat(vals, K.dtype), (cat(rows, np.intp), cat(cols, np.intp))),
+                          shape=(self.n_out, self.n_in))
+        return A.asformat(format)
 
     def border_mask(self):
         """Which per-pixel weights are matrix entries: read-only booleans ``(*k, *out_shape)``.

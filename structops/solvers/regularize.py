@@ -222,49 +222,11 @@ def _frobenius_kernel_space(K, geo: ConvGeometry, alpha, gram, xp):
     return value, grad
 
 
-def _axis_matrix(n, m, s, dl, lo, j, circular):
-    """Sparse ``E_j`` (``m x n``) of one axis."""
-    import scipy.sparse as sp
-
-    p = np.arange(m)
-    q = p * s + j * dl - lo
-    if circular:
-        q = q % n
-        ok = np.ones(m, dtype=bool)
-    else:
-        ok = (q >= 0) & (q < n)
-    return sp.csr_matrix((np.ones(int(ok.sum())), (p[ok], q[ok])), shape=(m, n))
-
-
-def _tap_matrices(geo: ConvGeometry):
-    """Sparse ``E_d`` (``prod(m) x prod(n)``) for every tap ``d``, C order of the taps."""
-    import scipy.sparse as sp
-
-    per_axis = [
-        [_axis_matrix(geo.in_shape[a], geo.out_shape[a], geo.stride[a], geo.dilation[a], geo.padding[a][0], j, geo.circular) for j in range(geo.kernel_size[a])]
-        for a in range(geo.ndim)
-    ]
-    mats = []
-    for d in product(*[range(k) for k in geo.kernel_size]):
-        E = per_axis[0][d[0]]
-        for a in range(1, geo.ndim):
-            E = sp.kron(E, per_axis[a][d[a]], format="csr")
-        mats.append(E.tocsr())
-    return mats
-
-
 def _frobenius_sparse(K, geo: ConvGeometry, alpha, gram):
     """The explicit route: ``M = sum_d K_d (x) E_d`` in ``scipy.sparse``, ``M^T M``, gradient from ``M (M^T M - a I)``."""
-    import scipy.sparse as sp
-
     K = np.asarray(to_numpy(K), dtype=np.float64)
     co, ci, T = geo.c_out, geo.c_in, geo.taps
-    Kt = K.reshape(co, ci, T)
-    E = _tap_matrices(geo)
-    Mmat = sp.csr_matrix((geo.n_out, geo.n_in))
-    for t in range(T):
-        Mmat = Mmat + sp.kron(sp.csr_matrix(Kt[:, :, t]), E[t], format="csr")
-    Mmat = Mmat.tocsr()
+    Mmat = geo.sparse_matrix(K)
     if gram == "input":
         G = (Mmat.T @ Mmat).tocsr()
         Z = (Mmat @ G - alpha * Mmat).tocsr()  # M (M^T M - a I)
@@ -276,8 +238,7 @@ def _frobenius_sparse(K, geo: ConvGeometry, alpha, gram):
     Pm, Pn = int(np.prod(geo.out_shape)), int(np.prod(geo.in_shape))
     grad = np.empty((co, ci, T))
     oo, ii = np.meshgrid(np.arange(co), np.arange(ci), indexing="ij")
-    for t in range(T):
-        p, q = E[t].nonzero()
+    for t, (p, q) in enumerate(geo.tap_pixels()):
         rows = (oo[:, :, None] * Pm + p[None, None, :]).reshape(-1)
         cols = (ii[:, :, None] * Pn + q[None, None, :]).reshape(-1)
         vals = np.asarray(Z[rows, cols]).reshape(co, ci, -1)

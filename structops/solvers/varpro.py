@@ -237,10 +237,11 @@ def _F_from_op(op, rw, q, p, dtype, xp):
     if hasattr(op, "adjoint_jacobian"):
         F = op.adjoint_jacobian(target).matmat(_unit(p, dtype, xp))
         return F.reshape(n, q, p)
-    from ..operators.conv import ConvND
+    from ..operators.conv import ConvND, require_ungrouped
     from ..operators.parametric import conv as conv_model
 
     if isinstance(op, ConvND):
+        require_ungrouped(op, "method='golub-pereyra' with a ConvND layer")
         model = conv_model(op.kernel.shape, op.in_shape, stride=op.stride,
                            padding=op.padding if not op.circular else "circular",
                            dilation=op.dilation, method=op.method)

@@ -112,10 +112,11 @@ def resolve_side(op, side):
 
 
 def check_op(op):
-    from ...operators.conv import ConvND
+    from ...operators.conv import ConvND, require_ungrouped
 
     if not isinstance(op, ConvND):
         raise TypeError(f"expected a structops ConvND layer; got {type(op).__name__}")
+    require_ungrouped(op, "the normal-matrix solvers")
     if op.circular:
         raise ValueError(
             "padding='circular' gives a block circulant layer whose singular values follow from the "
