@@ -97,6 +97,7 @@ from .._backend import blas_threads, to_numpy
 from .._validate import check_memory
 from ..operators.circulant import Circulant
 from ..operators.conv import ConvND
+from ..operators.conv_transpose import ConvTransposeND
 from ._common import (
     SpectrumInfo,
     SpectrumNotConvergedError,
@@ -585,6 +586,48 @@ def _(op, k=1, which="largest", *, tol=None, maxiter=None, strict=True, dense=No
 
 
 # ---------------------------------------------------------------- norms, condition numbers
+@singular_values.register(ConvTransposeND)
+def _(op, k=None, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto",
+      return_info=False):
+    # op is the transpose of op.conv (conjugated kernel) with zero rows for the output padding: the same
+    # nonzero singular values, and zeros up to min(op.shape)
+    M, N, k = _check_k(op, k, which)
+    extra = min(op.shape) - min(op.conv.shape)
+    kc = None if k is None else (min(k, min(op.conv.shape)) if which == "largest" else k - min(k, extra))
+    zeros = (extra if k is None else (max(0, k - kc) if which == "largest" else min(k, extra)))
+    kw = dict(tol=tol, maxiter=maxiter, strict=strict, dense=dense, per_frequency=per_frequency,
+              return_info=return_info)
+    if kc == 0:
+        s, info = np.zeros(0), None
+    else:
+        out = singular_values(op.conv, kc, which, **kw)
+        s, info = out if return_info else (out, None)
+    s = np.concatenate([np.asarray(s, dtype=np.float64), np.zeros(zeros)])
+    if not return_info:
+        return s
+    if info is None:
+        info = SpectrumInfo(error_bound=0.0, methods=(("zero by structure", 0.0),), reductions=(), seconds=0.0,
+                            certified=True)
+    return s, info
+
+
+@singular_vectors.register(ConvTransposeND)
+def _(op, k=1, which="largest", *, tol=None, maxiter=None, strict=True, dense=None, per_frequency="auto"):
+    # op = conv^H (then zero rows): conv v = s u  <=>  op u = s v; the roles of U and V swap
+    if which == "smallest" and min(op.shape) > min(op.conv.shape):
+        raise NotImplementedError(
+            "the smallest singular vectors of a transposed layer whose output padding adds zero singular values"
+        )
+    s, U, V = singular_vectors(op.conv, k, which, tol=tol, maxiter=maxiter, strict=strict, dense=dense,
+                               per_frequency=per_frequency)
+    rows = op.written_rows()
+    if rows is not None:
+        left = np.zeros((op.shape[0], V.shape[1]), dtype=V.dtype)
+        left[rows] = V
+        V = left
+    return s, V, U
+
+
 def opnorm(op, **kwargs) -> float:
     """Spectral norm ``sigma_max`` of ``op``; keyword arguments as in :func:`singular_values`."""
     return float(singular_values(op, 1, "largest", **kwargs)[0])

@@ -9,7 +9,9 @@ from . import parametric
 from .base import FunctionOperator, StructuredOperator, split_batch
 from .circulant import Circulant
 from .conv import Conv1D, Conv2D, Conv3D, ConvND
+from .conv_transpose import ConvTranspose1D, ConvTranspose2D, ConvTranspose3D, ConvTransposeND
 from .extended import ExtendedConv1D, ExtendedConv2D, ExtendedConvND, extension_penalty
+from .pad import Pad, PaddedConvND
 from .geometry import ConvGeometry, conv_output_shape, resolve_padding
 from .toeplitz import Toeplitz
 
@@ -26,6 +28,12 @@ __all__ = [
     "Conv1D",
     "Conv2D",
     "Conv3D",
+    "ConvTransposeND",
+    "ConvTranspose1D",
+    "ConvTranspose2D",
+    "ConvTranspose3D",
+    "Pad",
+    "PaddedConvND",
     "ExtendedConvND",
     "ExtendedConv1D",
     "ExtendedConv2D",
