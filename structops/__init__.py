@@ -13,7 +13,7 @@ The package is layered (see the architecture page of the documentation):
 
 import sys as _sys
 
-from . import linalg, nn, operators, solvers, testing
+from . import interop, linalg, nn, operators, solvers, testing
 from ._backend import cupy_available, get_xp, set_blas_threads
 from ._validate import MemoryLimitError, get_memory_limit, set_memory_limit
 from .linalg import SpectrumNotConvergedError, cond, opnorm, singular_values, singular_vectors
@@ -39,6 +39,7 @@ from .operators import (
     extension_penalty,
     parametric,
 )
+from .interop import from_torch, layer_spectra
 from .plotting import plot_spectrum
 
 __version__ = "0.1.0"
@@ -66,6 +67,8 @@ __all__ = [
     "ExtendedConv1D",
     "ExtendedConv2D",
     "extension_penalty",
+    "from_torch",
+    "layer_spectra",
     "singular_values",
     "singular_vectors",
     "opnorm",

@@ -370,3 +370,26 @@ def test_beyond_cond_1e9_the_certificate_still_holds():
                                         return_info=True)
     assert info.certified and info.error_bound <= 10 * np.sqrt(432) * np.finfo(float).eps * ref[0]
     assert abs(s[0] - ref[-1]) <= info.error_bound + 50 * np.finfo(float).eps * ref[0]
+
+
+@pytest.mark.parametrize("shape, padding, stride, dilation", [
+    ((1, 1), "same", 1, 1), ((2, 1), "same", 1, 1), ((1, 3), ((2, 2), (1, 1)), 1, 1), ((2, 2), "full", 1, 2),
+    ((3, 2), ((3, 3), (2, 0)), 2, 1)])
+def test_taps_that_read_only_padding_are_cut(shape, padding, stride, dilation):
+    K = np.random.default_rng(11).standard_normal((3, 2, 3, 3))
+    op = structops.Conv2D(K, shape, padding=padding, stride=stride, dilation=dilation)
+    ref = svd(op.todense())
+    s, info = structops.singular_values(op, return_info=True)
+    np.testing.assert_allclose(s, ref, rtol=0, atol=1e-13 * max(ref[0], 1))
+    assert structops.opnorm(op) == pytest.approx(ref[0], rel=1e-12)
+
+
+def test_a_layer_whose_taps_all_read_padding_is_zero():
+    K = np.ones((2, 2, 3))
+    op = structops.Conv1D(K, 2, padding=((4, 4),), dilation=1)  # outputs 0-1 and 6-7 read padding only ...
+    red = reduce_layer(op)
+    assert red is None or red.count() + red.zeros == min(op.shape)
+    op0 = structops.Conv1D(np.ones((2, 2, 2)), 1, padding=((3, 3),), dilation=5)  # taps at -3 and 2: never inside
+    assert not op0.todense().any()
+    assert reduce_layer(op0).zeros == min(op0.shape)
+    assert structops.opnorm(op0) == 0.0 and structops.cond(op0) == np.inf

@@ -138,11 +138,14 @@ _CONV2D = [
     dict(k=(2, 2, 3, 5), n=(5, 6), kw=dict(padding="circular")),
     dict(k=(2, 1, 2, 3), n=(4, 5), kw=dict(padding="full", stride=2)),
     dict(k=(6, 5, 3, 3), n=(5, 5), kw=dict(padding="valid")),  # enough channels for batched GEMMs
+    dict(k=(6, 2, 3, 3), n=(6, 5), kw=dict(groups=2)),  # grouped: batched channel products
+    dict(k=(8, 1, 3, 3), n=(6, 6), kw=dict(groups=4, stride=2)),  # depthwise with a channel multiplier
 ]
 
 
 @pytest.mark.parametrize("method", ["direct", "fft"])
-@pytest.mark.parametrize("geo", _CONV2D, ids=["same", "mixed", "circular", "full-stride2", "channels"])
+@pytest.mark.parametrize("geo", _CONV2D, ids=["same", "mixed", "circular", "full-stride2", "channels", "groups",
+                                                "depthwise"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128], ids=["f64", "f32", "c128"])
 def test_conv2d_methods_on_device(device, method, geo, dtype):
     rng = np.random.default_rng(3)
@@ -164,15 +167,17 @@ def test_conv2d_methods_on_device(device, method, geo, dtype):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv2d_direct_chunked_on_device(device, monkeypatch, stride):
+@pytest.mark.parametrize("kshape, groups", [((2, 2, 3, 3), 1), ((4, 1, 3, 3), 1), ((4, 2, 3, 3), 2)],
+                         ids=["square", "few-inputs", "grouped"])
+def test_conv2d_direct_chunked_on_device(device, monkeypatch, stride, kshape, groups):
     """The direct algorithm split into several column chunks (a tiny temporary budget)."""
     from structops.operators import geometry as conv
 
     monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(6)
-    K = random_array(rng, (2, 2, 3, 3), np.float64)
-    ref = structops.Conv2D(K, (24, 23), stride=stride, method="direct")
-    op = structops.Conv2D(device.put(K), (24, 23), stride=stride, method="direct")
+    K = random_array(rng, kshape, np.float64)
+    ref = structops.Conv2D(K, (24, 23), stride=stride, method="direct", groups=groups)
+    op = structops.Conv2D(device.put(K), (24, 23), stride=stride, method="direct", groups=groups)
     geo = ref._geo
     assert len(list(geo.chunks(BATCH * geo.cell - geo.max_off, 18, 8))) > 1
     check_operator(op, ref, device, np.float64, rng)

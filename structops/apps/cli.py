@@ -1,6 +1,7 @@
 """The ``structops`` command line: ``structops COMMAND [options]`` (or ``python -m structops``).
 
-Commands: ``spectrum`` (:mod:`structops.apps.spectrum`), ``demo``
+Commands: ``spectrum`` (:mod:`structops.apps.spectrum`), ``layers``
+(:mod:`structops.apps.layers`), ``demo``
 (:mod:`structops.apps.demo`), ``regularize`` (:mod:`structops.apps.regularize`)
 and ``landscape`` (:mod:`structops.apps.landscape`). Heavy modules (NumPy,
 SciPy, PyLops) are imported inside the commands, so ``structops --help``
@@ -14,6 +15,7 @@ import argparse
 import sys
 
 from . import demo as _demo  # noqa: F401  (registers the command)
+from . import layers as _layers  # noqa: F401
 from . import spectrum as _spectrum  # noqa: F401
 from .args import COMMANDS, CommandError, parse
 

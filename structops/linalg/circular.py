@@ -294,10 +294,11 @@ def symbol_of(op):
 
 def circular_start_vector(op: ConvND):
     """Top right singular vector of the circular layer with the same kernel (or None), a Lanczos start."""
-    if op.circular or any(s != 1 for s in op.stride) or op.groups > 1:
+    if op.circular or any(n % s for n, s in zip(op.in_shape, op.stride)) or op.groups > 1:
         return None, None
     try:
-        circ = ConvND(op.kernel, op.in_shape, padding="circular", dilation=op.dilation)
+        # strided: the circular layer's polyphase symbol (the stride divides the image)
+        circ = ConvND(op.kernel, op.in_shape, stride=op.stride, padding="circular", dilation=op.dilation)
     except ValueError:  # even effective size or kernel larger than the image
         return None, None
     sym = Symbol.from_conv(circ)

@@ -4,7 +4,9 @@ Each reduction is a change of basis of the input and output spaces by
 permutations and orthogonal matrices, so the layer's singular values are the
 union of those of the smaller layers, plus zeros:
 
-0. **Groups.** A grouped layer (``groups = g``) is the direct sum of its
+0. **Dead taps.** Kernel taps that read only padding (a 3x3 kernel on a
+   1x1 image) are cut away, the padding shifted: the same matrix.
+   **Groups.** A grouped layer (``groups = g``) is the direct sum of its
    ``g`` groups, each an ungrouped layer.
 1. **Channel components.** The bipartite graph of output and input channels
    with an edge where ``K[o, i]`` has a nonzero tap splits into connected
@@ -216,6 +218,42 @@ def _lattices(op: ConvND, K):
     return out
 
 
+def _live_taps(op: ConvND):
+    """The layer with the kernel taps that read no image pixel cut away (zero padding), or None.
+
+    Along an axis, tap ``d`` is live when some output ``p`` reads an input
+    ``p s + d delta - lo`` inside the image; the live taps form a range
+    ``[d_lo, d_hi]`` and the layer equals the one with that part of the
+    kernel and the padding shifted by ``d_lo delta`` (where the new padding
+    stays non-negative). ``()`` when some axis has no live tap: the layer is zero.
+    """
+    if op.circular:
+        return None
+    cut, pads = [], []
+    for n, m, s, dl, (lo, hi), k in zip(op.in_shape, op.out_shape, op.stride, op.dilation, op.padding,
+                                       op.kernel_size):
+        p = np.arange(m)
+        live = [d for d in range(k) if np.any((p * s + d * dl - lo >= 0) & (p * s + d * dl - lo < n))]
+        if not live:
+            return ()
+        d_lo, d_hi = live[0], live[-1]
+        lo2 = lo - d_lo * dl
+        hi2 = (m - 1) * s + d_hi * dl - lo + 1 - n  # the last output's last live tap ends the padded input
+        if (d_lo, d_hi) == (0, k - 1) or lo2 < 0 or hi2 < 0:
+            cut.append(slice(0, k))
+            pads.append((lo, hi))
+        else:
+            cut.append(slice(d_lo, d_hi + 1))
+            pads.append((lo2, hi2))
+    if all(c == slice(0, k) for c, k in zip(cut, op.kernel_size)):
+        return None
+    K = op.kernel[(slice(None), slice(None)) + tuple(cut)]
+    new = ConvND(K, op.in_shape, stride=op.stride, padding=tuple(pads), dilation=op.dilation, groups=op.groups)
+    if new.out_shape != op.out_shape:  # pragma: no cover - the padding above keeps the output grid
+        raise AssertionError(f"cutting dead taps changed the output grid {op.out_shape} -> {new.out_shape}")
+    return new
+
+
 def reduce_layer(op: ConvND) -> Reduction | None:
     """The exact reductions of ``op`` (module docstring), or None when none applies.
 
@@ -230,9 +268,15 @@ def reduce_layer(op: ConvND) -> Reduction | None:
         host; their singular values, each repeated by its multiplicity,
         together with ``zeros`` zeros, are those of ``op``.
     """
+    steps = []
+    live = _live_taps(op)
+    if live == ():
+        return Reduction(blocks=(), zeros=min(op.shape), steps=("no kernel tap reads the image: the zero layer",))
+    if live is not None:
+        steps.append(f"kernel taps that read only padding cut: {op.kernel_size} -> {live.kernel_size}")
+        op = live
     K = np.asarray(to_numpy(op.kernel))
     K = K.astype(np.complex128 if K.dtype.kind == "c" else np.float64, copy=False)
-    steps = []
     g = op.groups
     if g > 1:
         steps.append(f"{g} channel groups")

@@ -67,8 +67,20 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, B: int):
         Kg = _take_taps(Kt, taps).reshape(g, cog, cig, len(taps))
         x = phases[ph].reshape(g, cig, L)
         if cig == 1:  # one input channel per group: no channel sum
+            buf = xp.empty((g, cog, n_valid), dtype=dtype)
             for t, off in enumerate(offs):
-                og[:, :, :n_valid] += Kg[:, :, 0, t, None] * x[:, :, off : off + n_valid]
+                xp.multiply(Kg[:, :, 0, t, None], x[:, :, off : off + n_valid], out=buf)
+                og[:, :, :n_valid] += buf
+            continue
+        if cig < cog:
+            # fewer inputs than outputs: copy the shifted inputs (taps x c_in rows) and mix them in one
+            # product, instead of shifting and adding taps x c_out rows of products
+            Kc = Kg.transpose(0, 1, 3, 2).reshape(g, cog, len(taps) * cig)
+            for j0, j1 in geo.chunks(n_valid, g * len(taps) * cig, dtype.itemsize):
+                cols = xp.empty((g, len(taps), cig, j1 - j0), dtype=x.dtype)
+                for t, off in enumerate(offs):
+                    cols[:, t] = x[:, :, j0 + off : j1 + off]
+                og[:, :, j0:j1] += xp.matmul(Kc, cols.reshape(g, len(taps) * cig, j1 - j0))
             continue
         Kr = Kg.transpose(0, 3, 1, 2).reshape(g, len(taps) * cog, cig)
         for j0, j1 in geo.chunks(n_valid, g * Kr.shape[1], dtype.itemsize):
@@ -94,9 +106,10 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int):
         Kg = _take_taps(Kt, taps).conj().reshape(g, cog, cig, len(taps))
         gg = G[ph].reshape(g, cig, L)
         if cig == 1:
+            buf = xp.empty((g, cog, n_valid), dtype=dtype)
             for t, off in enumerate(offs):
-                w = Kg[:, :, 0, t, None] * eg[:, :, :n_valid]
-                gg[:, 0, off : off + n_valid] += w.sum(axis=1) if cog > 1 else w[:, 0]
+                xp.multiply(Kg[:, :, 0, t, None], eg[:, :, :n_valid], out=buf)
+                gg[:, 0, off : off + n_valid] += buf.sum(axis=1) if cog > 1 else buf[:, 0]
             continue
         KrH = Kg.transpose(0, 3, 2, 1).reshape(g, len(taps) * cig, cog)
         for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize):

@@ -105,6 +105,11 @@ class ConvTransposeND(StructuredOperator):
         # exceeds p, the last output_padding - p rows are never written: the convolution's grid stops short
         self._zeros = tuple(max(0, o - p) for o, p in zip(out_pad, pad))
         grid = tuple(m - z for m, z in zip(out_shape, self._zeros))
+        if min(grid) < 1:
+            raise ValueError(
+                f"padding {pad} with output_padding {out_pad} leaves no output entry written (torch returns "
+                f"zeros of shape {out_shape}); the zero map is not built as a transposed layer"
+            )
         self.conv = ConvND(conj, grid, stride=stride, padding=tuple((p, max(0, p - o)) for p, o in zip(pad, out_pad)),
                            dilation=dilation, groups=groups, method=method)
         if tuple(self.conv.out_shape) != in_shape:  # pragma: no cover - the size formula guarantees it
