@@ -145,3 +145,20 @@ def test_grouped_float32_and_empty_batch():
     Y64 = op.with_kernel(K.astype(np.float64)) @ X.astype(np.float64)
     np.testing.assert_allclose(Y, Y64, rtol=1e-5, atol=1e-5)
     assert (op @ np.zeros((op.shape[1], 0), np.float32)).shape == (op.shape[0], 0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_largest_values_of_many_groups_skip_blocks_by_their_symbol_bound(k):
+    rng = np.random.default_rng(k)
+    K = rng.standard_normal((40, 1, 3, 3))
+    K[5] *= 3  # one group dominates
+    op = structops.Conv2D(K, (9, 8), groups=40, stride=(1, 2))
+    ref = np.linalg.svd(op.tosparse().toarray(), compute_uv=False)
+    s, info = structops.singular_values(op, k=k, return_info=True)
+    np.testing.assert_allclose(s, ref[:k], rtol=0, atol=1e-10 * ref[0])
+    assert any("blocks skipped" in r for r in info.reductions)
+    # the bound itself: above every group's norm
+    from structops.linalg.spectra import _norm_upper_bound
+
+    for b in op.group_layers():
+        assert _norm_upper_bound(b) >= np.linalg.svd(b.todense(), compute_uv=False)[0]

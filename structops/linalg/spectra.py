@@ -376,7 +376,20 @@ def _reduced_values(red, k, which, opts):
     parts = [np.zeros(red.zeros if k is None else min(red.zeros, k))]  # the zeros that can be selected
     # ``dense`` speaks of the layer as given: its blocks take the method their size calls for
     bopts = opts.replace(dense=None if opts.dense is False else opts.dense)
-    for block, mult in red.blocks:
+    blocks = list(red.blocks)
+    pruning = which == "largest" and k is not None and len(blocks) > 2
+    if pruning:  # the blocks in decreasing order of a rigorous upper bound of their norm
+        bounds = [_norm_upper_bound(b) for b, _ in blocks]
+        order = np.argsort(bounds)[::-1]
+        blocks, bounds = [blocks[i] for i in order], [bounds[i] for i in order]
+    found, skipped = [], 0
+    for j, (block, mult) in enumerate(blocks):
+        if pruning and len(found) >= k:
+            kth = np.sort(np.concatenate(found))[::-1][k - 1]
+            if bounds[j] < kth * (1 - 1e-9):
+                # this block and the rest (smaller bounds) cannot hold any of the k largest values
+                skipped = len(blocks) - j
+                break
         r = min(block.shape)
         if k is None:
             kb = None
@@ -386,11 +399,36 @@ def _reduced_values(red, k, which, opts):
             kb = min(k - red.zeros, r)
             if kb <= 0:
                 continue
-        parts.append(np.repeat(_conv_values(block, kb, which, bopts), mult if k is None else min(mult, k)))
+        vals = np.repeat(_conv_values(block, kb, which, bopts), mult if k is None else min(mult, k))
+        parts.append(vals)
+        found.append(vals)
+    if skipped:
+        opts.note(f"reduction: {skipped} of {len(blocks)} blocks skipped (their norm bound is below the values found)",
+                  0.0)
     s = np.sort(np.concatenate(parts))[::-1]
     if k is None:
         return s
     return s[:k] if which == "largest" else s[len(s) - k :]
+
+
+def _norm_upper_bound(op) -> float:
+    """A rigorous upper bound of ``||op||`` for a zero-padded layer (``inf`` for others).
+
+    The layer is a submatrix of the circular layer on its padded input grid
+    ``F = n + lo + hi`` (no read wraps around there), whose norm is the
+    largest 2-norm of its per-frequency channel matrices on that grid;
+    Frobenius norms bound those from above when both channel counts exceed
+    one. A relative ``1e-12`` covers the FFT's rounding.
+    """
+    if not isinstance(op, ConvND) or op.circular:
+        return math.inf
+    F = tuple(n + lo + hi for n, (lo, hi) in zip(op.in_shape, op.padding))
+    scaled, scale = _scaled(op)  # a power of two: no overflow or underflow in the squares
+    K = np.asarray(to_numpy(scaled.kernel))
+    K = K.astype(np.complex128 if K.dtype.kind == "c" else np.float64)
+    H = op.geometry.symbol(K, grid=F, real=False)
+    fro = float(np.sqrt(np.max(np.sum(np.abs(H) ** 2, axis=(1, 2))))) if H.size else 0.0
+    return fro * (1 + 1e-12) * scale
 
 
 def _zero_padded_values(op, k, which, opts):

@@ -27,6 +27,7 @@ import scipy.fft as _sp_fft
 from .._backend import device_constant, get_fft, get_xp
 from .base import StructuredOperator, split_batch
 from .._validate import as_param_array, check_memory, result_dtype
+from . import torch_kernels
 from .geometry import ConvGeometry
 
 __all__ = ["ConvND", "Conv1D", "Conv2D", "Conv3D", "require_ungrouped"]
@@ -300,9 +301,11 @@ def _fft_cheaper(geo: ConvGeometry, co: int, ci: int) -> bool:
 
 
 def resolve_method(geometry: ConvGeometry, method: str = "auto") -> str:
-    """The product algorithm of a layer: ``"direct"`` or ``"fft"``; ``"auto"`` picks the cheaper by operation count."""
-    if method not in ("auto", "direct", "fft"):
-        raise ValueError(f"unknown method {method!r}; expected 'auto', 'direct' or 'fft'")
+    """The product algorithm of a layer: ``"direct"``, ``"fft"`` or ``"torch"``; ``"auto"`` picks direct or fft by operation count."""
+    if method not in ("auto", "direct", "fft", "torch"):
+        raise ValueError(f"unknown method {method!r}; expected 'auto', 'direct', 'fft' or 'torch'")
+    if method == "torch" and not torch_kernels.available():
+        raise ValueError("method='torch' needs PyTorch: pip install 'structops[torch]'")
     if method == "auto":
         return "fft" if _fft_cheaper(geometry, geometry.c_out, geometry.c_in) else "direct"
     return method
@@ -322,8 +325,11 @@ class ConvND(StructuredOperator):
         ``"same"``, ``"valid"``, ``"full"``, ``"circular"``, an int (zeros on
         both sides) or one int / ``(lo, hi)`` pair per axis.
     dilation : int or tuple of int
-    method : {"auto", "direct", "fft"}
-        Algorithm for the products; ``"auto"`` picks the cheaper.
+    method : {"auto", "direct", "fft", "torch"}
+        Algorithm for the products; ``"auto"`` picks the cheaper of direct
+        and fft, and hands float32 host products to PyTorch's CPU kernels
+        when torch is installed (:mod:`structops.operators.torch_kernels`);
+        ``"torch"`` uses them for every host product.
     groups : int
         Channel groups, as ``torch.nn.functional.conv2d(groups=)``: the
         kernel is ``(c_out, c_in / groups, *k)``, output channel ``o`` reads
@@ -386,6 +392,12 @@ class ConvND(StructuredOperator):
         self.padding, self.circular = geometry.padding, geometry.circular
         self.out_shape = geometry.out_shape
         self.method = resolve_method(geometry, method)
+        host_real = get_xp(kernel) is np and kernel.dtype.kind == "f"
+        if self.method == "torch" and not host_real:
+            raise ValueError("method='torch' takes real NumPy kernels")
+        # torch's CPU kernels: always for method="torch", for float32 host products with "auto"
+        self._torch = self.method == "torch" or (
+            method == "auto" and host_real and torch_kernels.AUTO_FLOAT32 and torch_kernels.available())
         self._taps = kernel.reshape(self.c_out, self.c_in // self.groups, -1)
         self._plans = {}
         self._H = {}
@@ -467,14 +479,22 @@ class ConvND(StructuredOperator):
         return self._H[dtype]
 
     # -- products -------------------------------------------------------------------
+    def _uses_torch(self, X, dtype) -> bool:
+        return self._torch and dtype.kind == "f" and get_xp(X) is np and (
+            self.method == "torch" or (dtype == np.float32 and self.kernel.dtype == np.float32))
+
     def _forward(self, X):
         self._check_input(X, self.shape[1], self.kernel)
         dtype = result_dtype(self.kernel, X)
+        if self._uses_torch(X, dtype):
+            return torch_kernels.forward(self, X.astype(dtype, copy=False))
         return _conv_forward(self, self.kernel, X, dtype)
 
     def _backward(self, Y):
         self._check_input(Y, self.shape[0], self.kernel)
         dtype = result_dtype(self.kernel, Y)
+        if self._uses_torch(Y, dtype):
+            return torch_kernels.adjoint(self, Y.astype(dtype, copy=False))
         geo = self._geo
         B = Y.shape[1]
         if self.method == "fft":

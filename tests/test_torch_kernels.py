@@ -1,0 +1,70 @@
+"""ConvND products through PyTorch's CPU kernels (``method="torch"``, and float32 under ``"auto"``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import structops
+from structops.testing import assert_adjoint, assert_matches_dense
+
+pytest.importorskip("torch")
+
+
+@st.composite
+def configs(draw):
+    D = draw(st.sampled_from([1, 2, 3]))
+    g = draw(st.integers(1, 2))
+    k = tuple(draw(st.integers(1, 3)) for _ in range(D))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(D))
+    e = [d * (kk - 1) + 1 for kk, d in zip(k, dil)]
+    nmax = {1: 9, 2: 6, 3: 4}[D]
+    in_shape = tuple(draw(st.integers(ea, ea + nmax)) for ea in e)
+    circular = draw(st.booleans()) and all(ea % 2 for ea in e)
+    if circular:
+        padding, stride = "circular", (1,) * D
+    else:
+        padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(D))
+        stride = tuple(draw(st.integers(1, 3)) for _ in range(D))
+    return dict(K=(g * draw(st.integers(1, 2)), draw(st.integers(1, 2))) + k, in_shape=in_shape, g=g,
+                padding=padding, stride=stride, dilation=dil, seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(cfg=configs())
+def test_torch_products_equal_the_direct_ones(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    K = rng.standard_normal(cfg["K"])
+    kw = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["g"])
+    op = structops.ConvND(K, cfg["in_shape"], method="torch", **kw)
+    ref = structops.ConvND(K, cfg["in_shape"], method="direct", **kw)
+    X = rng.standard_normal((op.shape[1], 3))
+    Y = rng.standard_normal((op.shape[0], 3))
+    np.testing.assert_allclose(op @ X, ref @ X, rtol=0, atol=1e-12 * max(1, np.abs(ref @ X).max()))
+    np.testing.assert_allclose(op.H @ Y, ref.H @ Y, rtol=0, atol=1e-12 * max(1, np.abs(ref.H @ Y).max()))
+    if ref.tosparse().nnz:
+        assert_adjoint(op, rng=rng)
+        assert_matches_dense(op, ref.tosparse().toarray(), rng=rng)
+
+
+def test_float32_auto_uses_torch_and_agrees():
+    rng = np.random.default_rng(1)
+    K = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    op = structops.Conv2D(K, (12, 11), stride=(2, 1))
+    assert op._uses_torch(np.zeros((1, 1), np.float32), np.dtype(np.float32))
+    ref = structops.Conv2D(K.astype(np.float64), (12, 11), stride=(2, 1), method="direct")
+    X = rng.standard_normal((op.shape[1], 4)).astype(np.float32)
+    Y = rng.standard_normal((op.shape[0], 4)).astype(np.float32)
+    assert (op @ X).dtype == np.float32 and (op.H @ Y).dtype == np.float32
+    np.testing.assert_allclose(op @ X, ref @ X.astype(np.float64), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(op.H @ Y, ref.H @ Y.astype(np.float64), rtol=0, atol=1e-5)
+    assert (op @ np.zeros((op.shape[1], 0), np.float32)).shape == (op.shape[0], 0)
+    # float64 products keep the library's algorithms
+    assert not op.with_kernel(K.astype(np.float64))._uses_torch(np.zeros((1, 1)), np.dtype(np.float64))
+
+
+def test_torch_method_refuses_complex_kernels():
+    with pytest.raises(ValueError, match="real NumPy"):
+        structops.Conv2D(np.ones((1, 1, 3, 3)) * 1j, (5, 5), method="torch")
