@@ -73,13 +73,14 @@ def print_table():
     header = ("case", "operation", "implementation", "median", "ratio", "rel. diff")
     lines = []
     base = {}
+    reference = ("structops Conv2D", "structops Conv2D (CuPy)")
     for r in ROWS:
-        if r["impl"].startswith("structops"):
+        if r["impl"] in reference:
             base[(r["case"], r["op"])] = r["t"]
     for r in ROWS:
         b = base.get((r["case"], r["op"]))
         ratio = "-" if b is None or r["t"] != r["t"] else f"{r['t'] / b:.2f}x"
-        err = "(reference)" if r["impl"].startswith("structops") else (
+        err = "(reference)" if r["impl"] in reference else (
             "-" if r["err"] is None else f"{r['err']:.1e}"
         )
         lines.append((r["case"], r["op"], r["impl"], format_time(r["t"]), ratio, err))

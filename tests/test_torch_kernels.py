@@ -68,3 +68,15 @@ def test_float32_auto_uses_torch_and_agrees():
 def test_torch_method_refuses_complex_kernels():
     with pytest.raises(ValueError, match="real NumPy"):
         structops.Conv2D(np.ones((1, 1, 3, 3)) * 1j, (5, 5), method="torch")
+
+
+def test_a_used_float32_layer_pickles_without_its_tensor_cache():
+    import pickle
+
+    K = np.random.default_rng(2).standard_normal((3, 2, 3, 3)).astype(np.float32)
+    op = structops.Conv2D(K, (6, 6))
+    x = np.ones(op.shape[1], np.float32)
+    y = op @ x
+    op2 = pickle.loads(pickle.dumps(op))
+    assert "_torch_weights" not in op2.__dict__
+    np.testing.assert_array_equal(op2 @ x, y)

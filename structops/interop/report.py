@@ -131,7 +131,12 @@ class NetworkReport:
             a.semilogy(bnd, smin[bnd], "s", mfc="none", label="sigma_min upper bound")
         a.legend(fontsize=8)
         a.set_ylabel("singular value")
-        b.semilogy(x, [min(r.cond, 1e300) for r in self.layers], "d-")
+        cond = np.array([r.cond if math.isfinite(r.cond) else np.nan for r in self.layers])
+        b.semilogy(x, cond, "d-")
+        inf = [i for i, r in enumerate(self.layers) if not math.isfinite(r.cond)]
+        if inf:  # exactly singular layers: marked on the top edge
+            b.plot(inf, [np.nanmax(cond) if np.isfinite(cond).any() else 1.0] * len(inf), "kx", label="cond = inf")
+            b.legend(fontsize=8)
         b.set_ylabel("cond (hollow: lower bound)")
         b.set_xticks(x)
         b.set_xticklabels([r.name for r in self.layers], rotation=90, fontsize=7)

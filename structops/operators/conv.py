@@ -479,6 +479,11 @@ class ConvND(StructuredOperator):
         return self._H[dtype]
 
     # -- products -------------------------------------------------------------------
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_torch_weights", None)  # a cache of torch tensors (see torch_kernels)
+        return state
+
     def _uses_torch(self, X, dtype) -> bool:
         return self._torch and dtype.kind == "f" and get_xp(X) is np and (
             self.method == "torch" or (dtype == np.float32 and self.kernel.dtype == np.float32))

@@ -40,9 +40,20 @@ def _tensor(torch, a):
     """``torch.from_numpy(a)`` without the warning for read-only arrays (torch only reads them here)."""
     import warnings
 
+    if a.flags.writeable:
+        return torch.from_numpy(a)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(a)
+
+
+def _weight(torch, layer, dtype):
+    """The layer's kernel as a tensor of ``dtype``, made once per layer and dtype."""
+    cache = layer.__dict__.setdefault("_torch_weights", {})
+    key = np.dtype(dtype).str
+    if key not in cache:
+        cache[key] = _tensor(torch, np.ascontiguousarray(layer.kernel, dtype=dtype))
+    return cache[key]
 
 
 def _flat(pairs):
@@ -65,7 +76,7 @@ def forward(layer, X):
         pad_arg = tuple(lo for lo, _ in pad)
     else:
         x, pad_arg = F.pad(x, _flat(pad)), 0
-    w = _tensor(torch, np.ascontiguousarray(layer.kernel, dtype=X.dtype))
+    w = _weight(torch, layer, X.dtype)
     with torch.inference_mode():
         y = conv(x, w, stride=geo.stride, padding=pad_arg, dilation=geo.dilation, groups=geo.groups)
     return y.reshape(B, -1).numpy().T
@@ -81,7 +92,7 @@ def adjoint(layer, Y):
     # the transposed product onto the whole padded grid, then the image cut out (or the borders folded back)
     opad = tuple(P - ((m - 1) * s + d * (k - 1) + 1)
                  for P, m, s, d, k in zip(padded, geo.out_shape, geo.stride, geo.dilation, geo.kernel_size))
-    w = _tensor(torch, np.ascontiguousarray(layer.kernel, dtype=Y.dtype))
+    w = _weight(torch, layer, Y.dtype)
     with torch.inference_mode():
         xx = convt(y, w.conj() if w.is_complex() else w, stride=geo.stride, padding=0, output_padding=opad,
                    dilation=geo.dilation, groups=geo.groups)
