@@ -54,6 +54,16 @@ def _take_taps(Kt, taps):
 # Grouped layers (``groups = g``): the kernel is ``(c_out, c_in / g, T)`` and the
 # channel products are batched over the groups, ``(g, ., .)`` matrices; a
 # depthwise-like layer (one input channel per group) multiplies elementwise.
+# Bytes of the three rows (input, product, sum) a block of groups keeps in cache in the
+# elementwise (depthwise) products: 32 groups of a 58x58 image measured fastest here.
+GROUP_BLOCK_BYTES = 2.5 * 2**20
+
+
+def _group_block(row: int, itemsize: int, g: int) -> int:
+    """Groups per block of the elementwise products: ``3 x rows x row`` entries within the budget."""
+    return int(min(g, max(1, GROUP_BLOCK_BYTES // (3 * row * itemsize))))
+
+
 def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, B: int):
     """``Kt``: ``(c_out, c_in / g, T)`` taps; ``phases``: ``(nphase, c_in, L)`` -> ``(c_out, L)``."""
     xp = get_xp(phases, Kt)
@@ -67,11 +77,15 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, B: int):
     for ph, taps, offs in geo.phases:
         Kg = _take_taps(Kt, taps).reshape(g, cog, cig, len(taps))
         x = phases[ph].reshape(g, cig, L)
-        if cig == 1:  # one input channel per group: no channel sum
-            buf = xp.empty((g, cog, n_valid), dtype=dtype)
-            for t, off in enumerate(offs):
-                xp.multiply(Kg[:, :, 0, t, None], x[:, :, off : off + n_valid], out=buf)
-                og[:, :, :n_valid] += buf
+        if cig == 1:  # one input channel per group: no channel sum, groups in cache-sized blocks
+            r = _group_block(L * cog, dtype.itemsize, g)
+            buf = xp.empty((r, cog, n_valid), dtype=dtype)
+            for i0 in range(0, g, r):
+                i1 = min(g, i0 + r)
+                b = buf[: i1 - i0]
+                for t, off in enumerate(offs):
+                    xp.multiply(Kg[i0:i1, :, 0, t, None], x[i0:i1, :, off : off + n_valid], out=b)
+                    og[i0:i1, :, :n_valid] += b
             continue
         if cig < cog:
             # fewer inputs than outputs: copy the shifted inputs (taps x c_in rows) and mix them in one
@@ -107,10 +121,14 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int):
         Kg = _take_taps(Kt, taps).conj().reshape(g, cog, cig, len(taps))
         gg = G[ph].reshape(g, cig, L)
         if cig == 1:
-            buf = xp.empty((g, cog, n_valid), dtype=dtype)
-            for t, off in enumerate(offs):
-                xp.multiply(Kg[:, :, 0, t, None], eg[:, :, :n_valid], out=buf)
-                gg[:, 0, off : off + n_valid] += buf.sum(axis=1) if cog > 1 else buf[:, 0]
+            r = _group_block(L * cog, dtype.itemsize, g)
+            buf = xp.empty((r, cog, n_valid), dtype=dtype)
+            for i0 in range(0, g, r):
+                i1 = min(g, i0 + r)
+                b = buf[: i1 - i0]
+                for t, off in enumerate(offs):
+                    xp.multiply(Kg[i0:i1, :, 0, t, None], eg[i0:i1, :, :n_valid], out=b)
+                    gg[i0:i1, 0, off : off + n_valid] += b.sum(axis=1) if cog > 1 else b[:, 0]
             continue
         KrH = Kg.transpose(0, 3, 2, 1).reshape(g, len(taps) * cig, cog)
         for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize):
