@@ -28,7 +28,7 @@ from .._backend import device_constant, get_fft, get_xp
 from .base import StructuredOperator, split_batch
 from .._validate import as_param_array, check_memory, result_dtype
 from . import torch_kernels
-from .geometry import ConvGeometry
+from .geometry import ConvGeometry, batch_last, batch_second
 
 __all__ = ["ConvND", "Conv1D", "Conv2D", "Conv3D", "require_ungrouped"]
 
@@ -226,8 +226,7 @@ class _FFTPlan:
 
     def input_spectrum(self, X, c: int):
         """``(c * N, B)`` -> ``(n_freq, c, B)``."""
-        xp = get_xp(X)
-        x = xp.moveaxis(X.reshape((c,) + self.geo.in_shape + (X.shape[1],)), -1, 1)
+        x = batch_second(X.reshape((c,) + self.geo.in_shape + (X.shape[1],)))
         return self._fft(x)
 
     def _subsample(self):
@@ -240,7 +239,7 @@ class _FFTPlan:
         xp = get_xp(Y)
         B = Y.shape[1]
         z = xp.zeros((c, B) + self.F, dtype=Y.dtype)
-        z[self._subsample()] = xp.moveaxis(Y.reshape((c,) + self.geo.out_shape + (B,)), -1, 1)
+        z[self._subsample()] = batch_second(Y.reshape((c,) + self.geo.out_shape + (B,)))
         return self._fft(z)
 
     @staticmethod
@@ -276,16 +275,14 @@ class _FFTPlan:
 
     def forward(self, H, Xf):
         """Output ``(c_out * M, B)`` from kernel and input spectra."""
-        xp = get_xp(Xf)
         y = self._ifft(self.mix(H, Xf, adjoint=False, groups=self.geo.groups))[self._subsample()]
-        return xp.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+        return batch_last(y).reshape(-1, y.shape[1])
 
     def adjoint(self, H, Zf):
         """Input-space ``(c_in * N, B)`` from the kernel spectrum and an output spectrum."""
-        xp = get_xp(Zf)
         xx = self._ifft(self.mix(H, Zf, adjoint=True, groups=self.geo.groups))
         x = xx[(slice(None), slice(None)) + tuple(slice(0, n) for n in self.geo.in_shape)]
-        return xp.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+        return batch_last(x).reshape(-1, x.shape[1])
 
     def kernel_grad(self, Xf, Zf):
         """``G[o, i, d] = sum_p conj(xx[i, p s + d dil - lo]) w[o, p]``, shape ``(c_out, c_in, *k)``."""

@@ -146,6 +146,16 @@ def _in_shape(in_shape, D):
     return int_tuple(in_shape, D, "in_shape")
 
 
+def batch_second(a):
+    """``(c, *space, B)`` -> ``(c, B, *space)``: ``moveaxis(a, -1, 1)`` without its argument checks (a hot path)."""
+    return a.transpose((0, a.ndim - 1) + tuple(range(1, a.ndim - 1)))
+
+
+def batch_last(a):
+    """``(c, B, *space)`` -> ``(c, *space, B)``: the inverse of :func:`batch_second`."""
+    return a.transpose((0,) + tuple(range(2, a.ndim)) + (1,))
+
+
 class ConvGeometry:
     """Everything about a convolution layer but its kernel values.
 
@@ -432,7 +442,7 @@ class ConvGeometry:
                      "the padded input buffer")
         buf = xp.zeros((c, B) + self.P, dtype=dtype)
         inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.padding, self.in_shape))
-        buf[(slice(None), slice(None)) + inner] = xp.moveaxis(X.reshape((c,) + self.in_shape + (B,)), -1, 1)
+        buf[(slice(None), slice(None)) + inner] = batch_second(X.reshape((c,) + self.in_shape + (B,)))
         if self.circular:
             for ax in range(D):
                 lo, hi = self.padding[ax]
@@ -451,7 +461,6 @@ class ConvGeometry:
 
     def from_phases(self, G, c: int, B: int):
         """Adjoint of :meth:`to_phases`: ``(nphase, c, B * cell)`` -> ``(c * N, B)``."""
-        xp = get_xp(G)
         D = self.ndim
         if self.nphase == 1:
             buf = G.reshape((c, B) + self.P)
@@ -470,7 +479,7 @@ class ConvGeometry:
                     buf[_sl(n, n + lo)] += buf[_sl(0, lo)]
         inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.padding, self.in_shape))
         x = buf[(slice(None), slice(None)) + inner]
-        return xp.moveaxis(x, 1, -1).reshape(-1, B)
+        return batch_last(x).reshape(-1, B)
 
     def to_cells(self, Y, c: int, dtype):
         """``(c * M, B)`` output -> ``(c, B * cell)`` zero-filled output grid."""
@@ -478,15 +487,14 @@ class ConvGeometry:
         B = Y.shape[1]
         ext = xp.zeros((c, B) + self.Q, dtype=dtype)
         valid = tuple(slice(0, o) for o in self.out_shape)
-        ext[(slice(None), slice(None)) + valid] = xp.moveaxis(Y.reshape((c,) + self.out_shape + (B,)), -1, 1)
+        ext[(slice(None), slice(None)) + valid] = batch_second(Y.reshape((c,) + self.out_shape + (B,)))
         return ext.reshape(c, -1)
 
     def from_cells(self, ext, c: int, B: int):
         """``(c, B * cell)`` output grid -> ``(c * M, B)`` (valid entries only)."""
-        xp = get_xp(ext)
         valid = tuple(slice(0, o) for o in self.out_shape)
         y = ext.reshape((c, B) + self.Q)[(slice(None), slice(None)) + valid]
-        return xp.moveaxis(y, 1, -1).reshape(-1, B)
+        return batch_last(y).reshape(-1, B)
 
     def chunks(self, length: int, rows: int, itemsize: int):
         """Split ``range(length)`` into chunks whose ``rows x (chunk + max_off)`` temporaries fit the budget."""
