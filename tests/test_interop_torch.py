@@ -142,3 +142,8 @@ def test_layers_command_on_a_small_resnet(tmp_path, capsys):
     assert "layer4.1.conv2" in out and "product of the layers' sigma_max" in out
     data = json.loads((tmp_path / "layers.json").read_text())
     assert len(data["layers"]) == 21  # 20 convolutions and the classifier
+
+
+def test_the_from_torch_docstring_example():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AvgPool2d(2)).double()
+    assert structops.from_torch(m, (3, 16, 16)).shape == (512, 768)
