@@ -124,20 +124,29 @@ class NetworkReport:
         a.semilogy(x, smax, "o-", label="sigma_max")
         cert = [i for i, r in enumerate(self.layers) if r.sigma_min_status == "certified"]
         bnd = [i for i, r in enumerate(self.layers) if r.sigma_min_status != "certified"]
-        smin = np.array([max(r.sigma_min, 1e-300) for r in self.layers])
+        smin = np.array([r.sigma_min if r.sigma_min > 0 else np.nan for r in self.layers])
         if cert:
             a.semilogy(cert, smin[cert], "s", label="sigma_min (certified)")
         if bnd:
             a.semilogy(bnd, smin[bnd], "s", mfc="none", label="sigma_min upper bound")
+        zero = [i for i, r in enumerate(self.layers) if r.sigma_min == 0]
+        if zero:  # exactly singular layers: on the bottom edge
+            floor = np.nanmin(smin) if np.isfinite(smin).any() else min(smax)
+            a.semilogy(zero, [floor] * len(zero), "kx", label="sigma_min = 0")
         a.legend(fontsize=8)
         a.set_ylabel("singular value")
         cond = np.array([r.cond if math.isfinite(r.cond) else np.nan for r in self.layers])
-        b.semilogy(x, cond, "d-")
+        b.semilogy(x, cond, "-", color="0.6", lw=0.8)
+        lower = np.array([r.cond_status != "certified" for r in self.layers])
+        if (~lower).any():
+            b.semilogy(x[~lower], cond[~lower], "d", color="C0", label="cond (certified)")
+        if lower.any():
+            b.semilogy(x[lower], cond[lower], "d", color="C0", mfc="none", label="cond lower bound")
         inf = [i for i, r in enumerate(self.layers) if not math.isfinite(r.cond)]
         if inf:  # exactly singular layers: marked on the top edge
             b.plot(inf, [np.nanmax(cond) if np.isfinite(cond).any() else 1.0] * len(inf), "kx", label="cond = inf")
-            b.legend(fontsize=8)
-        b.set_ylabel("cond (hollow: lower bound)")
+        b.legend(fontsize=8)
+        b.set_ylabel("condition number")
         b.set_xticks(x)
         b.set_xticklabels([r.name for r in self.layers], rotation=90, fontsize=7)
         fig.tight_layout()
