@@ -393,3 +393,11 @@ def test_a_layer_whose_taps_all_read_padding_is_zero():
     assert not op0.todense().any()
     assert reduce_layer(op0).zeros == min(op0.shape)
     assert structops.opnorm(op0) == 0.0 and structops.cond(op0) == np.inf
+
+
+def test_the_reduction_of_a_layer_is_computed_once():
+    op = structops.Conv2D(np.random.default_rng(12).standard_normal((4, 4, 3, 3)), (6, 6), dilation=2)
+    red = reduce_layer(op)
+    assert red is not None and reduce_layer(op) is red
+    other = op.with_kernel(2 * op.kernel)  # another layer object: its own reduction
+    assert reduce_layer(other) is not red

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -254,6 +255,12 @@ def _live_taps(op: ConvND):
     return new
 
 
+# One reduction per layer object: layers own read-only kernels, so it cannot go stale, and the
+# channel-rank SVDs (2 s for a 512 -> 512 3x3 kernel) are not repeated by cond(), which asks for
+# both ends of the spectrum, or by a report that asks again.
+_REDUCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def reduce_layer(op: ConvND) -> Reduction | None:
     """The exact reductions of ``op`` (module docstring), or None when none applies.
 
@@ -268,6 +275,15 @@ def reduce_layer(op: ConvND) -> Reduction | None:
         host; their singular values, each repeated by its multiplicity,
         together with ``zeros`` zeros, are those of ``op``.
     """
+    if op in _REDUCTIONS:
+        return _REDUCTIONS[op]
+    red = _reduce(op)
+    _REDUCTIONS[op] = red
+    return red
+
+
+def _reduce(op: ConvND) -> Reduction | None:
+    """:func:`reduce_layer` without the per-layer memo."""
     steps = []
     live = _live_taps(op)
     if live == ():

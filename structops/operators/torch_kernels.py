@@ -12,6 +12,7 @@ back) are covered; the kernel Jacobians keep the library's algorithms.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import numpy as np
@@ -22,8 +23,9 @@ __all__ = ["available", "forward", "adjoint"]
 AUTO_FLOAT32 = True
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether torch can be imported (without importing it)."""
+    """Whether torch can be imported (without importing it); looked up once, every layer construction asks."""
     try:
         return importlib.util.find_spec("torch") is not None
     except (ImportError, ValueError):  # pragma: no cover - a broken installation

@@ -193,7 +193,7 @@ def smallest_singular_values(op, k=1, tol=1e-10, maxiter=None, *, method="auto",
             fac2, _ = _factorize_or_shift(grams[other], method, anorm, op)
         t_factor += time.perf_counter() - tf
         methods.append(fac2.method)
-        Bs = op.with_kernel(K).tosparse("csr")
+        Bs = A.tosparse("csr")
         state.extended = (Bs if side == "input" else Bs.T.tocsr()).astype(np.longdouble)
         state.iterate(fac, fac2, B, state.V, state.U, maxiter)
     s, r, bound, U, V = state.s, state.r, state.bound, state.U, state.V
