@@ -9,7 +9,8 @@ All implementations run side by side in one process. Before anything is timed,
 each competitor's output is compared with structops' output on the same input
 (relative 2-norm difference); a mismatch is reported and makes the script exit
 with status 1. Times are medians of ``--repeat`` runs after ``--warmup`` runs,
-measured with ``time.perf_counter``. The ratio column is
+measured with ``time.perf_counter``; the implementations of one case are timed
+in turn, round after round, so that a drift of the machine reaches them alike. The ratio column is
 ``time(implementation) / time(structops)`` for the same case and operation:
 above 1 means structops is faster.
 
@@ -41,7 +42,7 @@ import pylops
 import scipy
 
 import structops
-from structops.apps.benchtools import format_time, median_time, pylops_conv2d_block
+from structops.apps.benchtools import format_time, median_time, median_times, pylops_conv2d_block
 
 ROWS: list = []
 FAILURES: list = []
@@ -150,8 +151,16 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng, gr
     want_f, want_a = fwd(), adj()
     if want_f.dtype != dtype:
         FAILURES.append(f"{case}: structops returned {want_f.dtype} for {dtype} input")
-    record(case, "forward", "structops Conv2D", median_time(fwd, repeat, warmup))
-    record(case, "adjoint", "structops Conv2D", median_time(adj, repeat, warmup))
+    # (operation, implementation, function, relative difference): checked first, then timed in turn
+    timed = [("forward", "structops Conv2D", fwd, None), ("adjoint", "structops Conv2D", adj, None)]
+
+    def check(name, what, f, want):
+        got = f()
+        if agree(case, f"{name} {what}", got, want, dtype):
+            timed.append((what, name, f, rel_diff(got, want)))
+        else:
+            record(case, what, name, float("nan"), rel_diff(got, want))
+
     if groups > 1:
         full = np.zeros((c_out, c_in, kh, kw), dtype=dtype)
         cog, cig = c_out // groups, c_in // groups
@@ -162,11 +171,8 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng, gr
             ff, fa = (lambda: opf.matvec(x)), (lambda: opf.rmatvec(y))
         else:
             ff, fa = (lambda: opf.matmat(x)), (lambda: opf.rmatmat(y))
-        name = "structops Conv2D, dense-channel kernel"
-        for what, f, want in (("forward", ff, want_f), ("adjoint", fa, want_a)):
-            got = f()
-            ok = agree(case, f"{name} {what}", got, want, dtype)
-            record(case, what, name, median_time(f, repeat, warmup) if ok else float("nan"), rel_diff(got, want))
+        check("structops Conv2D, dense-channel kernel", "forward", ff, want_f)
+        check("structops Conv2D, dense-channel kernel", "adjoint", fa, want_a)
 
     if with_pylops:
         P = pylops_conv2d_block(kernel, (n, n))
@@ -174,12 +180,8 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng, gr
             pf, pa = (lambda: P.matvec(x)), (lambda: P.rmatvec(y))
         else:
             pf, pa = (lambda: P.matmat(x)), (lambda: P.rmatmat(y))
-        name = f"PyLops Block({c_out * c_in} Convolve2D)"
-        for what, f, want in (("forward", pf, want_f), ("adjoint", pa, want_a)):
-            got = f()
-            ok = agree(case, f"{name} {what}", got, want, dtype)
-            t = median_time(f, repeat, warmup) if ok else float("nan")
-            record(case, what, name, t, rel_diff(got, want))
+        check(f"PyLops Block({c_out * c_in} Convolve2D)", "forward", pf, want_f)
+        check(f"PyLops Block({c_out * c_in} Convolve2D)", "adjoint", pa, want_a)
 
     if torch is not None:
         F = torch.nn.functional
@@ -194,21 +196,24 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng, gr
             np.ascontiguousarray(y.reshape(M, batch).T.reshape(batch, c_out, n, n))
         )
 
-        def back(t, rows):
-            out = t.numpy().reshape(batch, rows).T
-            return out.reshape((rows,) if batch == 1 else (rows, batch))
+        def back(f, rows):
+            def g():
+                out = f().numpy().reshape(batch, rows).T
+                return out.reshape((rows,) if batch == 1 else (rows, batch))
+            return g
 
-        with torch.inference_mode():
-            tf = lambda: F.conv2d(xt, w, padding=pad, groups=groups)  # noqa: E731
-            ta = lambda: F.conv_transpose2d(yt, w, padding=pad, groups=groups)  # noqa: E731
-            for what, f, want, rows, tname in (
-                ("forward", tf, want_f, M, "torch conv2d (CPU)"),
-                ("adjoint", ta, want_a, N, "torch conv_transpose2d (CPU)"),
-            ):
-                got = back(f(), rows)
-                ok = agree(case, f"{tname}", got, want, dtype)
-                t = median_time(f, repeat, warmup) if ok else float("nan")
-                record(case, what, tname, t, rel_diff(got, want))
+        tf = lambda: F.conv2d(xt, w, padding=pad, groups=groups)  # noqa: E731
+        ta = lambda: F.conv_transpose2d(yt, w, padding=pad, groups=groups)  # noqa: E731
+        # tensors made from NumPy record no gradients: no inference_mode needed, for torch as for structops
+        for what, f, g, want in (("forward", tf, back(tf, M), want_f), ("adjoint", ta, back(ta, N), want_a)):
+            name = "torch conv2d (CPU)" if what == "forward" else "torch conv_transpose2d (CPU)"
+            before = len(timed)
+            check(name, what, g, want)
+            if len(timed) > before:  # time torch's call itself, not the check's layout change
+                timed[-1] = (what, name, f, timed[-1][3])
+    ts = median_times([f for _, _, f, _ in timed], repeat, warmup)
+    for (what, name, _, err), t in zip(timed, ts):
+        record(case, what, name, t, err)
 
 
 def gpu_case(case, dtype, c, n, batch, repeat, warmup, torch):

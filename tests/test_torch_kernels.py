@@ -80,3 +80,38 @@ def test_a_used_float32_layer_pickles_without_its_tensor_cache():
     op2 = pickle.loads(pickle.dumps(op))
     assert "_torch_weights" not in op2.__dict__
     np.testing.assert_array_equal(op2 @ x, y)
+
+
+@pytest.mark.parametrize("shape, g, padding", [((6, 4, 3, 3), 1, "same"), ((6, 4, 3), 2, ((2, 0),)),
+                                               ((4, 2, 3, 3), 1, "circular"), ((4, 4, 3, 3), 4, "same")])
+def test_batches_in_any_memory_layout_agree(shape, g, padding):
+    """C-ordered, Fortran-ordered and strided batches, one column and many, on both torch routes."""
+    from structops.operators import torch_kernels
+
+    rng = np.random.default_rng(3)
+    K = rng.standard_normal(shape)
+    in_shape = (7, 6)[: len(shape) - 2]
+    kw = dict(padding=padding, groups=g)
+    op = structops.ConvND(K, in_shape, method="torch", **kw)
+    ref = structops.ConvND(K, in_shape, method="direct", **kw)
+    assert torch_kernels.batch_as_axis(op.geometry, 5) == (shape[1] > 1)
+    X = rng.standard_normal((op.shape[1], 10))
+    Y = rng.standard_normal((op.shape[0], 10))
+    for x, y in ((X, Y), (np.asfortranarray(X), np.asfortranarray(Y)), (X[:, ::2], Y[:, ::2]), (X[:, :1], Y[:, :1])):
+        np.testing.assert_allclose(op @ x, ref @ x, rtol=0, atol=1e-12 * np.abs(ref @ x).max())
+        np.testing.assert_allclose(op.H @ y, ref.H @ y, rtol=0, atol=1e-12 * np.abs(ref.H @ y).max())
+    np.testing.assert_allclose(op @ X[:, 0], ref @ X[:, 0], rtol=0, atol=1e-12 * np.abs(ref @ X).max())
+
+
+def test_depthwise_float32_auto_sends_single_vectors_to_torch_and_keeps_batches():
+    rng = np.random.default_rng(4)
+    K = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    op = structops.Conv2D(K, (9, 8), groups=6)
+    ref = structops.Conv2D(K.astype(np.float64), (9, 8), groups=6, method="direct")
+    x = rng.standard_normal(op.shape[1]).astype(np.float32)
+    X = rng.standard_normal((op.shape[1], 3)).astype(np.float32)
+    assert op._torch_dtype(x[:, None]) == np.float32 and op._torch_dtype(X) is None
+    for v in (x, X):
+        np.testing.assert_allclose(op @ v, ref @ v.astype(np.float64), rtol=0, atol=1e-5)
+        w = op @ v
+        np.testing.assert_allclose(op.H @ w, ref.H @ w.astype(np.float64), rtol=0, atol=1e-4)

@@ -30,6 +30,30 @@ def median_time(func, repeat: int = 5, warmup: int = 1, sync=None) -> float:
     return float(np.median(times))
 
 
+def median_times(funcs, repeat: int = 5, warmup: int = 1, sync=None) -> list:
+    """Median wall times of several ``funcs`` timed in turn, round after round.
+
+    Each round times every function once, in order, so a drift of the machine
+    (frequency, other load, memory) over the run reaches all of them alike;
+    timing one function's runs and then the next's can swing a ratio by half
+    on a small shared machine.
+    """
+    for f in funcs:
+        for _ in range(warmup):
+            f()
+    if sync is not None:
+        sync()
+    times = [[] for _ in funcs]
+    for _ in range(repeat):
+        for f, ts in zip(funcs, times):
+            t0 = time.perf_counter()
+            f()
+            if sync is not None:
+                sync()
+            ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) for ts in times]
+
+
 def format_time(seconds: float) -> str:
     """``'412.3 us'``, ``'12.34 ms'`` or ``'1.234 s'``; ``'-'`` for NaN (not timed)."""
     if seconds != seconds:
