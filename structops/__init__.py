@@ -13,7 +13,7 @@ The package is layered (see the architecture page of the documentation):
 
 import sys as _sys
 
-from . import interop, linalg, nn, operators, solvers, testing
+from . import convex, interop, linalg, nn, operators, solvers, testing
 from ._backend import cupy_available, get_xp, set_blas_threads
 from ._validate import MemoryLimitError, get_memory_limit, set_memory_limit
 from .linalg import SpectrumNotConvergedError, cond, opnorm, singular_values, singular_vectors
@@ -87,5 +87,7 @@ __all__ = [
     "linalg",
     "nn",
     "solvers",
+    "convex",
+    "interop",
     "__version__",
 ]

@@ -152,3 +152,31 @@ def plot_trajectories(path, traj):
         ax.legend(fontsize=8)
     fig.tight_layout()
     save(fig, path, dpi=110)
+
+
+def plot_convex_training(path, title, sgd_runs, convex):
+    """Objective against time: SGD runs ``[(label, [(seconds, objective), ...]), ...]`` and the convex optimum.
+
+    ``convex`` is a dict with ``objective``, ``lower_bound``, ``seconds`` and
+    ``nonconvex_objective`` (the recovered network's objective).
+    """
+    fig = new_figure((6.4, 4.2))
+    ax = fig.subplots()
+    palette = ["C0", "C1", "C4", "C5", "C6", "C7", "C8", "C9"]  # green and red mark the convex lines
+    for i, (label, hist) in enumerate(sgd_runs):
+        t, f = np.asarray(hist, dtype=float).T
+        color = palette[i % len(palette)]
+        ax.plot(t, f, color=color, lw=1.1, label=label)
+        ax.plot(t[-1], f[-1], "o", color=color, ms=4)
+    ax.axhline(convex["objective"], color="tab:green", lw=1.6, label="convex optimum (certified)")
+    ax.axhline(convex["nonconvex_objective"], color="tab:red", lw=1.0, ls="--",
+               label="recovered ReLU network")
+    ax.plot(convex["seconds"], convex["objective"], "*", color="tab:green", ms=12, label="convex solve done")
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("training objective")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, path, dpi=110)

@@ -96,3 +96,16 @@ def test_landscape_subcommand_is_delegated(tmp_path, capsys):
     data = json.loads((tmp_path / "landscape.json").read_text())
     assert len(data["alpha"]) == len(data["beta"]) == 3
     assert len(data["conventional"]) == 3 and len(data["extended"][0]) == 3
+
+
+def test_convex_subcommand_is_delegated(tmp_path, capsys):
+    import json
+
+    status = main(["convex", "--quick", "--epochs", "50", "--samples", "300", "--runs", "2", "--out", str(tmp_path)])
+    assert status == 0  # certified, and below both SGD runs
+    out = capsys.readouterr().out
+    assert "certified bound" in out and "SGD run 2" in out
+    data = json.loads((tmp_path / "two_layer_convex_vs_sgd.json").read_text())
+    assert data["convex"]["converged"] and len(data["sgd"]) == 2
+    assert data["convex"]["objective"] <= min(r["final"] for r in data["sgd"])
+    assert (tmp_path / "two_layer_convex_vs_sgd.png").stat().st_size > 0

@@ -2,8 +2,9 @@
 
 Commands: ``spectrum`` (:mod:`structops.apps.spectrum`), ``layers``
 (:mod:`structops.apps.layers`), ``demo``
-(:mod:`structops.apps.demo`), ``regularize`` (:mod:`structops.apps.regularize`)
-and ``landscape`` (:mod:`structops.apps.landscape`). Heavy modules (NumPy,
+(:mod:`structops.apps.demo`), ``regularize`` (:mod:`structops.apps.regularize`),
+``landscape`` (:mod:`structops.apps.landscape`) and ``convex``
+(:mod:`structops.apps.convex`). Heavy modules (NumPy,
 SciPy, PyLops) are imported inside the commands, so ``structops --help``
 stays fast. Errors meant for the user (bad arguments, a layer that does not
 fit the memory limit) end with one line on stderr and exit status 2.
@@ -31,6 +32,10 @@ _DELEGATED = {
     "landscape": (
         "extended vs conventional convolution: loss landscapes and training trajectories (Siahkoohi, Louboutin and Herrmann)",
         "structops.apps.landscape",
+    ),
+    "convex": (
+        "Ergen and Pilanci (2021): the certified convex optimum of a two-layer ReLU CNN against SGD",
+        "structops.apps.convex",
     ),
 }
 

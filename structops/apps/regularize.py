@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 
 from ..plotting import plot_regularization
@@ -123,11 +122,6 @@ def main(argv=None) -> int:
 
     size = args.size or (12 if args.quick else 20)
     iterations = args.iterations or (300 if args.quick else 1000)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as exc:
-        print(f"structops regularize: cannot create the output folder {args.out!r}: {exc}", file=sys.stderr)
-        return 2
     print(
         f"Guo (2019) Figure 4.1: ||M^T M - I||_F^2, 3x3 kernels ~ N(0, 1), {size}x{size} inputs, 'same' zero "
         f"padding, {iterations} iterations, seed {args.seed}"

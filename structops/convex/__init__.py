@@ -1,0 +1,31 @@
+"""Convex training of ReLU CNNs on structured patch operators.
+
+- :class:`PatchOperator`: ``u -> (X_k u)_k`` for a batch of images, matrix-free
+  (a convolution's kernel Jacobian) or through the explicit patch tensor.
+- :func:`sample_gates`: convolutional hyperplane arrangements
+  ``D_jk = diag(1[X_k g_j >= 0])``.
+- :func:`gated_relu_cnn` and :func:`relu_cnn`: the convex programs of two-layer
+  CNNs (Ergen and Pilanci 2021), with duality-gap certificates, and the
+  recovered networks (:class:`TwoLayerCNN`).
+- :func:`train_two_layer_sgd`: the non-convex baseline.
+"""
+
+from .arrangements import Gates, sample_gates
+from .fista import group_fista, group_prox
+from .patches import PatchOperator
+from .sgd import train_two_layer_sgd
+from .two_layer import ConvexCNNFit, TwoLayerCNN, gated_relu_cnn, recover_network, relu_cnn
+
+__all__ = [
+    "PatchOperator",
+    "Gates",
+    "sample_gates",
+    "group_fista",
+    "group_prox",
+    "ConvexCNNFit",
+    "TwoLayerCNN",
+    "gated_relu_cnn",
+    "relu_cnn",
+    "recover_network",
+    "train_two_layer_sgd",
+]

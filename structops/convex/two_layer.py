@@ -1,0 +1,770 @@
+"""Convex training of two-layer ReLU CNNs (Ergen and Pilanci 2021).
+
+The network ``f(X) = sum_j sum_k (X_k u_j)_+ w_j`` (one filter bank, ReLU,
+sum over patch positions, a linear output) with weight decay ``beta`` has the
+training problem
+
+.. math::
+
+    p^* = \\min_{u_j, w_j} \\tfrac12 \\|\\textstyle\\sum_j \\sum_k (X_k u_j)_+ w_j - y\\|^2
+          + \\tfrac\\beta2 \\textstyle\\sum_j (\\|u_j\\|^2 + w_j^2).
+
+Over the gate patterns ``D_jk = diag(1[X_k g_j >= 0])`` it is the convex program
+
+.. math::
+
+    \\min_{v_j, w_j \\in \\mathcal K_j} \\tfrac12 \\|\\textstyle\\sum_j \\sum_k D_{jk} X_k (v_j - w_j) - y\\|^2
+          + \\beta \\textstyle\\sum_j (\\|v_j\\| + \\|w_j\\|),
+    \\qquad \\mathcal K_j = \\{c : (2 D_{jk} - I) X_k c \\ge 0 \\ \\forall k\\},
+
+exact when every pattern is present, and the neurons are recovered as
+``(v_j / sqrt||v_j||, sqrt||v_j||)`` and ``(w_j / sqrt||w_j||, -sqrt||w_j||)``.
+Without the cones it is the gated-ReLU program (a group lasso), whose network
+gates each neuron by its generator ``g_j`` instead of its own filter.
+
+Every product is a patch operator (:class:`~structops.convex.PatchOperator`):
+``sum_j sum_k D_jk X_k c_j`` is a ``P``-filter convolution of the data, a 0/1
+mask and a sum; its adjoint is the convolution's weight gradient.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._backend import get_xp, to_numpy
+from .._validate import check_memory
+from .arrangements import Gates
+from .fista import group_fista, power_norm2
+from .interior import barrier_group_program, interior_direction
+from .patches import PatchOperator
+
+__all__ = ["ConvexCNNFit", "gated_relu_cnn", "relu_cnn", "TwoLayerCNN", "recover_network"]
+
+_CHUNK_BYTES = 64 * 2**20
+
+
+class _GatedSum:
+    """``C -> sum_j s_j sum_k D_jk X_k c_j`` and its pieces, for groups ``C`` of shape ``(P, h)``.
+
+    ``masks`` (bool ``(K, n, P)``) are the gates, ``signs`` (``(P,)``, ``+1``
+    or ``-1``) the output signs of the groups.
+    """
+
+    def __init__(self, patches: PatchOperator, masks, signs):
+        self.patches, self.xp = patches, patches.xp
+        self.D = self.xp.asarray(masks, dtype=patches.dtype)
+        self.s = self.xp.asarray(signs, dtype=patches.dtype)
+        self.P = int(self.D.shape[-1])
+        self.step = max(1, int(_CHUNK_BYTES // max(1, 8 * patches.K * patches.n)))
+
+    def responses(self, C):
+        """``Z[k, i, j] = (X_k c_j)_i``: ``(K, n, P)``."""
+        return self.patches.responses(C)
+
+    def combine(self, Z, a=0, b=None):
+        """``sum_{k, j} s_j D[k, i, j] Z[k, i, j]`` for the gates ``a:b``: ``(n,)``."""
+        b = self.P if b is None else b
+        return ((self.D[..., a:b] * Z).sum(axis=0)) @ self.s[a:b]
+
+    def spread(self, r, a=0, b=None):
+        """Adjoint of :meth:`combine`: ``(n,)`` -> ``(K, n, b - a)``."""
+        b = self.P if b is None else b
+        return self.D[..., a:b] * (r[None, :, None] * self.s[a:b])
+
+    def predict(self, C):
+        """``(n,)``, gates taken in chunks (the responses of all gates at once may not fit)."""
+        out = self.xp.zeros(self.patches.n, dtype=self.patches.dtype)
+        for a in range(0, self.P, self.step):
+            b = min(a + self.step, self.P)
+            out += self.combine(self.responses(C[a:b]), a, b)
+        return out
+
+    def predict_T(self, r):
+        """Adjoint of :meth:`predict`: ``(n,)`` -> ``(P, h)``."""
+        parts = [self.patches.gradients(self.spread(r, a, min(a + self.step, self.P)))
+                 for a in range(0, self.P, self.step)]
+        return self.xp.concatenate(parts, axis=0)
+
+
+@dataclass
+class ConvexCNNFit:
+    """A solved convex program of a two-layer CNN.
+
+    Attributes
+    ----------
+    formulation : {"gated_relu", "relu"}
+    V, W : arrays, shape ``(P, h)``
+        The groups of positive (``V``) and negative (``W``) output sign; the
+        gated-ReLU program has ``V`` only (``W`` is ``None``).
+    gates : Gates
+    beta : float
+    objective : float
+        The convex objective at ``V, W``.
+    lower_bound : float
+        A certified lower bound of the program's optimum (weak duality, from
+        a scaled residual and, for ``"relu"``, the cone multipliers).
+    max_violation : float
+        ``max (-(2 D_jk - I) X_k c)_+`` over every group (0 for gated ReLU).
+    filters, weights : arrays, shapes ``(m, h)`` and ``(m,)``
+        The recovered ReLU network (``"relu"``; for ``"gated_relu"`` the
+        neurons of the gated network, gated by ``gates.generators[neurons]``).
+    neurons : int array
+        Which groups of the stacked ``[V; W]`` the recovered neurons come from.
+    nonconvex_objective : float
+        The training objective of the recovered network (``"relu"``: the
+        ReLU network's, an upper bound of ``p*``; ``"gated_relu"``: the gated
+        network's, equal to ``objective``).
+    iterations, seconds, converged, history
+        Solver statistics: ``iterations`` counts Newton steps of the barrier
+        method and first-order iterations together; ``history`` lists
+        ``(seconds, objective, lower_bound, working-set size)`` per round.
+    """
+
+    formulation: str
+    V: object
+    W: object
+    gates: Gates
+    beta: float
+    objective: float
+    lower_bound: float
+    max_violation: float
+    filters: object
+    weights: object
+    neurons: object
+    nonconvex_objective: float
+    iterations: int
+    seconds: float
+    converged: bool
+    history: list = field(default_factory=list)
+
+    @property
+    def gap(self) -> float:
+        """``objective - lower_bound`` (``>= 0`` up to rounding at an exact solution)."""
+        return self.objective - self.lower_bound
+
+    @property
+    def relative_gap(self) -> float:
+        return self.gap / max(abs(self.objective), np.finfo(float).tiny)
+
+    def report(self) -> dict:
+        """The optimality report as plain numbers (JSON-ready)."""
+        return dict(formulation=self.formulation, beta=self.beta, gates=self.gates.P,
+                    objective=self.objective, lower_bound=self.lower_bound, gap=self.gap,
+                    relative_gap=self.relative_gap, max_violation=self.max_violation,
+                    neurons=int(len(self.weights)), nonconvex_objective=self.nonconvex_objective,
+                    iterations=self.iterations, seconds=self.seconds, converged=self.converged)
+
+
+def _check_problem(patches, y, beta, gates):
+    if not isinstance(patches, PatchOperator):
+        raise TypeError(f"patches must be a PatchOperator; got {type(patches).__name__}")
+    xp = patches.xp
+    y = xp.asarray(y, dtype=patches.dtype).reshape(-1)
+    if y.shape[0] != patches.n:
+        raise ValueError(f"y has {y.shape[0]} entries; the patches have {patches.n} images")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0; got {beta}")
+    if gates.masks.shape[:2] != (patches.K, patches.n):
+        raise ValueError(f"gates of shape {tuple(gates.masks.shape[:2])} do not match the patches "
+                         f"({patches.K} positions, {patches.n} images)")
+    return y
+
+
+def _dual_bound(r, y, beta, grads):
+    """Weak-duality bound ``t <r, y> - t^2 ||r||^2 / 2`` with ``t = min(1, beta / max_j ||grads_j||)``."""
+    xp = get_xp(r)
+    worst = float(xp.sqrt((grads * grads).sum(axis=1)).max()) if grads.shape[0] else 0.0
+    t = 1.0 if worst <= beta else beta / worst
+    return t * float(r @ y) - 0.5 * t * t * float(r @ r)
+
+
+def _group_norms(C):
+    xp = get_xp(C)
+    return xp.sqrt((C * C).sum(axis=1))
+
+
+class _Problem:
+    """The groups of a two-layer program: gate ``gate[j]`` with output sign ``sign[j]`` for each group ``j``."""
+
+    def __init__(self, patches, y, beta, gates, relu: bool):
+        self.patches, self.y, self.beta, self.gates, self.relu = patches, y, float(beta), gates, relu
+        self.xp = patches.xp
+        P = gates.P
+        self.gate = np.r_[np.arange(P), np.arange(P)] if relu else np.arange(P)
+        self.sign = np.r_[np.ones(P), -np.ones(P)] if relu else np.ones(P)
+        self.full = _GatedSum(patches, gates.masks, np.ones(P))
+        self._rows = None
+        self._barrier = {}
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.gate)
+
+    def restricted(self, groups):
+        """The model of the groups ``groups`` only."""
+        g = self.xp.asarray(self.gate[groups])
+        return _GatedSum(self.patches, self.gates.masks[..., g], self.sign[groups])
+
+    def correlations(self, r):
+        """``a_j = s_j sum_k X_k^T D_jk r`` for every group: ``(n_groups, h)``."""
+        a = self.full.predict_T(r)
+        return self.xp.concatenate([a, -a]) if self.relu else a
+
+    def cone_rows(self, gate):
+        """The rows ``(2 D_jk - I) X_k`` of gate ``gate``'s cone ``{c : rows c >= 0}``: ``(K n, h)`` on the host."""
+        S = 2.0 * to_numpy(self.gates.masks[..., gate]).reshape(-1) - 1.0
+        return S[:, None] * self.cone_rows_base()
+
+    def cone_rows_base(self):
+        """The patch rows ``X_k`` stacked, ``(K n, h)`` on the host (formed once)."""
+        if self._rows is None:
+            T = self.patches._T if self.patches.method == "patches" else None
+            if T is None:
+                from .patches import patch_tensor
+
+                check_memory(float(self.patches.K) * self.patches.n * self.patches.h * 8, "the patch tensor")
+                T = patch_tensor(self.patches.data, self.patches.geometry).reshape(-1, self.patches.h)
+            self._rows = to_numpy(T)
+        return self._rows
+
+    def scores(self, r, need: float = 0.0):
+        """``d_j``, the group's distance from optimality at residual ``r``, for every group.
+
+        Gated ReLU: ``||a_j||``. ReLU: ``||Pi_{K_j}(a_j)||``, the norm of the
+        projection onto the group's cone (``min_{lambda >= 0} ||a_j + G_j^T lambda||``,
+        a non-negative least-squares problem), evaluated in decreasing order of
+        ``||a_j||`` (an upper bound of it) and only while that bound exceeds
+        ``need`` and the largest value found so far (the others are returned as
+        their bounds capped at it).
+        """
+        a = to_numpy(self.correlations(r))
+        bound = np.sqrt((a * a).sum(axis=1))
+        if not self.relu:
+            return bound
+        from scipy.optimize import nnls
+
+        out = bound.copy()
+        best = 0.0
+        for j in np.argsort(-bound):
+            if bound[j] <= max(best, need):
+                out[j] = min(bound[j], max(best, need))
+                continue
+            M = self.cone_rows(self.gate[j]).T
+            _, dist = nnls(M, -a[j])
+            out[j] = dist
+            best = max(best, dist)
+        return out
+
+    def barrier_data(self, group):
+        """``(B_j, G_j, d_j)`` of a group on the host (cached): its signed gated patch sum ``(n, h)``, its
+        non-zero cone rows (``None`` for gated ReLU) and a unit direction strictly inside its cone (``None``
+        if the cone has no interior, when the barrier method cannot be used)."""
+        if group not in self._barrier:
+            T = self.cone_rows_base()
+            K, n, h = self.patches.K, self.patches.n, self.patches.h
+            gate = self.gate[group]
+            Dm = to_numpy(self.gates.masks[..., gate]).reshape(-1).astype(float)
+            Bj = self.sign[group] * (Dm[:, None] * T).reshape(K, n, h).sum(axis=0)
+            hint = to_numpy(self.gates.generators[gate]).astype(float)
+            if self.relu:
+                G = (2.0 * Dm - 1.0)[:, None] * T
+                G = G[np.abs(G).max(axis=1) > 0]
+                d = interior_direction(G, hint)
+            else:
+                G = None
+                d = interior_direction(None, hint if np.any(hint) else np.ones(h))
+            self._barrier[group] = None if d is None else (Bj, G, d)
+        return self._barrier[group]
+
+    def project(self, c, group):
+        """``c`` projected onto the group's cone (Moreau: ``c + G^T lambda`` with ``lambda`` from NNLS)."""
+        from scipy.optimize import nnls
+
+        G = self.cone_rows(self.gate[group])
+        c = to_numpy(c)
+        lam, _ = nnls(G.T, -c)
+        return c + G.T @ lam
+
+    def lower_bound(self, r, scores) -> float:
+        return _dual_bound_t(r, self.y, self.beta, float(np.max(scores)) if len(scores) else 0.0)
+
+
+def _dual_bound_t(r, y, beta, worst) -> float:
+    t = 1.0 if worst <= beta else beta / worst
+    return t * float(r @ y) - 0.5 * t * t * float(r @ r)
+
+
+def _solve_gated(model: _GatedSum, y, beta, C0, tol, max_iter):
+    """The gated program on the groups of ``model`` (FISTA, stopped at a relative gap ``tol``)."""
+    patches = model.patches
+    A = lambda C: (model.predict(C),)  # noqa: E731
+    AT = lambda img: model.predict_T(img[0])  # noqa: E731
+
+    def phi(img):
+        r = img[0] - y
+        return 0.5 * float(r @ r), (r,)
+
+    def stop(C, img, it):
+        r = y - img[0]
+        obj = 0.5 * float(r @ r) + beta * float(_group_norms(C).sum())
+        lb = _dual_bound(r, y, beta, model.predict_T(r))
+        return obj - lb <= tol * max(abs(obj), np.finfo(float).tiny)
+
+    L0 = 1.1 * power_norm2(A, AT, (model.P, patches.h), patches.xp) + np.finfo(float).tiny
+    return group_fista(A, AT, phi, C0, beta, L0, max_iter=max_iter, stop=stop, check_every=10)
+
+
+def _solve_relu(model: _GatedSum, y, beta, C0, tol, feas_tol, max_outer, max_inner, rho=None):
+    """The ReLU program (cone constraints) on the groups of ``model`` by an augmented Lagrangian.
+
+    Returns ``(C, iterations)``; stops when the violation is below
+    ``feas_tol * max(1, max |X_k c|)`` and the restricted relative gap (from
+    the multipliers) below ``tol``.
+    """
+    patches, xp = model.patches, model.patches.xp
+    K, n, P = patches.K, patches.n, model.P
+    S = 2.0 * model.D - 1.0
+    A = lambda C: (model.responses(C),)  # noqa: E731
+    AT = lambda img: patches.gradients(img[0])  # noqa: E731
+    nA = power_norm2(lambda C: (model.predict(C),), lambda im: model.predict_T(im[0]), (P, patches.h), xp)
+    nX = power_norm2(A, AT, (P, patches.h), xp)
+    pen = {"rho": float(rho) if rho is not None else max(nA / max(nX, np.finfo(float).tiny), 1e-8)}
+    lam = xp.zeros((K, n, P), dtype=patches.dtype)
+
+    def phi(img):
+        Z = img[0]
+        r = model.combine(Z) - y
+        q = xp.maximum(lam - pen["rho"] * S * Z, 0.0)
+        val = 0.5 * float(r @ r) + (float((q * q).sum()) - float((lam * lam).sum())) / (2 * pen["rho"])
+        return val, (model.spread(r) - S * q,)
+
+    C, img = C0, A(C0)
+    L = 1.1 * (nA + pen["rho"] * nX) + np.finfo(float).tiny
+    its, prev_viol, inner_tol = 0, np.inf, 1e-6
+    for _ in range(max_outer):
+        res = group_fista(A, AT, phi, C, beta, L, max_iter=max_inner, tol=inner_tol, image0=img)
+        C, img, its, L = res.x, res.image, its + res.iterations, res.L
+        Z = img[0]
+        lam = xp.maximum(lam - pen["rho"] * S * Z, 0.0)
+        viol = float(xp.maximum(-S * Z, 0.0).max()) if Z.size else 0.0
+        feasible = viol <= feas_tol * max(1.0, float(xp.abs(Z).max()) if Z.size else 1.0)
+        r = y - model.combine(Z)
+        obj = 0.5 * float(r @ r) + beta * float(_group_norms(C).sum())
+        lb = _dual_bound(r, y, beta, patches.gradients(model.spread(r) + S * lam))
+        if feasible and obj - lb <= tol * max(abs(obj), np.finfo(float).tiny):
+            break
+        if not feasible and viol > 0.25 * prev_viol:
+            pen["rho"] *= 4.0
+            L *= 4.0
+        prev_viol = viol
+        inner_tol = max(inner_tol * 0.1, 1e-14)
+    return C, its
+
+
+def _objective(prob, groups, C):
+    """The program's objective on the groups ``groups`` (and the largest cone violation, relative)."""
+    xp = prob.xp
+    model = prob.restricted(groups)
+    Z = model.responses(C)
+    r = prob.y - model.combine(Z)
+    obj = 0.5 * float(r @ r) + prob.beta * float(_group_norms(C).sum())
+    viol = 0.0
+    if prob.relu and Z.size:
+        viol = float(xp.maximum(-(2.0 * model.D - 1.0) * Z, 0.0).max()) / max(1.0, float(xp.abs(Z).max()))
+    return obj, viol
+
+
+def _polish(prob, groups, C, active_tol: float = 1e-6, steps: int = 30):
+    """Newton's method on the support and active cone faces of an approximate solution; kept if it is better.
+
+    With the non-zero groups ``c_j`` and, for ReLU, the cone rows that are
+    (nearly) zero at ``c_j`` fixed, each group moves in the null space ``N_j``
+    of its active rows: ``c_j = N_j z_j``, and
+    ``1/2 ||sum_j A_j N_j z_j - y||^2 + beta sum_j ||z_j||`` is smooth there,
+    so a few damped Newton steps reach the restricted optimum to rounding
+    (first-order methods crawl on these small, ill-conditioned problems). The
+    result replaces ``C`` only if it stays in the cones and lowers the objective.
+    """
+    xp = prob.xp
+    Ch = to_numpy(C)
+    norms = np.sqrt((Ch * Ch).sum(axis=1))
+    if not norms.size or norms.max() == 0:
+        return C
+    keep = np.nonzero(norms > 1e-9 * norms.max())[0]
+    T = prob.cone_rows_base()  # (K n, h), unsigned patch rows
+    K, n, h = prob.patches.K, prob.patches.n, prob.patches.h
+    blocks, bases = [], []
+    for j in keep:
+        g = prob.gate[groups[j]]
+        Dm = to_numpy(prob.gates.masks[..., g]).reshape(-1).astype(float)  # (K n,)
+        Aj = prob.sign[groups[j]] * (Dm[:, None] * T).reshape(K, n, h).sum(axis=0)  # (n, h)
+        N = np.eye(h)
+        if prob.relu:
+            G = (2.0 * Dm - 1.0)[:, None] * T
+            v = G @ Ch[j]
+            act = np.abs(v) <= active_tol * max(1.0, np.abs(v).max())
+            if act.any():
+                _, sv, Vt = np.linalg.svd(G[act], full_matrices=True)
+                rank = int((sv > 1e-10 * max(1.0, sv.max())).sum())
+                N = Vt[rank:].T
+        if N.shape[1] == 0:
+            continue
+        blocks.append(Aj @ N)
+        bases.append((j, N))
+    if not bases:
+        return C
+    y = to_numpy(prob.y)
+    beta = prob.beta
+    sizes = [N.shape[1] for _, N in bases]
+    cuts = np.cumsum([0] + sizes)
+    B = np.concatenate(blocks, axis=1)
+    z = np.concatenate([N.T @ Ch[j] for j, N in bases])
+
+    def f(z):
+        r = B @ z - y
+        return 0.5 * r @ r + beta * sum(np.linalg.norm(z[a:b]) for a, b in zip(cuts[:-1], cuts[1:]))
+
+    fz = f(z)
+    for _ in range(steps):
+        r = B @ z - y
+        g = B.T @ r
+        H = B.T @ B
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            nz = np.linalg.norm(z[a:b])
+            if nz == 0:
+                continue
+            u = z[a:b] / nz
+            g[a:b] += beta * u
+            H[a:b, a:b] += beta * (np.eye(b - a) - np.outer(u, u)) / nz
+        try:
+            dz = -np.linalg.solve(H + 1e-14 * np.trace(H) / len(z) * np.eye(len(z)), g)
+        except np.linalg.LinAlgError:
+            break
+        step, improved = 1.0, False
+        while step > 1e-8:
+            cand = z + step * dz
+            fc = f(cand)
+            if fc <= fz:
+                improved = fc < fz
+                z, fz = cand, fc
+                break
+            step *= 0.5
+        if not improved or abs(g @ dz) <= 1e-30:
+            break
+    Cn = Ch.copy()
+    for (j, N), a, b in zip(bases, cuts[:-1], cuts[1:]):
+        Cn[j] = N @ z[a:b]
+    Cn = xp.asarray(Cn, dtype=C.dtype)
+    old, _ = _objective(prob, groups, C)
+    new, viol = _objective(prob, groups, Cn)
+    return Cn if new < old and viol <= 1e-12 else C
+
+
+_BARRIER_UNKNOWNS = 1500  # restricted programs up to this many unknowns go to the barrier method
+
+
+def _prune(prob, groups, C, tol):
+    """``C`` with its negligible groups set to zero, if that costs at most ``tol / 10`` of the objective.
+
+    A barrier method ends strictly inside the cones: the groups that are zero
+    at the optimum are left at ``O(gap)`` instead, each one a spurious neuron.
+    """
+    norms = to_numpy(_group_norms(C))
+    if not norms.size or norms.max() == 0:
+        return C
+    old, _ = _objective(prob, groups, C)
+    for rel in (1e-4, 1e-6, 1e-8):
+        small = norms <= rel * norms.max()
+        if not small.any():
+            continue
+        Cp = C.copy()
+        Cp[prob.xp.asarray(np.nonzero(small)[0])] = 0
+        new, _ = _objective(prob, groups, Cp)
+        if new <= old + 0.1 * tol * abs(old):
+            return Cp
+    return C
+
+
+def _solve_restricted(prob, groups, C0, inner_tol, first_order):
+    """The program on ``groups``: by the barrier method when small, else by ``first_order`` and a Newton polish.
+
+    Returns ``(C, iterations)`` (Newton steps or first-order iterations).
+    """
+    xp, h = prob.xp, prob.patches.h
+    if len(groups) * h <= _BARRIER_UNKNOWNS:
+        data = [prob.barrier_data(int(j)) for j in groups]
+        if all(d is not None for d in data):
+            res = barrier_group_program(np.stack([d[0] for d in data]),
+                                        [d[1] for d in data] if prob.relu else None,
+                                        to_numpy(prob.y), prob.beta, to_numpy(C0),
+                                        np.stack([d[2] for d in data]), gap_tol=inner_tol)
+            return xp.asarray(res.C, dtype=prob.patches.dtype), res.newton_steps
+    C, k = first_order(prob.restricted(groups), C0, inner_tol)
+    return _polish(prob, groups, C), k
+
+
+def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_rounds: int = 200, t0=None,
+                 max_seconds=None):
+    """Solve a two-layer program by growing a working set of groups.
+
+    Each round solves the program restricted to the working set (``solve``,
+    warm-started), then scores every group at the new residual
+    (:meth:`_Problem.scores`): the largest score gives the certified lower
+    bound, and the ``grow`` groups that violate optimality most join the set.
+    Returns ``(C_full, objective, lower_bound, rounds, iterations, converged, history)``.
+    """
+    xp, beta, y = prob.xp, prob.beta, prob.y
+    h = prob.patches.h
+    t0 = time.perf_counter() if t0 is None else t0
+    sc = prob.scores(y, need=beta)
+    ws = [int(j) for j in np.argsort(-sc)[:start] if sc[j] > beta]
+    C_ws = xp.zeros((len(ws), h), dtype=prob.patches.dtype)
+    history, its, converged = [], 0, False
+    obj = 0.5 * float(y @ y)
+    lb = prob.lower_bound(y, sc)
+    floor = max(tol * 1e-2, 1e-14)
+    inner_tol = max(1e-4, floor)  # early sets are provisional: solved loosely, then tighter with the gap
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):
+        if ws:
+            groups = np.asarray(ws)
+            C_ws, k = _solve_restricted(prob, groups, C_ws, inner_tol, solve)
+            its += k
+            pred = prob.restricted(groups).predict(C_ws)
+        else:
+            pred = xp.zeros_like(y)
+        r = y - pred
+        obj = 0.5 * float(r @ r) + beta * float(_group_norms(C_ws).sum()) if ws else 0.5 * float(r @ r)
+        sc = prob.scores(r, need=beta)
+        lb = max(lb, prob.lower_bound(r, sc))
+        history.append((time.perf_counter() - t0, obj, lb, len(ws)))
+        rel = (obj - lb) / max(abs(obj), np.finfo(float).tiny)
+        if rel <= tol:
+            converged = True
+            break
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            break
+        inner_tol = max(min(inner_tol, 1e-2 * rel), floor)
+        inside = set(ws)
+        new = [int(j) for j in np.argsort(-sc) if sc[j] > beta * (1 + 1e-12) and int(j) not in inside][:grow]
+        if new:
+            ws += new
+            C_ws = xp.concatenate([C_ws, xp.zeros((len(new), h), dtype=C_ws.dtype)])
+        else:
+            inner_tol = max(inner_tol * 0.01, 1e-15)  # no violator outside: solve the set more exactly
+            floor = min(floor, inner_tol)
+    C = xp.zeros((prob.n_groups, h), dtype=prob.patches.dtype)
+    if ws:
+        C_ws = _prune(prob, np.asarray(ws), C_ws, tol)
+        obj, _ = _objective(prob, np.asarray(ws), C_ws)
+        C[np.asarray(ws)] = C_ws
+    return C, obj, lb, rounds, its, converged, history
+
+
+def gated_relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 1e-9,
+                   max_iter: int = 20000, max_seconds=None) -> ConvexCNNFit:
+    """Solve the gated-ReLU convex program (a group lasso) with a certified duality gap.
+
+    Parameters
+    ----------
+    patches : PatchOperator
+        The patches ``X_k`` of the ``n`` training images.
+    y : array, shape ``(n,)``
+    beta : float
+        Weight decay of the network (the group-lasso weight).
+    gates : Gates
+        From :func:`~structops.convex.sample_gates` on the same patches.
+    tol : float
+        Stop at a relative duality gap ``(objective - lower_bound) / objective <= tol``.
+    max_iter : int
+        FISTA iterations per restricted solve (large working sets).
+    max_seconds : float, optional
+        Stop after the first round that ends past this time; the result
+        then has ``converged=False`` and its certified ``lower_bound`` (the
+        gap says how far it may be from the optimum).
+
+    Returns
+    -------
+    ConvexCNNFit
+
+    Notes
+    -----
+    ``min_C 1/2 ||sum_j D_j c_j - y||^2 + beta sum_j ||c_j||`` with
+    ``D_j c = sum_k D_jk X_k c``. Its dual is
+    ``max_v <v, y> - ||v||^2 / 2`` over ``||D_j^T v|| <= beta``: the residual
+    scaled into that set bounds the optimum from below. The solution has few
+    non-zero groups (at most ``n + 1`` are needed), so the program is solved on
+    a working set grown from the groups whose dual constraint the residual
+    violates most; one product with every gate per round gives the bound.
+    Working sets of up to 1500 unknowns are solved by a barrier method
+    (:func:`~structops.convex.interior.barrier_group_program`: Newton steps,
+    accurate to rounding), larger ones by restarted FISTA
+    (:func:`~structops.convex.group_fista`) and a Newton polish on the support.
+    """
+    y = _check_problem(patches, y, beta, gates)
+    t0 = time.perf_counter()
+    prob = _Problem(patches, y, beta, gates, relu=False)
+
+    def solve(model, C0, inner_tol):  # first-order path of large working sets
+        res = _solve_gated(model, y, beta, C0, inner_tol, max_iter)
+        return res.x, res.iterations
+
+    C, obj, lb, rounds, its, converged, history = _working_set(prob, tol, solve, t0=t0,
+                                                               max_seconds=max_seconds)
+    filters, weights, neurons = recover_network(C)
+    return ConvexCNNFit(formulation="gated_relu", V=C, W=None, gates=gates, beta=float(beta), objective=obj,
+                        lower_bound=lb, max_violation=0.0, filters=filters, weights=weights, neurons=neurons,
+                        nonconvex_objective=obj, iterations=its, seconds=time.perf_counter() - t0,
+                        converged=converged, history=history)
+
+
+def relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 1e-8, feas_tol: float = 1e-9,
+             max_outer: int = 12, max_inner: int = 2000, max_seconds=None) -> ConvexCNNFit:
+    """Solve the exact convex program of a two-layer ReLU CNN (cone constraints), certified.
+
+    Parameters
+    ----------
+    patches : PatchOperator
+    y : array, shape ``(n,)``
+    beta : float
+    gates : Gates
+    tol : float
+        Stop at a relative gap ``(objective - lower_bound) / objective <= tol``.
+    feas_tol : float
+        Cone violation ``max (-(2 D - I) X_k c)_+`` accepted in the restricted
+        solves, relative to ``max(1, max |X_k c|)``; the returned groups are
+        then projected onto their cones, so the recovered network has exactly
+        the gate patterns of its groups (to rounding).
+    max_outer, max_inner : int
+        Augmented-Lagrangian steps and FISTA iterations per step (large
+        working sets).
+    max_seconds : float, optional
+        Stop after this long (``converged=False``, with the certified bound).
+
+    Returns
+    -------
+    ConvexCNNFit
+        With the recovered ReLU network and its own training objective.
+
+    Notes
+    -----
+    Restricted to a working set of groups (as in :func:`gated_relu_cnn`), the
+    program is solved by the barrier method up to 1500 unknowns (the cones'
+    rows are linear constraints of the barrier; its iterates stay strictly
+    inside the cones) and beyond that by an augmented Lagrangian, which
+    reaches a relative gap near ``1e-5`` on hard sets and may stall there
+    (bound it with ``max_seconds``): for ``min F(C)`` over
+    ``G(C) = (2 D - I) X C >= 0`` each step minimises
+    ``F(C) + (||(lambda - rho G(C))_+||^2 - ||lambda||^2) / (2 rho)`` by FISTA
+    and sets ``lambda <- (lambda - rho G(C))_+``. The certificate: for any
+    ``v``, ``<v, y> - ||v||^2 / 2`` is a lower bound when every group has
+    ``min_{lambda_j >= 0} ||s_j D_j^T v + G_j^T lambda_j|| <= beta``; that
+    minimum is the norm of the projection of ``s_j D_j^T v`` onto the group's
+    cone (Moreau), a small non-negative least-squares problem. The residual,
+    scaled into the set, gives ``lower_bound``; at the optimum it is tight.
+    """
+    y = _check_problem(patches, y, beta, gates)
+    t0 = time.perf_counter()
+    prob = _Problem(patches, y, beta, gates, relu=True)
+
+    def solve(model, C0, inner_tol):
+        return _solve_relu(model, y, beta, C0, max(inner_tol, 1e-13), feas_tol, max_outer, max_inner)
+
+    C, obj, lb, rounds, its, converged, history = _working_set(prob, tol, solve, t0=t0,
+                                                               max_seconds=max_seconds)
+    # exact feasibility: every non-zero group onto its cone, then the objective and the bound once more
+    xp = patches.xp
+    for j in np.nonzero(to_numpy(_group_norms(C)) > 0)[0]:
+        C[j] = xp.asarray(prob.project(C[j], j), dtype=C.dtype)
+    P = gates.P
+    V, W = C[:P], C[P:]
+    nz = np.nonzero(to_numpy(_group_norms(C)) > 0)[0]
+    if len(nz):
+        sub = prob.restricted(nz)
+        Z = sub.responses(C[nz])
+        r = y - sub.combine(Z)
+        viol = float(xp.maximum(-(2.0 * sub.D - 1.0) * Z, 0.0).max())
+    else:
+        r, viol = y, 0.0
+    obj = 0.5 * float(r @ r) + beta * float(_group_norms(C).sum())
+    lb = min(lb, obj)
+    filters, weights, neurons = recover_network(V, W)
+    net = TwoLayerCNN(filters, weights)
+    return ConvexCNNFit(formulation="relu", V=V, W=W, gates=gates, beta=float(beta), objective=obj,
+                        lower_bound=lb, max_violation=viol, filters=filters, weights=weights, neurons=neurons,
+                        nonconvex_objective=net.objective(patches, y, beta), iterations=its,
+                        seconds=time.perf_counter() - t0, converged=converged, history=history)
+
+
+def recover_network(V, W=None):
+    """The ReLU neurons of a convex solution: ``(u, w) = (c / sqrt||c||, +-sqrt||c||)`` for each non-zero group.
+
+    Parameters
+    ----------
+    V, W : arrays, shape ``(P, h)``
+        Groups of positive and negative output sign (``W`` may be ``None``).
+
+    Returns
+    -------
+    filters : array, shape ``(m, h)``
+    weights : array, shape ``(m,)``
+    neurons : int array, shape ``(m,)``
+        Indices into the stacked ``[V; W]``.
+    """
+    xp = get_xp(V)
+    C = V if W is None else xp.concatenate([V, W])
+    sign = np.ones(C.shape[0])
+    if W is not None:
+        sign[V.shape[0]:] = -1.0
+    norms = to_numpy(_group_norms(C))
+    idx = np.nonzero(norms > 0)[0]
+    root = np.sqrt(norms[idx])
+    filters = C[idx] / xp.asarray(root, dtype=C.dtype)[:, None]
+    return filters, xp.asarray(sign[idx] * root, dtype=C.dtype), idx
+
+
+class TwoLayerCNN:
+    """The non-convex two-layer CNN ``f(X) = sum_j sum_k (X_k u_j)_+ w_j``.
+
+    Parameters
+    ----------
+    filters : array, shape ``(m, h)``
+        ``u_j`` in the kernel layout ``(c, *kernel_size)``, flattened.
+    weights : array, shape ``(m,)``
+    """
+
+    def __init__(self, filters, weights):
+        xp = get_xp(filters)
+        self.filters = xp.asarray(filters)
+        self.weights = xp.asarray(weights).reshape(-1)
+        if self.filters.ndim != 2 or self.filters.shape[0] != self.weights.shape[0]:
+            raise ValueError(f"filters {tuple(self.filters.shape)} and weights {tuple(self.weights.shape)} "
+                             "do not match: expected (m, h) and (m,)")
+
+    def predict(self, patches: PatchOperator):
+        """``f`` on the images of ``patches``: ``(n,)``."""
+        if self.filters.shape[0] == 0:
+            return patches.xp.zeros(patches.n, dtype=patches.dtype)
+        Z = patches.responses(self.filters)
+        return patches.xp.maximum(Z, 0.0).sum(axis=0) @ self.weights
+
+    def objective(self, patches: PatchOperator, y, beta: float) -> float:
+        """``1/2 ||f - y||^2 + beta/2 sum_j (||u_j||^2 + w_j^2)``."""
+        r = self.predict(patches) - patches.xp.asarray(y).reshape(-1)
+        return 0.5 * float(r @ r) + 0.5 * beta * (float((self.filters ** 2).sum()) + float((self.weights ** 2).sum()))
+
+    def value_and_grad(self, patches: PatchOperator, y, beta: float):
+        """``(objective, d/d filters, d/d weights)`` on the images of ``patches``."""
+        xp = patches.xp
+        Z = patches.responses(self.filters)  # (K, n, m)
+        Apos = xp.maximum(Z, 0.0)
+        S = Apos.sum(axis=0)  # (n, m)
+        r = S @ self.weights - xp.asarray(y).reshape(-1)
+        val = 0.5 * float(r @ r) + 0.5 * beta * (float((self.filters ** 2).sum()) + float((self.weights ** 2).sum()))
+        dw = S.T @ r + beta * self.weights
+        R = (Z > 0) * (r[None, :, None] * self.weights[None, None, :])
+        dU = patches.gradients(R) + beta * self.filters
+        return val, dU, dw

@@ -1,0 +1,309 @@
+"""structops.convex: patch operators, gates, the two-layer convex programs and their certificates."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from structops.convex import (
+    PatchOperator,
+    TwoLayerCNN,
+    gated_relu_cnn,
+    group_prox,
+    recover_network,
+    relu_cnn,
+    sample_gates,
+    train_two_layer_sgd,
+)
+from structops.testing import assert_adjoint, assert_matches_dense
+
+
+def dense_patches(X, k, stride, pad, dil, circular=False):
+    """The patch matrices by loops over positions and taps: ``(K, n, h)``."""
+    n, c = X.shape[:2]
+    sp = X.shape[2:]
+    D = len(sp)
+    mode = "wrap" if circular else "constant"
+    Xp = np.pad(X, [(0, 0), (0, 0)] + list(pad), mode=mode)
+    out = [(sp[a] + pad[a][0] + pad[a][1] - dil[a] * (k[a] - 1) - 1) // stride[a] + 1 for a in range(D)]
+    rows = []
+    for pos in np.ndindex(*out):
+        patch = np.empty((n, c) + tuple(k))
+        for tap in np.ndindex(*k):
+            idx = tuple(pos[a] * stride[a] + tap[a] * dil[a] for a in range(D))
+            patch[(slice(None), slice(None)) + tap] = Xp[(slice(None), slice(None)) + idx]
+        rows.append(patch.reshape(n, -1))
+    return np.stack(rows)
+
+
+@st.composite
+def patch_cases(draw):
+    D = draw(st.sampled_from([1, 2]))
+    k = tuple(draw(st.integers(1, 3)) for _ in range(D))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(D))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(D))
+    pad = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(D))
+    e = [d * (kk - 1) + 1 for kk, d in zip(k, dil)]
+    sp = tuple(draw(st.integers(max(1, ea - lo - hi), ea + 5)) for ea, (lo, hi) in zip(e, pad))
+    return dict(n=draw(st.integers(1, 4)), c=draw(st.integers(1, 2)), k=k, dil=dil, stride=stride, pad=pad, sp=sp,
+                seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=patch_cases())
+def test_patch_operator_equals_the_patch_matrices(case):
+    rng = np.random.default_rng(case["seed"])
+    X = rng.standard_normal((case["n"], case["c"]) + case["sp"])
+    T = dense_patches(X, case["k"], case["stride"], case["pad"], case["dil"])
+    dense = T.reshape(-1, T.shape[-1])
+    for method in ("patches", "conv"):
+        A = PatchOperator(X, case["k"], stride=case["stride"], padding=case["pad"], dilation=case["dil"],
+                          method=method)
+        assert A.dimsd == (T.shape[0], case["n"]) and A.h == T.shape[-1]
+        assert_matches_dense(A, dense, rng=rng)
+        assert_adjoint(A, rng=rng)
+
+
+def test_circular_patches_and_one_dimensional_signals():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((3, 2, 5, 6))
+    T = dense_patches(X, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), circular=True)
+    for method in ("patches", "conv"):
+        A = PatchOperator(X, 3, padding="circular", method=method)
+        assert_matches_dense(A, T.reshape(-1, T.shape[-1]), rng=rng)
+    S = rng.standard_normal((4, 15))
+    A = PatchOperator(S, 10, stride=5)
+    np.testing.assert_array_equal(A._T.reshape(2, 4, 10)[1], S[:, 5:15])
+
+
+def test_responses_and_gradients_are_adjoint_batches():
+    rng = np.random.default_rng(2)
+    A = PatchOperator(rng.standard_normal((5, 1, 7, 7)), 3, stride=2)
+    C = rng.standard_normal((4, A.h))
+    R = rng.standard_normal((A.K, A.n, 4))
+    Z = A.responses(C)
+    assert Z.shape == (A.K, A.n, 4)
+    np.testing.assert_allclose(float((Z * R).sum()), float((C * A.gradients(R)).sum()), rtol=1e-12)
+    np.testing.assert_allclose(A.rows([0, 3]).responses(C), Z[:, [0, 3]], rtol=1e-14)
+
+
+def test_patch_operator_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="kernel_size"):
+        PatchOperator(np.ones((2, 1, 5, 5)), (3,))
+    with pytest.raises(ValueError, match="method"):
+        PatchOperator(np.ones((2, 5)), 3, method="im2col")
+    with pytest.raises(ValueError, match="shape"):
+        PatchOperator(np.ones(5), 3)
+
+
+def test_gates_are_distinct_nonzero_and_reproducible_from_their_generators():
+    rng = np.random.default_rng(3)
+    A = PatchOperator(rng.standard_normal((6, 15)), 10, stride=5)
+    for kind in ("gaussian", "patches", "mixed"):
+        g = sample_gates(A, 3000, kind=kind, seed=0)
+        flat = g.masks.reshape(-1, g.P).T
+        assert len({row.tobytes() for row in flat}) == g.P and flat.any(axis=1).all()
+        np.testing.assert_array_equal(g.on(A), g.masks)
+        assert g.P <= 2 * sum(__import__("math").comb(11, i) for i in range(10))  # regions of 12 planes in R^10
+    with pytest.raises(ValueError, match="kind"):
+        sample_gates(A, 10, kind="uniform")
+
+
+def test_group_prox_is_block_soft_thresholding():
+    X = np.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+    np.testing.assert_allclose(group_prox(X, 1.0), [[2.4, 3.2], [0.0, 0.0], [0.0, 0.0]])
+
+
+def synthetic(seed, n=6, d=15):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_relu_program_certificate_recovery_and_sgd(seed):
+    """The certified convex optimum is below SGD's runs, and the recovered ReLU network attains it."""
+    X, y = synthetic(seed)
+    A = PatchOperator(X, 10, stride=5)
+    gates = sample_gates(A, 2000, kind="mixed", seed=seed)
+    beta = 1e-2
+    fit = relu_cnn(A, y, beta, gates, tol=1e-7)
+    assert fit.converged and fit.relative_gap <= 1e-7 and fit.lower_bound <= fit.objective
+    assert fit.max_violation <= 1e-12
+    # the recovered network reproduces the convex objective (its gates are its groups' gates)
+    assert abs(fit.nonconvex_objective - fit.objective) <= 1e-9 * fit.objective
+    net = TwoLayerCNN(fit.filters, fit.weights)
+    assert abs(net.objective(A, y, beta) - fit.objective) <= 1e-9 * fit.objective
+    best = min(train_two_layer_sgd(A, y, beta, width=10, epochs=300, seed=s)[1][-1][1] for s in range(3))
+    assert fit.objective <= best * (1 + 1e-9)
+    gated = gated_relu_cnn(A, y, beta, gates, tol=1e-9)
+    # the gated program relaxes the ReLU one over the same gates
+    assert gated.lower_bound <= fit.objective * (1 + 1e-9)
+
+
+def test_nonconvex_gradient_matches_finite_differences():
+    rng = np.random.default_rng(4)
+    A = PatchOperator(rng.standard_normal((4, 2, 6, 6)), 3, stride=1, padding=1)
+    y = rng.standard_normal(4)
+    net = TwoLayerCNN(rng.standard_normal((3, A.h)), rng.standard_normal(3))
+    _, dU, dw = net.value_and_grad(A, y, 0.1)
+    dU0, dw0 = rng.standard_normal(dU.shape), rng.standard_normal(dw.shape)
+    slope = float((dU * dU0).sum() + dw @ dw0)
+    errs = []
+    for eps in (1e-2, 1e-3, 1e-4):
+        fp = TwoLayerCNN(net.filters + eps * dU0, net.weights + eps * dw0).objective(A, y, 0.1)
+        fm = TwoLayerCNN(net.filters - eps * dU0, net.weights - eps * dw0).objective(A, y, 0.1)
+        errs.append(abs((fp - fm) / (2 * eps) - slope))
+    assert errs[-1] <= 1e-6 * max(1.0, abs(slope)) or errs[-1] < errs[0] / 50
+
+
+def test_recover_network_signs_and_scales():
+    V = np.array([[3.0, 4.0], [0.0, 0.0]])
+    W = np.array([[0.0, 0.0], [0.0, 9.0]])
+    U, w, idx = recover_network(V, W)
+    np.testing.assert_allclose(w, [np.sqrt(5.0), -3.0])
+    np.testing.assert_allclose(U, [[3 / np.sqrt(5), 4 / np.sqrt(5)], [0.0, 3.0]])
+    np.testing.assert_array_equal(idx, [0, 3])
+
+
+def test_programs_refuse_bad_arguments():
+    X, y = synthetic(0)
+    A = PatchOperator(X, 10, stride=5)
+    g = sample_gates(A, 50, seed=0)
+    with pytest.raises(ValueError, match="beta"):
+        gated_relu_cnn(A, y, 0.0, g)
+    with pytest.raises(ValueError, match="entries"):
+        relu_cnn(A, y[:3], 0.1, g)
+    with pytest.raises(TypeError, match="PatchOperator"):
+        gated_relu_cnn(X, y, 0.1, g)
+    other = sample_gates(PatchOperator(X, 5, stride=5), 20, seed=0)
+    with pytest.raises(ValueError, match="do not match"):
+        gated_relu_cnn(A, y, 0.1, other)
+
+
+# ------------------------------------------------------------------ exact small-scale solves (cvxpy)
+
+
+def _cvxpy_solve(A, y, beta, gates, relu):
+    cvxpy = pytest.importorskip("cvxpy")
+    T = A._T.reshape(A.K, A.n, A.h)
+    D = gates.masks.astype(float)
+    P = gates.P
+    V = cvxpy.Variable((P, A.h))
+    W = cvxpy.Variable((P, A.h)) if relu else None
+    pred = 0
+    cons = []
+    for j in range(P):
+        Mj = sum(D[k, :, j][:, None] * T[k] for k in range(A.K))  # (n, h)
+        pred = pred + Mj @ (V[j] - W[j] if relu else V[j])
+        if relu:
+            for k in range(A.K):
+                Gk = (2 * D[k, :, j] - 1)[:, None] * T[k]
+                cons += [Gk @ V[j] >= 0, Gk @ W[j] >= 0]
+    reg = sum(cvxpy.norm(V[j], 2) for j in range(P)) + (sum(cvxpy.norm(W[j], 2) for j in range(P)) if relu else 0)
+    prob = cvxpy.Problem(cvxpy.Minimize(0.5 * cvxpy.sum_squares(pred - y) + beta * reg), cons)
+    with warnings.catch_warnings():  # Clarabel calls these tolerances "inaccurate"; measured 1e-11 relative
+        warnings.simplefilter("ignore", UserWarning)
+        prob.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    assert prob.status in ("optimal", "optimal_inaccurate")
+    return prob.value
+
+
+def _small_problem(seed):
+    """5 images 4x4, 2x2 patches with stride 2 (h = 4, K = 4), 40 mixed generators."""
+    rng = np.random.default_rng(seed)
+    X, y = rng.standard_normal((5, 1, 4, 4)), rng.standard_normal(5)
+    A = PatchOperator(X, 2, stride=2)
+    return A, y, sample_gates(A, 40, kind="mixed", seed=seed)
+
+
+@pytest.mark.parametrize("seed, beta", [(0, 0.05), (1, 0.2), (2, 0.01), (3, 0.1), (4, 0.02)])
+def test_solvers_agree_with_cvxpy(seed, beta):
+    A, y, gates = _small_problem(seed)
+    for relu, solve in ((False, gated_relu_cnn), (True, relu_cnn)):
+        ref = _cvxpy_solve(A, y, beta, gates, relu)
+        fit = solve(A, y, beta, gates, tol=1e-9)
+        assert fit.converged
+        assert abs(fit.objective - ref) <= 1e-6 * ref, (relu, fit.objective, ref)
+        assert fit.lower_bound <= ref * (1 + 1e-8) and fit.objective >= ref * (1 - 1e-8)
+
+
+def test_cvxpy_reference_problems_with_the_first_order_path(monkeypatch):
+    """Working sets past the barrier's size go to FISTA / the augmented Lagrangian: same optimum."""
+    import structops.convex.two_layer as two_layer
+
+    monkeypatch.setattr(two_layer, "_BARRIER_UNKNOWNS", 0)
+    A, y, gates = _small_problem(0)
+    for relu, solve in ((False, gated_relu_cnn), (True, relu_cnn)):
+        ref = _cvxpy_solve(A, y, 0.05, gates, relu)
+        fit = solve(A, y, 0.05, gates, tol=1e-8, max_seconds=60)
+        assert fit.converged and abs(fit.objective - ref) <= 1e-6 * ref
+
+
+def test_a_stopped_solve_reports_certified_bounds(monkeypatch):
+    """Stopped early (here the first-order path on a set where it crawls), the result brackets the optimum."""
+    import structops.convex.two_layer as two_layer
+
+    monkeypatch.setattr(two_layer, "_BARRIER_UNKNOWNS", 0)
+    A, y, gates = _small_problem(2)
+    ref = _cvxpy_solve(A, y, 0.01, gates, True)
+    fit = relu_cnn(A, y, 0.01, gates, tol=1e-12, max_seconds=0.5, max_inner=200)
+    assert not fit.converged and fit.gap > 0
+    assert fit.lower_bound <= ref * (1 + 1e-9) and fit.objective >= ref * (1 - 1e-9)
+    assert fit.max_violation <= 1e-12
+
+
+# ------------------------------------------------------------------ the barrier method of the restricted programs
+
+
+def test_barrier_method_matches_cvxpy_on_a_cone_constrained_group_lasso():
+    cvxpy = pytest.importorskip("cvxpy")
+    from structops.convex.interior import barrier_group_program, interior_direction
+
+    rng = np.random.default_rng(5)
+    m, n, h, R = 4, 7, 3, 6
+    B = rng.standard_normal((m, n, h))
+    y = rng.standard_normal(n)
+    rows, dirs = [], []
+    for _ in range(m):
+        G = rng.standard_normal((R, h))
+        d = rng.standard_normal(h)
+        G *= np.sign(G @ d)[:, None]  # d strictly inside
+        rows.append(G)
+        dirs.append(interior_direction(G, d))
+    for G, d in zip(rows, dirs):
+        assert (G @ d > 0).all() and abs(np.linalg.norm(d) - 1) < 1e-12
+    beta = 0.3
+    res = barrier_group_program(B, rows, y, beta, np.zeros((m, h)), np.array(dirs), gap_tol=1e-11)
+    assert res.converged and all((G @ c > 0).all() for G, c in zip(rows, res.C))
+    Cv = cvxpy.Variable((m, h))
+    obj = 0.5 * cvxpy.sum_squares(sum(B[j] @ Cv[j] for j in range(m)) - y) + beta * sum(
+        cvxpy.norm(Cv[j], 2) for j in range(m))
+    ref = cvxpy.Problem(cvxpy.Minimize(obj), [rows[j] @ Cv[j] >= 0 for j in range(m)]).solve(solver="CLARABEL")
+    r = sum(B[j] @ res.C[j] for j in range(m)) - y
+    val = 0.5 * r @ r + beta * np.linalg.norm(res.C, axis=1).sum()
+    assert abs(val - ref) <= 1e-7 * ref
+
+
+def test_interior_direction_finds_one_or_says_there_is_none():
+    from structops.convex.interior import interior_direction
+
+    G = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, -2.0]])
+    d = interior_direction(G, hint=np.array([-1.0, 0.0]))  # the hint is outside: a linear program
+    assert d is not None and (G @ d > 0).all()
+    flat = np.array([[1.0, 0.0], [-1.0, 0.0]])  # c_0 >= 0 and c_0 <= 0: no interior
+    assert interior_direction(flat, hint=np.array([0.0, 1.0])) is None
+
+
+def test_float32_data_give_float32_groups_and_the_same_optimum():
+    X, y = synthetic(0)
+    A64 = PatchOperator(X, 10, stride=5)
+    A32 = PatchOperator(X.astype(np.float32), 10, stride=5)
+    g = sample_gates(A64, 500, kind="mixed", seed=0)
+    ref = relu_cnn(A64, y, 1e-2, g, tol=1e-9).objective
+    fit = relu_cnn(A32, y.astype(np.float32), 1e-2, g, tol=1e-5)
+    assert fit.V.dtype == np.float32 and fit.converged  # measured: 1e-8 relative from float64
+    assert abs(fit.objective - ref) <= 1e-4 * ref and fit.lower_bound <= ref * (1 + 1e-4)
