@@ -101,7 +101,8 @@ def test_landscape_subcommand_is_delegated(tmp_path, capsys):
 def test_convex_subcommand_is_delegated(tmp_path, capsys):
     import json
 
-    status = main(["convex", "--quick", "--epochs", "50", "--samples", "300", "--runs", "2", "--out", str(tmp_path)])
+    status = main(["convex", "--quick", "--part", "two-layer", "--epochs", "50", "--samples", "300", "--runs", "2",
+                   "--out", str(tmp_path)])
     assert status == 0  # certified, and below both SGD runs
     out = capsys.readouterr().out
     assert "certified bound" in out and "SGD run 2" in out
@@ -109,3 +110,18 @@ def test_convex_subcommand_is_delegated(tmp_path, capsys):
     assert data["convex"]["converged"] and len(data["sgd"]) == 2
     assert data["convex"]["objective"] <= min(r["final"] for r in data["sgd"])
     assert (tmp_path / "two_layer_convex_vs_sgd.png").stat().st_size > 0
+
+
+def test_convex_subcommand_ccnn_table(tmp_path, capsys):
+    import json
+
+    pytest.importorskip("sklearn")
+    assert main(["convex", "--quick", "--part", "ccnn", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "CCNN-2" in out and "rot" in out
+    data = json.loads((tmp_path / "ccnn_digits.json").read_text())
+    errors = data["errors"]
+    assert set(errors) == {"CNN-1 (ReLU)", "CCNN-1", "CCNN-2"}
+    # far better than chance (90% error) on every variation, even in the quick setting
+    assert all(0 <= e < 0.7 for row in errors.values() for e in row.values())
+    assert errors["CCNN-1"]["basic"] < 0.1

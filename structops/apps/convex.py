@@ -1,4 +1,4 @@
-"""``structops convex``: the two-layer convex CNN program against SGD (Ergen and Pilanci 2021, Figure 2).
+"""``structops convex``: convex CNN training against SGD (Ergen and Pilanci 2021; Zhang, Liang and Wainwright 2017).
 
 Synthetic data as in the paper's figure: ``n = 6`` signals of length
 ``d = 15``, filters of size ``h = 10`` with stride 5 (``K = 2`` patches),
@@ -6,11 +6,15 @@ responses ``y ~ N(0, 1)``. The exact convex program of the ReLU CNN (cone
 constraints) is solved over sampled gate patterns with a certified duality gap,
 its ReLU network is recovered, and SGD on the non-convex network runs from 5
 initialisations; the objective against time goes to a PNG, the numbers to
-JSON.
+JSON. Then convexified CNNs (CCNN-1, CCNN-2) and a ReLU CNN-1 trained by SGD
+are compared by their test error on scikit-learn's digits and two variations
+made in-repo (noise background, random rotation), in the format of Table 1 of
+Zhang, Liang and Wainwright (2017).
 
 Usage::
 
-    structops convex [--out DIR] [--quick] [--beta B] [--width M] [--epochs E] [--samples S] [--seed S]
+    structops convex [--out DIR] [--quick] [--part all|two-layer|ccnn] [--beta B] [--width M] [--epochs E]
+                     [--samples S] [--runs R] [--seed S]
     python -m structops convex ...
 """
 
@@ -31,11 +35,12 @@ def build_parser(prog: str = "structops convex") -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "Ergen and Pilanci (2021), Figure 2: the certified convex optimum of a two-layer ReLU CNN "
-            "(n = 6, d = 15, h = 10, stride 5) against SGD from 5 initialisations; objective vs time."
+            "(n = 6, d = 15, h = 10, stride 5) against SGD from 5 initialisations; objective vs time. "
+            "Zhang, Liang and Wainwright (2017), Table 1: CCNN vs CNN test errors on the digits."
         ),
     )
     p.add_argument("--out", type=output_dir, default="convex-figures", help="folder for the PNG and JSON (default ./convex-figures)")
-    p.add_argument("--quick", action="store_true", help="fewer gate samples and SGD epochs (a few seconds)")
+    p.add_argument("--quick", action="store_true", help="fewer gate samples, features and epochs (well under a minute)")
     p.add_argument("--beta", type=finite_float(positive=True), default=1e-2, help="weight decay (default 0.01)")
     p.add_argument("--width", type=positive_int, default=10, help="neurons of the SGD networks (default 10)")
     p.add_argument("--epochs", type=positive_int, default=None, help="SGD epochs (default 20000; 3000 with --quick)")
@@ -43,6 +48,8 @@ def build_parser(prog: str = "structops convex") -> argparse.ArgumentParser:
                    help="generators drawn for the gate patterns (default 20000; 2000 with --quick)")
     p.add_argument("--runs", type=int_at_least(1), default=5, help="SGD initialisations (default 5)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the data, gates and SGD (default 0)")
+    p.add_argument("--part", choices=("all", "two-layer", "ccnn"), default="all",
+                   help="the two-layer figure, the CCNN table, or both (default)")
     return p
 
 
@@ -69,11 +76,94 @@ def two_layer_experiment(beta=1e-2, width=10, epochs=20000, samples=20000, runs=
     return report, sgd
 
 
+#: The networks of the CCNN table: CNN-1 by SGD, CCNN-1 and CCNN-2 (Zhang, Liang and Wainwright 2017).
+CCNN_SETUP = dict(
+    cnn=dict(filters=32, epochs=30, lr=0.05),
+    ccnn1=[dict(features=256, radius=300.0, epochs=20, lr=4.0, pool=2)],
+    ccnn2=[dict(features=256, radius=300.0, epochs=20, lr=4.0, pool=1),
+           dict(features=256, radius=300.0, epochs=20, lr=4.0, pool=2)],
+    rank=16,
+    n_train=1000,
+)
+
+
+def ccnn_table(quick=False, seed=0):
+    """Test errors of CNN-1, CCNN-1 and CCNN-2 on the digits and their variations: ``{model: {variation: error}}``."""
+    import copy
+    import time
+
+    import numpy as np
+
+    from ..convex.ccnn import train_ccnn
+    from ..convex.datasets import VARIATIONS, digits, vary
+    from ..convex.sgd import train_cnn_classifier
+
+    setup = copy.deepcopy(CCNN_SETUP)
+    if quick:  # fewer features and epochs
+        for opts in setup["ccnn1"] + setup["ccnn2"]:
+            opts.update(features=128, epochs=8)
+        setup["cnn"].update(epochs=10)
+    images, labels = digits()
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(labels))
+    train, test = perm[: setup["n_train"]], perm[setup["n_train"]:]
+    table, seconds = {"CNN-1 (ReLU)": {}, "CCNN-1": {}, "CCNN-2": {}}, {}
+    for v, kind in enumerate(VARIATIONS):
+        X = vary(images, kind, seed=[seed, v])
+        t0 = time.perf_counter()
+        cnn = train_cnn_classifier(X[train], labels[train], 10, seed=seed, **setup["cnn"])
+        table["CNN-1 (ReLU)"][kind] = cnn.error(X[test], labels[test])
+        t1 = time.perf_counter()
+        c1 = train_ccnn(X[train], labels[train], 10, n_layers=1, layer_options=setup["ccnn1"], seed=seed)
+        table["CCNN-1"][kind] = c1.error(X[test], labels[test])
+        t2 = time.perf_counter()
+        c2 = train_ccnn(X[train], labels[train], 10, n_layers=2, ranks=(setup["rank"],),
+                        layer_options=setup["ccnn2"], seed=seed)
+        table["CCNN-2"][kind] = c2.error(X[test], labels[test])
+        seconds[kind] = dict(cnn=t1 - t0, ccnn1=t2 - t1, ccnn2=time.perf_counter() - t2)
+    return dict(errors=table, seconds=seconds, setup=setup, n_test=int(len(test)))
+
+
 def main(argv=None) -> int:
-    """Run the experiment; returns 0 when the convex optimum is certified and at or below every SGD run."""
+    """Run the experiments; returns 0 when the convex optimum is certified and at or below every SGD run."""
     args, status = parse(build_parser(), argv)
     if args is None:
         return status
+    ok = True
+    if args.part in ("all", "two-layer"):
+        ok = _two_layer_part(args) and ok
+    if args.part in ("all", "ccnn"):
+        ok = _ccnn_part(args) and ok
+    return 0 if ok else 1
+
+
+def _ccnn_part(args) -> bool:
+    """The CCNN vs CNN table on the digits and their variations; True when it ran."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        print("\nCCNN table skipped: it needs scikit-learn's digits (pip install 'structops[convex]')")
+        return True
+    from ..convex.datasets import VARIATIONS
+
+    print(f"\nZhang, Liang and Wainwright (2017), Table 1 on scikit-learn's digits (8x8; "
+          f"{CCNN_SETUP['n_train']} training images, the rest for testing): test error")
+    res = ccnn_table(args.quick, args.seed)
+    header = f"{'':>14}" + "".join(f"{k:>9}" for k in VARIATIONS)
+    print(header)
+    print("-" * len(header))
+    for name, row in res["errors"].items():
+        print(f"{name:>14}" + "".join(f"{100 * row[k]:8.2f}%" for k in VARIATIONS))
+    total = sum(sum(t.values()) for t in res["seconds"].values())
+    print(f"({res['n_test']} test images; {total:.1f} s)")
+    out = os.path.join(args.out, "ccnn_digits.json")
+    with open(out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    print(f"wrote {out}")
+    return True
+
+
+def _two_layer_part(args) -> bool:
     epochs = args.epochs or (3000 if args.quick else 20000)
     samples = args.samples or (2000 if args.quick else 20000)
     print(f"Ergen and Pilanci (2021) Figure 2: two-layer ReLU CNN, n = 6, d = 15, h = 10, stride 5, "
@@ -107,7 +197,7 @@ def main(argv=None) -> int:
                        convex=report, sgd=[dict(final=h[-1][1], seconds=h[-1][0], history=t)
                                            for h, t in zip(sgd, thin)]), fh, indent=1)
     print(f"wrote {png} and {out}")
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":  # pragma: no cover

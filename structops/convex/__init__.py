@@ -8,8 +8,12 @@
   CNNs (Ergen and Pilanci 2021), with duality-gap certificates, and the
   recovered networks (:class:`TwoLayerCNN`).
 - :func:`train_two_layer_sgd`: the non-convex baseline.
+- :mod:`~structops.convex.ccnn`: convexified CNNs (Zhang, Liang and
+  Wainwright 2017), with the CNN baseline in :mod:`~structops.convex.sgd`
+  and the digit variations in :mod:`~structops.convex.datasets`.
 """
 
+from . import ccnn, datasets
 from .arrangements import Gates, sample_gates
 from .fista import group_fista, group_prox
 from .patches import PatchOperator

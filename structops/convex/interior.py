@@ -63,6 +63,62 @@ def interior_direction(G, hint=None):
     return c / np.linalg.norm(c)
 
 
+def _newton_solve(tau, Bf, BtB, Hb, g, woodbury):
+    """``(tau B^T B + blockdiag(Hb))^{-1} g``: directly, or by Woodbury's identity through ``n x n``."""
+    m, h = Hb.shape[:2]
+    if woodbury:
+        try:
+            # Woodbury's identity loses digits when the blocks' scales spread far (large tau):
+            # iterative refinement against the matrix-free product restores them
+            def H_times(x):
+                X = x.reshape(m, h)
+                return tau * (Bf.T @ (Bf @ x)) + np.einsum("mhk,mk->mh", Hb, X).reshape(-1)
+
+            solve = _woodbury_factor(tau, Bf, Hb)
+            x = solve(g)
+            gnorm = np.linalg.norm(g)
+            for _ in range(8):
+                res = g - H_times(x)
+                if np.linalg.norm(res) <= 1e-13 * gnorm:
+                    break
+                x = x + solve(res)
+            if np.linalg.norm(g - H_times(x)) <= 1e-8 * gnorm:
+                return x
+        except np.linalg.LinAlgError:  # a block too ill-conditioned to invert alone
+            pass
+        BtB = Bf.T @ Bf  # the full system
+    H = tau * BtB
+    H.reshape(m, h, m, h)[np.arange(m), :, np.arange(m), :] += Hb
+    try:
+        L = np.linalg.cholesky(H)
+        return np.linalg.solve(L.T, np.linalg.solve(L, g))
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(H, g, rcond=None)[0]
+
+
+def _woodbury_factor(tau, Bf, Hb):
+    """A solver of ``(tau B^T B + blockdiag(Hb)) x = g`` through the ``n x n`` matrix ``I / tau + B Hb^{-1} B^T``."""
+    m, h = Hb.shape[:2]
+    n = Bf.shape[0]
+    Lb = np.linalg.cholesky(Hb)  # (m, h, h) blocks
+
+    def block_solve(V):  # blockdiag(Hb)^{-1} V for V of shape (m, h, k)
+        W = np.linalg.solve(Lb, V)
+        return np.linalg.solve(np.swapaxes(Lb, 1, 2), W)
+
+    MBt = block_solve(Bf.reshape(n, m, h).transpose(1, 2, 0)).reshape(m * h, n)
+    S = Bf @ MBt
+    S[np.diag_indices(n)] += 1.0 / tau
+    L = np.linalg.cholesky(S)
+
+    def solve(g):
+        Mg = block_solve(g.reshape(m, h, 1)).reshape(-1)
+        z = np.linalg.solve(L.T, np.linalg.solve(L, Bf @ Mg))
+        return Mg - MBt @ z
+
+    return solve
+
+
 def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, mu=20.0,
                           max_newton=600) -> BarrierResult:
     """Solve the cone-constrained group lasso of the module's Notes by a barrier method.
@@ -71,9 +127,9 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     ----------
     blocks : array, shape ``(m, n, h)``
         ``B_j``.
-    rows : list of ``m`` arrays of shape ``(R_j, h)``, or ``None``
-        The cone rows ``G_j`` (none: the gated program, no cones); zero rows
-        must have been removed.
+    rows : array, shape ``(m, R, h)``, or ``None``
+        The cone rows ``G_j`` (none: the gated program, no cones), without
+        zero rows.
     y : array, shape ``(n,)``
     beta : float
     C0 : array, shape ``(m, h)``
@@ -107,19 +163,19 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     m, n, h = B.shape
     y = np.asarray(y, dtype=float)
     Bf = B.transpose(1, 0, 2).reshape(n, m * h)
-    has_rows = rows is not None
-    Gs = list(rows) if has_rows else [None] * m
-    N = 2 * m + (sum(G.shape[0] for G in Gs) if has_rows else 0)
+    G = None if rows is None else np.asarray(rows, dtype=float).reshape(m, -1, h)
+    N = 2 * m + (G.shape[0] * G.shape[1] if G is not None else 0)
     C = np.array(C0, dtype=float).reshape(m, h)
     dirs = np.asarray(directions, dtype=float).reshape(m, h)
     bnorm = np.linalg.norm(Bf, 2) if Bf.size else 1.0
     sigma = 1e-3 * max(float(np.sqrt((C * C).sum(axis=1)).max(initial=0.0)), np.linalg.norm(y) / max(bnorm, 1e-300))
     C = C + sigma * dirs
-    if has_rows:  # a warm start outside its cone (a first-order solve's rounding) restarts from the direction
-        for j, G in enumerate(Gs):
-            if G.shape[0] and (G @ C[j]).min() <= 0:
-                C[j] = sigma * dirs[j]
-    BtB = Bf.T @ Bf
+    if G is not None and G.shape[1]:  # a warm start outside its cone (a first-order solve's rounding) restarts
+        outside = np.einsum("mrh,mh->mr", G, C).min(axis=1) <= 0
+        C[outside] = sigma * dirs[outside]
+    # more unknowns than samples, and blocks that stay well conditioned (no cone rows): an n x n system
+    woodbury = G is None and m * h > 1.5 * n
+    BtB = None if woodbury else Bf.T @ Bf
     Bty = Bf.T @ y
 
     def f_of(C):
@@ -132,12 +188,31 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
         a = tau * beta
         s = np.sqrt(1.0 + a * a * (C * C).sum(axis=1))
         val = 0.5 * tau * float(r @ r) + float((s - np.log1p(s)).sum())
-        if has_rows:
-            for j, G in enumerate(Gs):
-                g = G @ C[j]
-                if (g <= 0).any():
-                    return np.inf
-                val -= float(np.log(g).sum())
+        if G is not None and G.shape[1]:
+            g = np.einsum("mrh,mh->mr", G, C)
+            if (g <= 0).any():
+                return np.inf
+            val -= float(np.log(g).sum())
+        return val
+
+    def merit_change(C, Cn, dC, step, tau, r, Bd, g, gd):
+        """``merit(Cn) - merit(C)`` for ``Cn = C + step dC``, without the cancellation of two large values.
+
+        At large ``tau`` the merit is ``~ tau f``, and its changes near the
+        centre are far below its rounding: the difference is formed term by
+        term (``s_n - s = a^2 (|c_n|^2 - |c|^2) / (s_n + s)`` etc.).
+        """
+        a = tau * beta
+        n0, n1 = (C * C).sum(axis=1), (Cn * Cn).sum(axis=1)
+        s0, s1 = np.sqrt(1.0 + a * a * n0), np.sqrt(1.0 + a * a * n1)
+        ds = a * a * (step * (2.0 * (C * dC).sum(axis=1) + step * (dC * dC).sum(axis=1))) / (s0 + s1)
+        val = tau * step * (float(r @ Bd) + 0.5 * step * float(Bd @ Bd))
+        val += float((ds - np.log1p(ds / (1.0 + s0))).sum())
+        if g is not None:
+            ratio = step * gd / g
+            if (ratio <= -1.0).any():
+                return np.inf
+            val -= float(np.log1p(ratio).sum())
         return val
 
     f0 = f_of(C)
@@ -154,40 +229,36 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
                 break
             steps += 1
             a = tau * beta
-            grad = tau * (BtB @ C.reshape(-1) - Bty)
-            H = tau * BtB
-            for j in range(m):
-                sl = slice(j * h, (j + 1) * h)
-                cj = C[j]
-                sj = np.sqrt(1.0 + a * a * (cj @ cj))
-                grad[sl] += (a * a / (1.0 + sj)) * cj
-                H[sl, sl] += (a * a / (1.0 + sj)) * eye - (a ** 4 / (sj * (1.0 + sj) ** 2)) * np.outer(cj, cj)
-                if has_rows:
-                    G = Gs[j]
-                    inv = 1.0 / (G @ cj)
-                    grad[sl] -= G.T @ inv
-                    H[sl, sl] += (G * (inv * inv)[:, None]).T @ G
-            try:
-                L = np.linalg.cholesky(H)
-                d = -np.linalg.solve(L.T, np.linalg.solve(L, grad))
-            except np.linalg.LinAlgError:
-                d = -np.linalg.lstsq(H, grad, rcond=None)[0]
+            s = np.sqrt(1.0 + a * a * (C * C).sum(axis=1))  # (m,)
+            BtBc = Bf.T @ (Bf @ C.reshape(-1)) if woodbury else BtB @ C.reshape(-1)
+            grad = (tau * (BtBc - Bty)).reshape(m, h) + (a * a / (1.0 + s))[:, None] * C
+            Hb = ((a * a / (1.0 + s))[:, None, None] * eye
+                  - (a ** 4 / (s * (1.0 + s) ** 2))[:, None, None] * (C[:, :, None] * C[:, None, :]))
+            if G is not None and G.shape[1]:
+                inv = 1.0 / np.einsum("mrh,mh->mr", G, C)
+                grad -= np.einsum("mrh,mr->mh", G, inv)
+                Gw = G * inv[:, :, None]
+                Hb += np.einsum("mrh,mrk->mhk", Gw, Gw)
+            grad = grad.reshape(-1)
+            d = -_newton_solve(tau, Bf, BtB, Hb, grad, woodbury)
             dec = -float(grad @ d)
             if not np.isfinite(dec) or dec <= 1e-8:
                 break
             dC = d.reshape(m, h)
             # the largest step that keeps the cone rows positive, then backtracking
             step = 1.0
-            if has_rows:
-                for j, G in enumerate(Gs):
-                    gd = G @ dC[j]
-                    neg = gd < 0
-                    if neg.any():
-                        step = min(step, 0.99 * float((-(G[neg] @ C[j]) / gd[neg]).min()))
-            F0 = merit(C, tau)
+            if G is not None and G.shape[1]:
+                gd = np.einsum("mrh,mh->mr", G, dC)
+                neg = gd < 0
+                if neg.any():
+                    step = min(step, 0.99 * float((-(1.0 / inv)[neg] / gd[neg]).min()))
+            r = Bf @ C.reshape(-1) - y
+            Bd = Bf @ d
+            gc = None if G is None or not G.shape[1] else 1.0 / inv
             while step > 1e-12:
                 Cn = C + step * dC
-                if merit(Cn, tau) <= F0 - 0.25 * step * dec:
+                if merit_change(C, Cn, dC, step, tau, r, Bd, gc, gd if gc is not None else None) \
+                        <= -0.25 * step * dec:
                     break
                 step *= 0.5
             else:

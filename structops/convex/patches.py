@@ -17,7 +17,7 @@ from ..operators.base import StructuredOperator
 from ..operators.conv import ConvND
 from ..operators.geometry import ConvGeometry
 
-__all__ = ["PatchOperator", "PATCH_TENSOR_BYTES"]
+__all__ = ["PatchOperator", "PATCH_TENSOR_BYTES", "patch_tensor", "average_pooling_matrix"]
 
 # the explicit patch tensor is formed when it takes at most this many bytes
 PATCH_TENSOR_BYTES = 256 * 2**20
@@ -162,3 +162,18 @@ def patch_tensor(X, geo: ConvGeometry):
     W = W[sl]
     perm = tuple(range(2, 2 + D)) + (0, 1) + tuple(range(2 + D, 2 + 2 * D))
     return xp.ascontiguousarray(W.transpose(perm)).reshape(int(np.prod(geo.out_shape)), n, -1)
+
+
+def average_pooling_matrix(grid, pool):
+    """Average pooling of a grid by non-overlapping windows: ``(Q, pooled grid)``, ``Q`` of shape ``(K', K)``.
+
+    ``grid`` and ``pool`` are tuples of sizes; windows at the far edges may be
+    partial (their mean is over the cells they hold).
+    """
+    grid, pool = tuple(int(g) for g in grid), tuple(int(p) for p in pool)
+    out = tuple(-(-g // p) for g, p in zip(grid, pool))
+    Q = np.zeros((int(np.prod(out)), int(np.prod(grid))))
+    for idx in np.ndindex(*grid):
+        o = np.ravel_multi_index(tuple(i // p for i, p in zip(idx, pool)), out)
+        Q[o, np.ravel_multi_index(idx, grid)] = 1.0
+    return Q / Q.sum(axis=1, keepdims=True), out

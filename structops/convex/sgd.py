@@ -1,4 +1,4 @@
-"""The baseline the convex programs replace: (stochastic) gradient descent on the non-convex CNN."""
+"""The baselines the convex programs replace: (stochastic) gradient descent on non-convex CNNs."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from .patches import PatchOperator
+from .patches import PatchOperator, average_pooling_matrix, patch_tensor
 from .two_layer import TwoLayerCNN
 
-__all__ = ["train_two_layer_sgd"]
+__all__ = ["train_two_layer_sgd", "CNNClassifier", "train_cnn_classifier"]
 
 
 def train_two_layer_sgd(patches: PatchOperator, y, beta: float, width: int, epochs: int = 2000,
@@ -87,3 +87,113 @@ def train_two_layer_sgd(patches: PatchOperator, y, beta: float, width: int, epoc
         clock += time.perf_counter() - t0
         history.append((clock, model.objective(patches, y, beta)))
     return model, history
+
+
+def check_classification(X, labels, n_classes):
+    """Images ``(n, c, *spatial)`` as float and labels ``(n,)`` as int in ``[0, n_classes)``, or a ValueError."""
+    X = np.asarray(X, dtype=float)
+    labels = np.asarray(labels).reshape(-1)
+    if X.ndim < 3:
+        raise ValueError(f"images must have shape (n, c, *spatial); got {X.shape}")
+    if labels.shape[0] != X.shape[0]:
+        raise ValueError(f"{labels.shape[0]} labels for {X.shape[0]} images")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes or not np.all(labels == np.round(labels))):
+        raise ValueError(f"labels must be integers in [0, {n_classes})")
+    return X, labels.astype(int)
+
+
+def softmax(S):
+    """Row-wise softmax of scores ``(n, C)``."""
+    S = S - S.max(axis=1, keepdims=True)
+    E = np.exp(S)
+    return E / E.sum(axis=1, keepdims=True)
+
+
+class CNNClassifier:
+    """CNN-1: a convolution with ``r`` filters (ReLU), average pooling, a linear map and softmax.
+
+    Parameters
+    ----------
+    filters : array, shape ``(r, h)``
+    W : array, shape ``(K' r, C)``
+    bias : array, shape ``(C,)``
+    kernel_size, padding, pool : the layer's geometry (stride 1)
+    """
+
+    def __init__(self, filters, W, bias, kernel_size, padding, pool):
+        self.filters, self.W, self.bias = filters, W, bias
+        self.kernel_size, self.padding, self.pool = kernel_size, padding, pool
+
+    def patches(self, X):
+        """``(K, n, h)`` patch tensor of images ``X`` and the pooling matrix ``(K', K)``."""
+        A = PatchOperator(X, self.kernel_size, padding=self.padding, method="conv")
+        Q, _ = average_pooling_matrix(A.geometry.out_shape, (self.pool,) * len(A.geometry.out_shape))
+        return patch_tensor(A.data, A.geometry), Q
+
+    def forward(self, T, Q):
+        """Scores ``(n, C)`` and the intermediate ``(Z, pooled features)`` from patches ``T`` ``(K, n, h)``."""
+        Z = T @ self.filters.T  # (K, n, r)
+        F = np.einsum("qk,knr->nqr", Q, np.maximum(Z, 0.0)).reshape(T.shape[1], -1)
+        return F @ self.W + self.bias, Z, F
+
+    def loss_and_grads(self, T, Q, Y, weight_decay=0.0):
+        """Mean softmax cross-entropy (plus ``weight_decay / 2`` times the squared weights) and its gradients.
+
+        ``T`` ``(K, n, h)`` and ``Q`` from :meth:`patches`, ``Y`` one-hot ``(n, C)``; returns
+        ``(loss, [d filters, d W, d bias])``.
+        """
+        n = T.shape[1]
+        S, Z, F = self.forward(T, Q)
+        Pr = softmax(S)
+        loss = -float((Y * np.log(np.maximum(Pr, 1e-300))).sum()) / n
+        loss += 0.5 * weight_decay * (float((self.filters ** 2).sum()) + float((self.W ** 2).sum()))
+        dS = (Pr - Y) / n
+        dW = F.T @ dS + weight_decay * self.W
+        dF = (dS @ self.W.T).reshape(n, Q.shape[0], -1)
+        dZ = np.einsum("qk,nqr->knr", Q, dF) * (Z > 0)
+        dU = np.einsum("knr,knh->rh", dZ, T) + weight_decay * self.filters
+        return loss, [dU, dW, dS.sum(axis=0)]
+
+    def predict(self, X):
+        T, Q = self.patches(np.asarray(X, dtype=float))
+        return self.forward(T, Q)[0].argmax(axis=1)
+
+    def error(self, X, labels) -> float:
+        return float((self.predict(X) != np.asarray(labels).reshape(-1)).mean())
+
+
+def train_cnn_classifier(X, labels, n_classes, filters=16, kernel_size=3, padding=1, pool=2, epochs=30,
+                         lr=0.05, batch_size=64, momentum=0.9, weight_decay=1e-4, seed=None) -> CNNClassifier:
+    """Train CNN-1 (:class:`CNNClassifier`) on the softmax loss by SGD with momentum.
+
+    Parameters
+    ----------
+    X : array, shape ``(n, c, *spatial)``
+    labels : int array, shape ``(n,)``
+    n_classes, filters, kernel_size, padding, pool
+        The network (``filters`` is ``r``).
+    epochs, lr, batch_size, momentum, weight_decay, seed
+        The optimiser (He initialisation; ``lr / sqrt(epoch)``).
+    """
+    rng = np.random.default_rng(seed)
+    X, labels = check_classification(X, labels, n_classes)
+    n = X.shape[0]
+    net = CNNClassifier(None, None, None, kernel_size, padding, pool)
+    T, Q = net.patches(X)
+    h = T.shape[-1]
+    Kq = Q.shape[0]
+    net.filters = rng.normal(0.0, np.sqrt(2.0 / h), size=(filters, h))
+    net.W = rng.normal(0.0, np.sqrt(1.0 / (Kq * filters)), size=(Kq * filters, n_classes))
+    net.bias = np.zeros(n_classes)
+    Y = np.eye(n_classes)[labels]
+    params = [net.filters, net.W, net.bias]
+    vel = [np.zeros_like(p) for p in params]
+    for epoch in range(1, int(epochs) + 1):
+        step = lr / np.sqrt(epoch)
+        for b in np.array_split(rng.permutation(n), max(1, n // batch_size)):
+            _, grads = net.loss_and_grads(T[:, b], Q, Y[b], weight_decay)
+            for p, v, g in zip(params, vel, grads):
+                v *= momentum
+                v -= step * g
+                p += v
+    return net

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._backend import get_xp, to_numpy
+from .._backend import blas_threads, get_xp, to_numpy
 from .._validate import check_memory
 from .arrangements import Gates
 from .fista import group_fista, power_norm2
@@ -55,7 +55,7 @@ class _GatedSum:
 
     def __init__(self, patches: PatchOperator, masks, signs):
         self.patches, self.xp = patches, patches.xp
-        self.D = self.xp.asarray(masks, dtype=patches.dtype)
+        self.D = self.xp.asarray(masks, dtype=bool)  # (K, n, P): 1 byte a gate entry, not 8
         self.s = self.xp.asarray(signs, dtype=patches.dtype)
         self.P = int(self.D.shape[-1])
         self.step = max(1, int(_CHUNK_BYTES // max(1, 8 * patches.K * patches.n)))
@@ -81,6 +81,19 @@ class _GatedSum:
             b = min(a + self.step, self.P)
             out += self.combine(self.responses(C[a:b]), a, b)
         return out
+
+    def predict_and_violation(self, C):
+        """``(predict(C), max_jk max (-(2 D_jk - I) X_k c_j)_+, max |X_k c_j|)``, in chunks of gates."""
+        out = self.xp.zeros(self.patches.n, dtype=self.patches.dtype)
+        viol, scale = 0.0, 0.0
+        for a in range(0, self.P, self.step):
+            b = min(a + self.step, self.P)
+            Z = self.responses(C[a:b])
+            out += self.combine(Z, a, b)
+            if Z.size:
+                viol = max(viol, float(self.xp.maximum(-(2.0 * self.D[..., a:b] - 1.0) * Z, 0.0).max()))
+                scale = max(scale, float(self.xp.abs(Z).max()))
+        return out, viol, scale
 
     def predict_T(self, r):
         """Adjoint of :meth:`predict`: ``(n,)`` -> ``(P, h)``."""
@@ -366,15 +379,11 @@ def _solve_relu(model: _GatedSum, y, beta, C0, tol, feas_tol, max_outer, max_inn
 
 def _objective(prob, groups, C):
     """The program's objective on the groups ``groups`` (and the largest cone violation, relative)."""
-    xp = prob.xp
     model = prob.restricted(groups)
-    Z = model.responses(C)
-    r = prob.y - model.combine(Z)
+    pred, viol, scale = model.predict_and_violation(C) if prob.relu else (model.predict(C), 0.0, 1.0)
+    r = prob.y - pred
     obj = 0.5 * float(r @ r) + prob.beta * float(_group_norms(C).sum())
-    viol = 0.0
-    if prob.relu and Z.size:
-        viol = float(xp.maximum(-(2.0 * model.D - 1.0) * Z, 0.0).max()) / max(1.0, float(xp.abs(Z).max()))
-    return obj, viol
+    return obj, viol / max(1.0, scale)
 
 
 def _polish(prob, groups, C, active_tol: float = 1e-6, steps: int = 30):
@@ -463,7 +472,8 @@ def _polish(prob, groups, C, active_tol: float = 1e-6, steps: int = 30):
     return Cn if new < old and viol <= 1e-12 else C
 
 
-_BARRIER_UNKNOWNS = 1500  # restricted programs up to this many unknowns go to the barrier method
+_BARRIER_UNKNOWNS = 3000  # restricted programs up to this many unknowns go to the barrier method
+_BARRIER_BYTES = 256 * 2**20  # ... and up to this much memory in their cone rows
 
 
 def _prune(prob, groups, C, tol):
@@ -494,20 +504,22 @@ def _solve_restricted(prob, groups, C0, inner_tol, first_order):
     Returns ``(C, iterations)`` (Newton steps or first-order iterations).
     """
     xp, h = prob.xp, prob.patches.h
-    if len(groups) * h <= _BARRIER_UNKNOWNS:
+    rows_bytes = 8.0 * len(groups) * prob.patches.K * prob.patches.n * h if prob.relu else 0.0
+    if len(groups) * h <= _BARRIER_UNKNOWNS and rows_bytes <= _BARRIER_BYTES:
         data = [prob.barrier_data(int(j)) for j in groups]
         if all(d is not None for d in data):
-            res = barrier_group_program(np.stack([d[0] for d in data]),
-                                        [d[1] for d in data] if prob.relu else None,
-                                        to_numpy(prob.y), prob.beta, to_numpy(C0),
-                                        np.stack([d[2] for d in data]), gap_tol=inner_tol)
+            with blas_threads():  # dense systems of a few hundred unknowns: one BLAS thread is fastest
+                res = barrier_group_program(np.stack([d[0] for d in data]),
+                                            np.stack([d[1] for d in data]) if prob.relu else None,
+                                            to_numpy(prob.y), prob.beta, to_numpy(C0),
+                                            np.stack([d[2] for d in data]), gap_tol=max(inner_tol, 1e-13))
             return xp.asarray(res.C, dtype=prob.patches.dtype), res.newton_steps
     C, k = first_order(prob.restricted(groups), C0, inner_tol)
     return _polish(prob, groups, C), k
 
 
 def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_rounds: int = 200, t0=None,
-                 max_seconds=None):
+                 max_seconds=None, geometric=True):
     """Solve a two-layer program by growing a working set of groups.
 
     Each round solves the program restricted to the working set (``solve``,
@@ -527,7 +539,7 @@ def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_
     lb = prob.lower_bound(y, sc)
     floor = max(tol * 1e-2, 1e-14)
     inner_tol = max(1e-4, floor)  # early sets are provisional: solved loosely, then tighter with the gap
-    rounds = 0
+    rounds, stalled, last_lb = 0, 0, lb
     for rounds in range(1, max_rounds + 1):
         if ws:
             groups = np.asarray(ws)
@@ -549,13 +561,18 @@ def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_
             break
         inner_tol = max(min(inner_tol, 1e-2 * rel), floor)
         inside = set(ws)
-        new = [int(j) for j in np.argsort(-sc) if sc[j] > beta * (1 + 1e-12) and int(j) not in inside][:grow]
+        new = [int(j) for j in np.argsort(-sc) if sc[j] > beta * (1 + 1e-12) and int(j) not in inside]
+        new = new[:max(grow, len(ws) // 2) if geometric else grow]  # a dense support: a few rounds, not n / grow
         if new:
             ws += new
             C_ws = xp.concatenate([C_ws, xp.zeros((len(new), h), dtype=C_ws.dtype)])
         else:
             inner_tol = max(inner_tol * 0.01, 1e-15)  # no violator outside: solve the set more exactly
             floor = min(floor, inner_tol)
+            stalled = stalled + 1 if lb <= last_lb + 1e-3 * (obj - last_lb) else 0
+            if stalled >= 3:  # the restricted solves are as accurate as they get: stop with the bounds
+                break
+        last_lb = lb
     C = xp.zeros((prob.n_groups, h), dtype=prob.patches.dtype)
     if ws:
         C_ws = _prune(prob, np.asarray(ws), C_ws, tol)
@@ -599,7 +616,7 @@ def gated_relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: fl
     non-zero groups (at most ``n + 1`` are needed), so the program is solved on
     a working set grown from the groups whose dual constraint the residual
     violates most; one product with every gate per round gives the bound.
-    Working sets of up to 1500 unknowns are solved by a barrier method
+    Working sets of up to 3000 unknowns are solved by a barrier method
     (:func:`~structops.convex.interior.barrier_group_program`: Newton steps,
     accurate to rounding), larger ones by restarted FISTA
     (:func:`~structops.convex.group_fista`) and a Newton polish on the support.
@@ -652,7 +669,7 @@ def relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 
     Notes
     -----
     Restricted to a working set of groups (as in :func:`gated_relu_cnn`), the
-    program is solved by the barrier method up to 1500 unknowns (the cones'
+    program is solved by the barrier method up to 3000 unknowns (the cones'
     rows are linear constraints of the barrier; its iterates stay strictly
     inside the cones) and beyond that by an augmented Lagrangian, which
     reaches a relative gap near ``1e-5`` on hard sets and may stall there
@@ -674,7 +691,7 @@ def relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 
         return _solve_relu(model, y, beta, C0, max(inner_tol, 1e-13), feas_tol, max_outer, max_inner)
 
     C, obj, lb, rounds, its, converged, history = _working_set(prob, tol, solve, t0=t0,
-                                                               max_seconds=max_seconds)
+                                                               max_seconds=max_seconds, geometric=False)
     # exact feasibility: every non-zero group onto its cone, then the objective and the bound once more
     xp = patches.xp
     for j in np.nonzero(to_numpy(_group_norms(C)) > 0)[0]:
@@ -683,10 +700,8 @@ def relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 
     V, W = C[:P], C[P:]
     nz = np.nonzero(to_numpy(_group_norms(C)) > 0)[0]
     if len(nz):
-        sub = prob.restricted(nz)
-        Z = sub.responses(C[nz])
-        r = y - sub.combine(Z)
-        viol = float(xp.maximum(-(2.0 * sub.D - 1.0) * Z, 0.0).max())
+        pred, viol, _ = prob.restricted(nz).predict_and_violation(C[nz])
+        r = y - pred
     else:
         r, viol = y, 0.0
     obj = 0.5 * float(r @ r) + beta * float(_group_norms(C).sum())
