@@ -307,3 +307,45 @@ def test_float32_data_give_float32_groups_and_the_same_optimum():
     fit = relu_cnn(A32, y.astype(np.float32), 1e-2, g, tol=1e-5)
     assert fit.V.dtype == np.float32 and fit.converged  # measured: 1e-8 relative from float64
     assert abs(fit.objective - ref) <= 1e-4 * ref and fit.lower_bound <= ref * (1 + 1e-4)
+
+
+
+def test_degenerate_problems_have_exact_certified_answers():
+    """Zero targets, zero data, a huge weight decay: the zero network, certified; one image; duplicated images."""
+    X, y = synthetic(0)
+    A = PatchOperator(X, 10, stride=5)
+    g = sample_gates(A, 300, kind="mixed", seed=0)
+    for solve in (gated_relu_cnn, relu_cnn):
+        fit = solve(A, np.zeros(6), 0.01, g)
+        assert fit.converged and fit.objective == 0 and len(fit.weights) == 0
+        fit = solve(A, y, 1e6, g)  # beta above every correlation: the zero network is optimal
+        assert fit.converged and fit.objective == pytest.approx(0.5 * y @ y, rel=1e-14) and len(fit.weights) == 0
+        Z = PatchOperator(np.zeros_like(X), 10, stride=5)
+        fit = solve(Z, y, 0.01, sample_gates(Z, 20, seed=0))
+        assert fit.converged and fit.objective == pytest.approx(0.5 * y @ y, rel=1e-14)
+        one = PatchOperator(X[:1], 10, stride=5)
+        fit = solve(one, y[:1], 0.01, sample_gates(one, 50, seed=0))
+        assert fit.converged and fit.relative_gap <= 1e-8 and fit.objective < 0.5 * y[0] ** 2
+        dup = PatchOperator(np.vstack([X[:3], X[:3]]), 10, stride=5)
+        fit = solve(dup, y, 0.01, sample_gates(dup, 300, kind="mixed", seed=0))
+        assert fit.converged and fit.lower_bound <= fit.objective
+
+
+def test_programs_refuse_empty_batches_and_non_finite_values():
+    X, y = synthetic(0)
+    A = PatchOperator(X, 10, stride=5)
+    g = sample_gates(A, 50, seed=0)
+    with pytest.raises(ValueError, match="no patches"):
+        sample_gates(PatchOperator(np.zeros((0, 15)), 10, stride=5), 10)
+    bad = y.copy()
+    bad[2] = np.nan
+    for solve in (gated_relu_cnn, relu_cnn):
+        with pytest.raises(ValueError, match="NaN"):
+            solve(A, bad, 0.01, g)
+
+
+def test_patch_operator_of_an_empty_batch():
+    A = PatchOperator(np.zeros((0, 15)), 10, stride=5)
+    assert A.dimsd == (2, 0)
+    assert A.responses(np.ones((3, 10))).shape == (2, 0, 3)
+    np.testing.assert_array_equal(A.gradients(np.ones((2, 0, 3))), np.zeros((3, 10)))

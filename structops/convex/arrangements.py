@@ -87,6 +87,8 @@ def sample_gates(patches: PatchOperator, n_samples: int, kind: str = "gaussian",
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1; got {n_samples}")
+    if patches.n == 0 or patches.K == 0:
+        raise ValueError(f"no patches to gate: {patches.n} images, {patches.K} patch positions")
     if kind not in ("gaussian", "patches", "mixed"):
         raise ValueError(f"kind must be 'gaussian', 'patches' or 'mixed'; got {kind!r}")
     rng = np.random.default_rng(seed)

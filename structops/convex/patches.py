@@ -125,7 +125,7 @@ class PatchOperator(StructuredOperator):
     def responses(self, C):
         """``Z[k, i, j] = (X_k c_j)_i`` for filters ``C`` of shape ``(P, h)`` (or ``(P, c, *k)``): ``(K, n, P)``."""
         C = self.xp.asarray(C).reshape(-1, self.h)
-        return self.matmat(C.T).reshape(self.K, self.n, -1)
+        return self.matmat(C.T).reshape(self.K, self.n, C.shape[0])
 
     def gradients(self, R):
         """Adjoint of :meth:`responses`: ``(K, n, P)`` -> ``(P, h)``, ``G_j = sum_k X_k^T R[k, :, j]``."""
@@ -161,7 +161,8 @@ def patch_tensor(X, geo: ConvGeometry):
     sl += tuple(slice(None, None, d) for d in geo.dilation)
     W = W[sl]
     perm = tuple(range(2, 2 + D)) + (0, 1) + tuple(range(2 + D, 2 + 2 * D))
-    return xp.ascontiguousarray(W.transpose(perm)).reshape(int(np.prod(geo.out_shape)), n, -1)
+    h = c * int(np.prod(geo.kernel_size))
+    return xp.ascontiguousarray(W.transpose(perm)).reshape(int(np.prod(geo.out_shape)), n, h)
 
 
 def average_pooling_matrix(grid, pool):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._backend import blas_threads, get_xp, to_numpy
+from .._backend import blas_threads, check_finite, get_xp, to_numpy
 from .._validate import check_memory
 from .arrangements import Gates
 from .fista import group_fista, power_norm2
@@ -178,6 +178,10 @@ def _check_problem(patches, y, beta, gates):
     y = xp.asarray(y, dtype=patches.dtype).reshape(-1)
     if y.shape[0] != patches.n:
         raise ValueError(f"y has {y.shape[0]} entries; the patches have {patches.n} images")
+    if patches.n == 0:
+        raise ValueError("no training images: the program is empty")
+    check_finite(y, "y")
+    check_finite(patches.data, "the images")
     if not beta > 0:
         raise ValueError(f"beta must be > 0; got {beta}")
     if gates.masks.shape[:2] != (patches.K, patches.n):
