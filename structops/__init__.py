@@ -13,7 +13,7 @@ The package is layered (see the architecture page of the documentation):
 
 import sys as _sys
 
-from . import convex, interop, linalg, nn, operators, solvers, testing
+from . import convex, distributed, interop, linalg, nn, operators, solvers, testing
 from ._backend import cupy_available, get_xp, set_blas_threads
 from ._validate import MemoryLimitError, get_memory_limit, set_memory_limit
 from .linalg import SpectrumNotConvergedError, cond, opnorm, singular_values, singular_vectors
@@ -88,6 +88,7 @@ __all__ = [
     "nn",
     "solvers",
     "convex",
+    "distributed",
     "interop",
     "__version__",
 ]

@@ -1,0 +1,132 @@
+"""Distributed convolution layers: output-channel, input-channel and batch splits over MPI ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice"]
+
+SPLITS = ("out_channels", "in_channels", "batch")
+
+
+def _mpi():
+    try:
+        import pylops_mpi
+        from mpi4py import MPI
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("distributed layers need mpi4py and pylops-mpi: pip install 'structops[mpi]'") from exc
+    return MPI, pylops_mpi
+
+
+def local_slice(total: int, comm) -> slice:
+    """The block of ``range(total)`` that rank ``comm.rank`` holds (``numpy.array_split``'s blocks)."""
+    sizes = [len(b) for b in np.array_split(np.arange(total), comm.size)]
+    start = int(np.sum(sizes[: comm.rank]))
+    return slice(start, start + sizes[comm.rank])
+
+
+def ConvND(kernel, in_shape, split: str = "out_channels", comm=None, batch: int = 1, **conv_options):
+    """A convolution layer split over the ranks of ``comm``, as a ``pylops_mpi.MPILinearOperator``.
+
+    Parameters
+    ----------
+    kernel : array, shape ``(c_out, c_in, *k)``
+        The whole kernel (every rank passes the same one; each keeps its block).
+    in_shape : tuple of int
+        Spatial input shape.
+    split : {"out_channels", "in_channels", "batch"}
+        ``"out_channels"``: rank ``r`` applies the rows of its output channels;
+        the input is broadcast (``Partition.BROADCAST``), the output scattered
+        by channel blocks. ``"in_channels"``: rank ``r`` applies the columns of
+        its input channels to its block of the input; the partial outputs are
+        summed (the output is broadcast). ``"batch"``: every rank applies the
+        whole layer to its block of ``batch`` images (block-diagonal).
+    comm : mpi4py communicator, optional
+        Default ``MPI.COMM_WORLD``.
+    batch : int
+        Images of a ``"batch"`` split (the other splits take one image).
+    **conv_options
+        ``stride``, ``padding``, ``dilation``, ``groups``, ... of
+        :class:`structops.ConvND`.
+
+    Returns
+    -------
+    pylops_mpi.MPILinearOperator
+        Its ``local_op`` attribute is this rank's structops operator.
+
+    Notes
+    -----
+    Inputs and outputs are flattened in the serial layer's order
+    (``(c_in, *in_shape)`` per image, images one after another), so
+    ``gather(op @ distribute(x, op, "model"))`` equals the serial product.
+    Per product, the output-channel split moves nothing but needs the whole
+    input on every rank; the input-channel split all-reduces one output
+    (``c_out prod(out_shape)`` values); the batch split moves nothing.
+    """
+    MPI, pylops_mpi = _mpi()
+    from ..operators.conv import ConvND as SerialConv
+
+    comm = MPI.COMM_WORLD if comm is None else comm
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    kernel = np.asarray(kernel)
+    c_out, c_in = kernel.shape[:2]
+    if conv_options.get("groups", 1) != 1 and split != "batch":
+        raise ValueError("grouped layers are split by batch only (their channel blocks are already independent)")
+    if split == "out_channels":
+        if comm.size > c_out:
+            raise ValueError(f"{comm.size} ranks for {c_out} output channels: at most one rank per channel")
+        local = SerialConv(kernel[local_slice(c_out, comm)], in_shape, **conv_options)
+        op = pylops_mpi.MPIVStack([local], base_comm=comm)
+    elif split == "in_channels":
+        if comm.size > c_in:
+            raise ValueError(f"{comm.size} ranks for {c_in} input channels: at most one rank per channel")
+        local = SerialConv(kernel[:, local_slice(c_in, comm)], in_shape, **conv_options)
+        op = pylops_mpi.MPIHStack([local], base_comm=comm)
+    else:
+        if comm.size > batch:
+            raise ValueError(f"{comm.size} ranks for a batch of {batch}: at most one rank per image")
+        layer = SerialConv(kernel, in_shape, **conv_options)
+        n_local = local_slice(batch, comm).stop - local_slice(batch, comm).start
+        op = pylops_mpi.MPIBlockDiag([layer] * n_local, base_comm=comm)
+        local = layer
+    op.local_op, op.split = local, split
+    return op
+
+
+def Conv2D(kernel, in_shape, split: str = "out_channels", comm=None, batch: int = 1, **conv_options):
+    """:func:`ConvND` for 2-D layers (``kernel`` of shape ``(c_out, c_in, kh, kw)``)."""
+    if np.ndim(kernel) != 4:
+        raise ValueError(f"Conv2D needs a 4-D kernel (c_out, c_in, kh, kw); got shape {np.shape(kernel)}")
+    return ConvND(kernel, in_shape, split=split, comm=comm, batch=batch, **conv_options)
+
+
+def distribute(x, op, side: str = "model"):
+    """The global vector ``x`` as the ``DistributedArray`` that ``op`` takes (``"model"``) or returns (``"data"``).
+
+    Every rank passes the same ``x``; each keeps its block (or all of it, when
+    the layout is broadcast).
+    """
+    _, pylops_mpi = _mpi()
+    from pylops_mpi import DistributedArray, Partition
+
+    comm = op.base_comm
+    x = np.asarray(x).reshape(-1)
+    local = op.local_op
+    broadcast = (op.split == "out_channels" and side == "model") or (op.split == "in_channels" and side == "data")
+    if broadcast:
+        d = DistributedArray(global_shape=x.size, base_comm=comm, partition=Partition.BROADCAST, dtype=x.dtype)
+        d[:] = x
+        return d
+    size = local.shape[1] if side == "model" else local.shape[0]
+    sizes = comm.allgather(size * (1 if op.split != "batch" else len(op.ops)))
+    start = int(np.sum(sizes[: comm.rank]))
+    d = DistributedArray(global_shape=int(np.sum(sizes)), base_comm=comm, partition=Partition.SCATTER,
+                         local_shapes=[(s,) for s in sizes], dtype=x.dtype)
+    d[:] = x[start:start + sizes[comm.rank]]
+    return d
+
+
+def gather(d):
+    """The global vector of a ``DistributedArray`` on every rank."""
+    return np.asarray(d.asarray())

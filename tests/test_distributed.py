@@ -1,0 +1,77 @@
+"""structops.distributed: layers split over MPI ranks equal the serial layer (run under ``mpiexec -n 2``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")
+pytest.importorskip("pylops_mpi")
+
+import structops  # noqa: E402
+from structops import distributed as dist  # noqa: E402
+
+pytestmark = pytest.mark.mpi
+
+
+def _comm():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def _layer(seed=0, c_out=5, c_in=3, shape=(6, 7), **options):
+    rng = np.random.default_rng(seed)  # the same on every rank
+    K = rng.standard_normal((c_out, c_in, 3, 3))
+    return K, shape, structops.Conv2D(K, shape, **options), rng
+
+
+@pytest.mark.parametrize("split", ["out_channels", "in_channels"])
+@pytest.mark.parametrize("options", [dict(padding=1), dict(stride=2), dict(padding="circular")])
+def test_channel_splits_equal_the_serial_layer(split, options):
+    K, shape, serial, rng = _layer(**options)
+    x, v = rng.standard_normal(serial.shape[1]), rng.standard_normal(serial.shape[0])
+    op = dist.Conv2D(K, shape, split=split, **options)
+    y = dist.gather(op @ dist.distribute(x, op, "model"))
+    z = dist.gather(op.H @ dist.distribute(v, op, "data"))
+    np.testing.assert_allclose(y, serial @ x, rtol=1e-12, atol=1e-12 * np.abs(serial @ x).max())
+    np.testing.assert_allclose(z, serial.H @ v, rtol=1e-12, atol=1e-12 * np.abs(serial.H @ v).max())
+    # the dot test with the distributed inner products
+    lhs = (op @ dist.distribute(x, op, "model")).dot(dist.distribute(v, op, "data"))
+    rhs = dist.distribute(x, op, "model").dot(op.H @ dist.distribute(v, op, "data"))
+    assert abs(lhs - rhs) <= 1e-12 * max(abs(lhs), 1.0)
+
+
+def test_batch_split_is_the_layer_on_each_rank_s_images():
+    K, shape, serial, rng = _layer(padding=1)
+    B = 2 * _comm().size + 1
+    X = rng.standard_normal((B, serial.shape[1]))
+    op = dist.Conv2D(K, shape, split="batch", batch=B, padding=1)
+    y = dist.gather(op @ dist.distribute(X.reshape(-1), op, "model"))
+    np.testing.assert_allclose(y.reshape(B, -1), (serial @ X.T).T, rtol=1e-12, atol=1e-12)
+
+
+def test_distributed_cgls_takes_the_serial_iterates():
+    import pylops
+    import pylops_mpi
+
+    K, shape, serial, rng = _layer(c_out=6, c_in=2, padding=1)
+    y = serial @ rng.standard_normal(serial.shape[1])
+    op = dist.Conv2D(K, shape, split="out_channels", padding=1)
+    x0 = dist.distribute(np.zeros(serial.shape[1]), op, "model")
+    xd = pylops_mpi.cgls(op, dist.distribute(y, op, "data"), x0=x0, niter=15, tol=0.0)[0]
+    xs = pylops.optimization.basic.cgls(serial, y, x0=np.zeros(serial.shape[1]), niter=15, tol=0.0)[0]
+    np.testing.assert_allclose(dist.gather(xd), xs, rtol=1e-9, atol=1e-9 * np.abs(xs).max())
+
+
+def test_distributed_layers_refuse_bad_arguments():
+    K, shape, _, _ = _layer()
+    with pytest.raises(ValueError, match="split"):
+        dist.Conv2D(K, shape, split="rows")
+    with pytest.raises(ValueError, match="4-D"):
+        dist.Conv2D(K[0], shape)
+    with pytest.raises(ValueError, match="grouped"):
+        dist.Conv2D(np.ones((4, 1, 3, 3)), shape, split="out_channels", groups=2)
+    if _comm().size > 1:
+        with pytest.raises(ValueError, match="at most one rank"):
+            dist.Conv2D(K[:1], shape, split="out_channels")
