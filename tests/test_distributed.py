@@ -75,3 +75,25 @@ def test_distributed_layers_refuse_bad_arguments():
     if _comm().size > 1:
         with pytest.raises(ValueError, match="at most one rank"):
             dist.Conv2D(K[:1], shape, split="out_channels")
+
+
+def test_circular_spectrum_split_over_frequencies_equals_the_serial_one():
+    rng = np.random.default_rng(4)
+    for stride in (1, 2):
+        serial = structops.Conv2D(rng.standard_normal((4, 3, 3, 3)), (8, 6), padding="circular", stride=stride)
+        values, bound = dist.circular_singular_values(serial)
+        ref = structops.singular_values(serial)  # the serial exact spectrum of a periodic layer
+        assert values.shape == ref.shape
+        np.testing.assert_allclose(values, ref, rtol=0, atol=1e-12 * ref.max())
+        assert 0 <= bound <= 1e-10 * ref.max()
+    with pytest.raises(ValueError, match="periodic"):
+        dist.circular_singular_values(structops.Conv2D(np.ones((1, 1, 3, 3)), (5, 5), padding=1))
+
+
+@pytest.mark.parametrize("split", ["out_channels", "in_channels"])
+def test_sigma_max_through_the_distributed_layer_is_the_serial_certified_value(split):
+    K, shape, serial, _ = _layer(seed=5, c_out=4, c_in=3, padding=1)
+    op = dist.Conv2D(K, shape, split=split, padding=1)
+    s_dist = structops.opnorm(dist.replicated(op))
+    s_serial = structops.opnorm(serial)
+    assert abs(s_dist - s_serial) <= 1e-12 * s_serial

@@ -7,11 +7,16 @@
   of the same layer on each rank's images).
 - :func:`distribute` and :func:`gather`: arrays to and from the layout a
   split expects.
+- :func:`circular_singular_values`: a periodic layer's whole spectrum, the
+  frequencies split over the ranks; :func:`replicated`: a serial view of a
+  distributed layer, so that ``structops.opnorm(replicated(op))`` is the
+  certified sigma_max with the products split.
 
 mpi4py and pylops-mpi are the optional ``[mpi]`` extra, imported only when a
 distributed operator is built.
 """
 
 from .layers import ConvND, Conv2D, distribute, gather, local_slice
+from .spectra import circular_singular_values, replicated
 
-__all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice"]
+__all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice", "circular_singular_values", "replicated"]
