@@ -8,7 +8,7 @@ Run from the repository root (needs mpi4py, pylops-mpi and an ``mpiexec``)::
 Each configuration runs in its own ``mpiexec`` job; rank 0 reports the median
 of ``--repeat`` timings (after a warm-up) of: a forward and an adjoint
 product of a 64 -> 64 channel 3x3 layer on 128x128 images for each split
-(batch split: 8 images), 20 ``pylops_mpi.cgls`` iterations on the
+(rows: a halo exchange of one row; batch split: 8 images), 20 ``pylops_mpi.cgls`` iterations on the
 output-channel split, and the whole circular spectrum of a 64 -> 64 layer on
 64x64 images split over frequencies. Parallel efficiency is
 ``t(1) / (N t(N))``. Every rank runs one BLAS thread.
@@ -55,6 +55,11 @@ def _worker(quick: bool, repeat: int):
         y = dist.distribute(rng.standard_normal(op.shape[0]), op, "data")
         timed(f"{split} forward", lambda: op @ x)
         timed(f"{split} adjoint", lambda: op.H @ y)
+    op = dist.Conv2D(K, (n, n), split="rows", padding=1)
+    x = dist.distribute(rng.standard_normal(op.shape[1]), op, "model")
+    y = dist.distribute(rng.standard_normal(op.shape[0]), op, "data")
+    timed("rows (halo) forward", lambda: op @ x)
+    timed("rows (halo) adjoint", lambda: op.H @ y)
     B = 8
     op = dist.Conv2D(K, (n, n), split="batch", batch=B, padding=1)
     xb = dist.distribute(rng.standard_normal(op.shape[1]), op, "model")

@@ -67,7 +67,7 @@ def test_distributed_cgls_takes_the_serial_iterates():
 def test_distributed_layers_refuse_bad_arguments():
     K, shape, _, _ = _layer()
     with pytest.raises(ValueError, match="split"):
-        dist.Conv2D(K, shape, split="rows")
+        dist.Conv2D(K, shape, split="columns")
     with pytest.raises(ValueError, match="4-D"):
         dist.Conv2D(K[0], shape)
     with pytest.raises(ValueError, match="grouped"):
@@ -97,3 +97,34 @@ def test_sigma_max_through_the_distributed_layer_is_the_serial_certified_value(s
     s_dist = structops.opnorm(dist.replicated(op))
     s_serial = structops.opnorm(serial)
     assert abs(s_dist - s_serial) <= 1e-12 * s_serial
+
+
+@pytest.mark.parametrize("kernel_size, options", [
+    (3, dict(padding=1)),
+    (5, dict(padding="same", dilation=(1, 2))),
+    (4, dict(padding=((1, 2), (2, 1)))),  # even kernel, asymmetric padding
+    (3, dict(padding=((1, 1), (0, 0)), stride=(1, 2))),
+])
+def test_row_split_with_halo_exchange_equals_the_serial_layer(kernel_size, options):
+    rng = np.random.default_rng(6)
+    K = rng.standard_normal((3, 2, kernel_size, kernel_size))
+    shape = (9, 8)
+    serial = structops.Conv2D(K, shape, **options)
+    x, v = rng.standard_normal(serial.shape[1]), rng.standard_normal(serial.shape[0])
+    op = dist.Conv2D(K, shape, split="rows", **options)
+    y = dist.gather(op @ dist.distribute(x, op, "model"), op)
+    z = dist.gather(op.H @ dist.distribute(v, op, "data"), op)
+    np.testing.assert_allclose(y, serial @ x, rtol=1e-12, atol=1e-12 * np.abs(serial @ x).max())
+    np.testing.assert_allclose(z, serial.H @ v, rtol=1e-12, atol=1e-12 * np.abs(serial.H @ v).max())
+    lhs = (op @ dist.distribute(x, op, "model")).dot(dist.distribute(v, op, "data"))
+    rhs = dist.distribute(x, op, "model").dot(op.H @ dist.distribute(v, op, "data"))
+    assert abs(lhs - rhs) <= 1e-12 * max(abs(lhs), 1.0)
+    assert abs(structops.opnorm(dist.replicated(op)) - structops.opnorm(serial)) <= 1e-12 * structops.opnorm(serial)
+
+
+def test_row_split_refuses_layers_it_cannot_split():
+    K = np.ones((2, 2, 3, 3))
+    with pytest.raises(ValueError, match="rows split"):
+        dist.Conv2D(K, (8, 8), split="rows", padding=0)  # the output is shorter than the input
+    with pytest.raises(ValueError, match="rows split"):
+        dist.Conv2D(K, (8, 8), split="rows", padding="circular")

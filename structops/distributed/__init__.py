@@ -4,7 +4,8 @@
   layer, each a ``pylops_mpi`` operator on ``DistributedArray`` s:
   ``"out_channels"`` (an ``MPIVStack`` of row blocks), ``"in_channels"``
   (an ``MPIHStack`` of column blocks) and ``"batch"`` (an ``MPIBlockDiag``
-  of the same layer on each rank's images).
+  of the same layer on each rank's images), and ``"rows"`` (blocks of image
+  rows, with a halo exchange of the padding rows).
 - :func:`distribute` and :func:`gather`: arrays to and from the layout a
   split expects.
 - :func:`circular_singular_values`: a periodic layer's whole spectrum, the

@@ -6,7 +6,7 @@ import numpy as np
 
 __all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice"]
 
-SPLITS = ("out_channels", "in_channels", "batch")
+SPLITS = ("out_channels", "in_channels", "batch", "rows")
 
 
 def _mpi():
@@ -41,6 +41,11 @@ def ConvND(kernel, in_shape, split: str = "out_channels", comm=None, batch: int 
         its input channels to its block of the input; the partial outputs are
         summed (the output is broadcast). ``"batch"``: every rank applies the
         whole layer to its block of ``batch`` images (block-diagonal).
+        ``"rows"`` (2-D zero-padded layers of stride 1 along the rows whose
+        output has the input's height, e.g. ``padding="same"``): rank ``r``
+        holds a block of image rows of every channel, receives the
+        ``padding`` rows it needs from its neighbours (a halo exchange), and
+        returns the same block of output rows.
     comm : mpi4py communicator, optional
         Default ``MPI.COMM_WORLD``.
     batch : int
@@ -61,7 +66,8 @@ def ConvND(kernel, in_shape, split: str = "out_channels", comm=None, batch: int 
     ``gather(op @ distribute(x, op, "model"))`` equals the serial product.
     Per product, the output-channel split moves nothing but needs the whole
     input on every rank; the input-channel split all-reduces one output
-    (``c_out prod(out_shape)`` values); the batch split moves nothing.
+    (``c_out prod(out_shape)`` values); the batch split moves nothing; the
+    row split sends ``c_in W`` values per padding row to each neighbour.
     """
     MPI, pylops_mpi = _mpi()
     from ..operators.conv import ConvND as SerialConv
@@ -71,7 +77,7 @@ def ConvND(kernel, in_shape, split: str = "out_channels", comm=None, batch: int 
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
     kernel = np.asarray(kernel)
     c_out, c_in = kernel.shape[:2]
-    if conv_options.get("groups", 1) != 1 and split != "batch":
+    if conv_options.get("groups", 1) != 1 and split not in ("batch", "rows"):
         raise ValueError("grouped layers are split by batch only (their channel blocks are already independent)")
     if split == "out_channels":
         if comm.size > c_out:
@@ -83,6 +89,9 @@ def ConvND(kernel, in_shape, split: str = "out_channels", comm=None, batch: int 
             raise ValueError(f"{comm.size} ranks for {c_in} input channels: at most one rank per channel")
         local = SerialConv(kernel[:, local_slice(c_in, comm)], in_shape, **conv_options)
         op = pylops_mpi.MPIHStack([local], base_comm=comm)
+    elif split == "rows":
+        op = _row_split(kernel, in_shape, comm, conv_options)
+        return op
     else:
         if comm.size > batch:
             raise ValueError(f"{comm.size} ranks for a batch of {batch}: at most one rank per image")
@@ -112,6 +121,9 @@ def distribute(x, op, side: str = "model"):
 
     comm = op.base_comm
     x = np.asarray(x).reshape(-1)
+    if op.split == "rows":
+        c, w = (op.c_in, op.width) if side == "model" else (op.c_out, op.width_out)
+        return _scattered(x.reshape(c, op.height, w)[:, op.rows].ravel(), comm)
     local = op.local_op
     broadcast = (op.split == "out_channels" and side == "model") or (op.split == "in_channels" and side == "data")
     if broadcast:
@@ -127,6 +139,80 @@ def distribute(x, op, side: str = "model"):
     return d
 
 
-def gather(d):
-    """The global vector of a ``DistributedArray`` on every rank."""
-    return np.asarray(d.asarray())
+def gather(d, op=None):
+    """The global vector of a ``DistributedArray`` on every rank, in the serial layer's order.
+
+    ``op`` is needed for the ``"rows"`` split only (its blocks are rows of
+    every channel, not contiguous pieces of the flattened image).
+    """
+    if op is None or getattr(op, "split", None) != "rows":
+        return np.asarray(d.asarray())
+    blocks = op.base_comm.allgather(np.asarray(d.local_array))
+    data = sum(b.size for b in blocks) != op.shape[1]
+    c, w = (op.c_out, op.width_out) if data else (op.c_in, op.width)
+    return np.concatenate([b.reshape(c, -1, w) for b in blocks], axis=1).ravel()
+
+
+def _scattered(local, comm):
+    """A ``DistributedArray`` (SCATTER) whose block on this rank is ``local``."""
+    from pylops_mpi import DistributedArray, Partition
+
+    sizes = comm.allgather(int(local.size))
+    d = DistributedArray(global_shape=int(np.sum(sizes)), base_comm=comm, partition=Partition.SCATTER,
+                         local_shapes=[(s,) for s in sizes], dtype=local.dtype)
+    d[:] = local
+    return d
+
+
+def _row_split(kernel, in_shape, comm, conv_options):
+    """The ``"rows"`` split: a pylops-mpi operator with a halo exchange of the padding rows."""
+    MPI, pylops_mpi = _mpi()
+    from ..operators.conv import ConvND as SerialConv
+
+    if len(in_shape) != 2:
+        raise ValueError(f"the rows split is for 2-D layers; got in_shape {tuple(in_shape)}")
+    serial = SerialConv(kernel, in_shape, **conv_options)
+    geo = serial.geometry
+    (pt, pb), (pl, pr) = geo.padding
+    H, W = in_shape
+    if geo.circular or geo.stride[0] != 1 or geo.out_shape[0] != H:
+        raise ValueError("the rows split needs zero padding, stride 1 along the rows and an output as tall as "
+                         "the input (e.g. padding='same')")
+    rows = local_slice(H, comm)
+    h = rows.stop - rows.start
+    if comm.allreduce(h, op=MPI.MIN) < max(pt, pb, 1):
+        raise ValueError(f"{comm.size} ranks leave a block of fewer than {max(pt, pb, 1)} rows: use fewer ranks")
+    opts = dict(conv_options)
+    opts["padding"] = ((0, 0), (pl, pr))
+    local = SerialConv(kernel, (h + pt + pb, W), **opts)
+    up = comm.rank - 1 if comm.rank > 0 else MPI.PROC_NULL
+    down = comm.rank + 1 if comm.rank < comm.size - 1 else MPI.PROC_NULL
+    c_in, c_out, W_out = serial.c_in, serial.c_out, geo.out_shape[1]
+
+    def exchange(send, dest, source, shape, dtype):
+        recv = np.zeros(shape, dtype=dtype)
+        comm.Sendrecv(np.ascontiguousarray(send), dest=dest, recvbuf=recv, source=source)
+        return recv
+
+    class RowSplitConv(pylops_mpi.MPILinearOperator):
+        def _matvec(self, x):
+            X = np.asarray(x.local_array).reshape(c_in, h, W)
+            dt = X.dtype
+            top = exchange(X[:, h - pt:], down, up, (c_in, pt, W), dt) if pt else X[:, :0]
+            bottom = exchange(X[:, :pb], up, down, (c_in, pb, W), dt) if pb else X[:, :0]
+            ext = np.concatenate([top, X, bottom], axis=1)
+            return _scattered(np.asarray(local.matvec(ext.ravel())), comm)
+
+        def _rmatvec(self, y):
+            E = np.asarray(local.rmatvec(np.asarray(y.local_array))).reshape(c_in, h + pt + pb, W)
+            G = np.array(E[:, pt:pt + h])
+            if pt:  # the rows above this block belong to the rank above: theirs to add
+                G[:, h - pt:] += exchange(E[:, :pt], up, down, (c_in, pt, W), G.dtype)
+            if pb:
+                G[:, :pb] += exchange(E[:, pt + h:], down, up, (c_in, pb, W), G.dtype)
+            return _scattered(G.ravel(), comm)
+
+    op = RowSplitConv(shape=serial.shape, dtype=serial.dtype, base_comm=comm)
+    op.local_op, op.split, op.rows = local, "rows", rows
+    op.c_in, op.c_out, op.height, op.width, op.width_out = c_in, c_out, H, W, W_out
+    return op

@@ -72,9 +72,9 @@ def replicated(op):
             super().__init__(dtype=np.dtype(op.dtype), shape=op.shape, explicit=False)
 
         def _matvec(self, x):
-            return gather(op @ distribute(x, op, "model"))
+            return gather(op @ distribute(x, op, "model"), op)
 
         def _rmatvec(self, y):
-            return gather(op.H @ distribute(y, op, "data"))
+            return gather(op.H @ distribute(y, op, "data"), op)
 
     return _Replicated()
