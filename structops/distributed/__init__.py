@@ -12,6 +12,9 @@
   frequencies split over the ranks; :func:`replicated`: a serial view of a
   distributed layer, so that ``structops.opnorm(replicated(op))`` is the
   certified sigma_max with the products split.
+- :func:`data_parallel` and :func:`minimize`: training with the batch split
+  over the ranks, losses and gradients all-reduced (e.g. the kernel fit
+  :func:`kernel_least_squares`).
 
 mpi4py and pylops-mpi are the optional ``[mpi]`` extra, imported only when a
 distributed operator is built.
@@ -19,5 +22,7 @@ distributed operator is built.
 
 from .layers import ConvND, Conv2D, distribute, gather, local_slice
 from .spectra import circular_singular_values, replicated
+from .training import data_parallel, kernel_least_squares, minimize
 
-__all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice", "circular_singular_values", "replicated"]
+__all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice", "circular_singular_values", "replicated",
+           "data_parallel", "minimize", "kernel_least_squares"]
