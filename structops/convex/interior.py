@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
 import numpy as np
+
+from .._backend import blas_threads
 
 __all__ = ["BarrierResult", "barrier_group_program", "interior_direction"]
 
@@ -89,9 +93,10 @@ def _newton_solve(tau, Bf, BtB, Hb, g, woodbury):
         BtB = Bf.T @ Bf  # the full system
     H = tau * BtB
     H.reshape(m, h, m, h)[np.arange(m), :, np.arange(m), :] += Hb
+    from scipy.linalg import cho_factor, cho_solve
+
     try:
-        L = np.linalg.cholesky(H)
-        return np.linalg.solve(L.T, np.linalg.solve(L, g))
+        return cho_solve(cho_factor(H, check_finite=False), g, check_finite=False)
     except np.linalg.LinAlgError:
         return np.linalg.lstsq(H, g, rcond=None)[0]
 
@@ -100,20 +105,19 @@ def _woodbury_factor(tau, Bf, Hb):
     """A solver of ``(tau B^T B + blockdiag(Hb)) x = g`` through the ``n x n`` matrix ``I / tau + B Hb^{-1} B^T``."""
     m, h = Hb.shape[:2]
     n = Bf.shape[0]
-    Lb = np.linalg.cholesky(Hb)  # (m, h, h) blocks
+    from scipy.linalg import cho_factor, cho_solve
 
-    def block_solve(V):  # blockdiag(Hb)^{-1} V for V of shape (m, h, k)
-        W = np.linalg.solve(Lb, V)
-        return np.linalg.solve(np.swapaxes(Lb, 1, 2), W)
-
-    MBt = block_solve(Bf.reshape(n, m, h).transpose(1, 2, 0)).reshape(m * h, n)
-    S = Bf @ MBt
+    np.linalg.cholesky(Hb)  # every block positive definite, or LinAlgError
+    Minv = np.linalg.inv(Hb)  # (m, h, h): small blocks, inverted once (the refinement absorbs their rounding)
+    MBt = (Minv @ Bf.reshape(n, m, h).transpose(1, 2, 0)).reshape(m * h, n)  # blockdiag(Hb)^{-1} B^T
+    with blas_threads(os.cpu_count() or 1):  # the step's one large product (n^2 m h flops): every core
+        S = Bf @ MBt
     S[np.diag_indices(n)] += 1.0 / tau
-    L = np.linalg.cholesky(S)
+    factor = cho_factor(S, check_finite=False)  # scipy's LinAlgError is numpy's
 
     def solve(g):
-        Mg = block_solve(g.reshape(m, h, 1)).reshape(-1)
-        z = np.linalg.solve(L.T, np.linalg.solve(L, Bf @ Mg))
+        Mg = (Minv @ g.reshape(m, h, 1)).reshape(-1)
+        z = cho_solve(factor, Bf @ Mg, check_finite=False)
         return Mg - MBt @ z
 
     return solve
