@@ -82,6 +82,18 @@ def nuclear_ball_projection(A, radius: float):
     return (U * s) @ Vt, s
 
 
+def _as_weights(A, Kq):
+    """The map ``A`` ``(m, K' C)`` as the weights ``(K' m, C)`` of the flattened pooled features ``(n, K' m)``."""
+    m, C = A.shape[0], A.shape[1] // Kq
+    return A.reshape(m, Kq, C).transpose(1, 0, 2).reshape(Kq * m, C)
+
+
+def _as_map(W, Kq):
+    """Inverse of :func:`_as_weights`: ``(K' m, C)`` -> ``(m, K' C)``."""
+    m, C = W.shape[0] // Kq, W.shape[1]
+    return W.reshape(Kq, m, C).transpose(1, 0, 2).reshape(m, Kq * C)
+
+
 @dataclass
 class CCNNLayer:
     """One convexified layer: patches, random features, pooling and a nuclear-norm-bounded linear map.
@@ -121,12 +133,7 @@ class CCNNLayer:
     def scores(self, Psi):
         """``(n, C)`` from pooled features ``(n, K', m)``."""
         n, Kq, m = Psi.shape
-        return Psi.reshape(n, Kq * m) @ self._weights(Kq)
-
-    def _weights(self, Kq):
-        m = self.A.shape[0]
-        C = self.A.shape[1] // Kq
-        return self.A.reshape(m, Kq, C).transpose(1, 0, 2).reshape(Kq * m, C)
+        return Psi.reshape(n, Kq * m) @ _as_weights(self.A, Kq)
 
     def filters(self, r: int):
         """The top ``r`` left singular vectors of ``A``: the layer's ``r`` filters in feature space ``(m, r)``."""
@@ -188,22 +195,16 @@ def train_ccnn_layer(X, labels, n_classes, kernel_size=3, padding=1, features=25
     F = Psi.reshape(n, Kq * features)
     W = np.zeros((Kq * features, n_classes))
 
-    def as_A(W):
-        return W.reshape(Kq, features, n_classes).transpose(1, 0, 2).reshape(features, Kq * n_classes)
-
-    def as_W(A):
-        return A.reshape(features, Kq, n_classes).transpose(1, 0, 2).reshape(Kq * features, n_classes)
-
     for epoch in range(1, int(epochs) + 1):
         step = lr / np.sqrt(epoch)
         for b in np.array_split(rng.permutation(n), max(1, n // batch_size)):
             G = F[b].T @ (softmax(F[b] @ W) - Y[b]) / len(b)
-            A, _ = nuclear_ball_projection(as_A(W - step * G), radius)
-            W = as_W(A)
+            A, _ = nuclear_ball_projection(_as_map(W - step * G, Kq), radius)
+            W = _as_weights(A, Kq)
         Pr = softmax(F @ W)
         loss = -float(np.log(np.maximum(Pr[np.arange(n), labels], 1e-300)).mean())
         layer.history.append((epoch, loss, float((Pr.argmax(axis=1) != labels).mean())))
-    layer.A = as_A(W)
+    layer.A = _as_map(W, Kq)
     return layer
 
 

@@ -169,12 +169,14 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     Bf = B.transpose(1, 0, 2).reshape(n, m * h)
     G = None if rows is None else np.asarray(rows, dtype=float).reshape(m, -1, h)
     N = 2 * m + (G.shape[0] * G.shape[1] if G is not None else 0)
+    if G is not None and G.shape[1] == 0:
+        G = None  # no cone rows: the gated program
     C = np.array(C0, dtype=float).reshape(m, h)
     dirs = np.asarray(directions, dtype=float).reshape(m, h)
     bnorm = np.linalg.norm(Bf, 2) if Bf.size else 1.0
     sigma = 1e-3 * max(float(np.sqrt((C * C).sum(axis=1)).max(initial=0.0)), np.linalg.norm(y) / max(bnorm, 1e-300))
     C = C + sigma * dirs
-    if G is not None and G.shape[1]:  # a warm start outside its cone (a first-order solve's rounding) restarts
+    if G is not None:  # a warm start outside its cone (a first-order solve's rounding) restarts
         outside = np.einsum("mrh,mh->mr", G, C).min(axis=1) <= 0
         C[outside] = sigma * dirs[outside]
     # more unknowns than samples, and blocks that stay well conditioned (no cone rows): an n x n system
@@ -186,23 +188,12 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
         r = Bf @ C.reshape(-1) - y
         return 0.5 * float(r @ r) + beta * float(np.sqrt((C * C).sum(axis=1)).sum())
 
-    def merit(C, tau):
-        """``tau/2 ||B c - y||^2 + sum_j (s_j - log(1 + s_j)) - sum log(G c)``, ``inf`` outside the cones."""
-        r = Bf @ C.reshape(-1) - y
-        a = tau * beta
-        s = np.sqrt(1.0 + a * a * (C * C).sum(axis=1))
-        val = 0.5 * tau * float(r @ r) + float((s - np.log1p(s)).sum())
-        if G is not None and G.shape[1]:
-            g = np.einsum("mrh,mh->mr", G, C)
-            if (g <= 0).any():
-                return np.inf
-            val -= float(np.log(g).sum())
-        return val
-
     def merit_change(C, Cn, dC, step, tau, r, Bd, g, gd):
         """``merit(Cn) - merit(C)`` for ``Cn = C + step dC``, without the cancellation of two large values.
 
-        At large ``tau`` the merit is ``~ tau f``, and its changes near the
+        The merit is ``tau/2 ||B c - y||^2 + sum_j (s_j - log(1 + s_j)) -
+        sum log(G c)`` (``inf`` outside the cones); ``g = G c`` and ``gd = G dC``
+        (``None`` without cone rows). At large ``tau`` it is ``~ tau f``, and its changes near the
         centre are far below its rounding: the difference is formed term by
         term (``s_n - s = a^2 (|c_n|^2 - |c|^2) / (s_n + s)`` etc.).
         """
@@ -219,10 +210,9 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             val -= float(np.log1p(ratio).sum())
         return val
 
-    f0 = f_of(C)
-    tau = N / max(f0, 1e-300)
-    if not np.isfinite(merit(C, tau)):
+    if G is not None and not (np.einsum("mrh,mh->mr", G, C) > 0).all():
         raise ValueError("the start is not strictly inside the cones")
+    tau = N / max(f_of(C), 1e-300)
     steps = 0
     converged = False
     eye = np.eye(h)
@@ -238,8 +228,10 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             grad = (tau * (BtBc - Bty)).reshape(m, h) + (a * a / (1.0 + s))[:, None] * C
             Hb = ((a * a / (1.0 + s))[:, None, None] * eye
                   - (a ** 4 / (s * (1.0 + s) ** 2))[:, None, None] * (C[:, :, None] * C[:, None, :]))
-            if G is not None and G.shape[1]:
-                inv = 1.0 / np.einsum("mrh,mh->mr", G, C)
+            g = gd = None
+            if G is not None:
+                g = np.einsum("mrh,mh->mr", G, C)  # the cone rows at C, all > 0
+                inv = 1.0 / g
                 grad -= np.einsum("mrh,mr->mh", G, inv)
                 Gw = G * inv[:, :, None]
                 Hb += np.einsum("mrh,mrk->mhk", Gw, Gw)
@@ -251,18 +243,16 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             dC = d.reshape(m, h)
             # the largest step that keeps the cone rows positive, then backtracking
             step = 1.0
-            if G is not None and G.shape[1]:
+            if G is not None:
                 gd = np.einsum("mrh,mh->mr", G, dC)
                 neg = gd < 0
                 if neg.any():
-                    step = min(step, 0.99 * float((-(1.0 / inv)[neg] / gd[neg]).min()))
+                    step = min(step, 0.99 * float((-g[neg] / gd[neg]).min()))
             r = Bf @ C.reshape(-1) - y
             Bd = Bf @ d
-            gc = None if G is None or not G.shape[1] else 1.0 / inv
             while step > 1e-12:
                 Cn = C + step * dC
-                if merit_change(C, Cn, dC, step, tau, r, Bd, gc, gd if gc is not None else None) \
-                        <= -0.25 * step * dec:
+                if merit_change(C, Cn, dC, step, tau, r, Bd, g, gd) <= -0.25 * step * dec:
                     break
                 step *= 0.5
             else:

@@ -192,15 +192,17 @@ def _check_problem(patches, y, beta, gates):
 
 def _dual_bound(r, y, beta, grads):
     """Weak-duality bound ``t <r, y> - t^2 ||r||^2 / 2`` with ``t = min(1, beta / max_j ||grads_j||)``."""
-    xp = get_xp(r)
-    worst = float(xp.sqrt((grads * grads).sum(axis=1)).max()) if grads.shape[0] else 0.0
-    t = 1.0 if worst <= beta else beta / worst
-    return t * float(r @ y) - 0.5 * t * t * float(r @ r)
+    return _dual_bound_t(r, y, beta, float(_group_norms(grads).max()) if grads.shape[0] else 0.0)
 
 
 def _group_norms(C):
     xp = get_xp(C)
     return xp.sqrt((C * C).sum(axis=1))
+
+
+def _convex_objective(r, C, beta) -> float:
+    """``||r||^2 / 2 + beta sum_j ||c_j||``: the convex programs' objective at residual ``r`` and groups ``C``."""
+    return 0.5 * float(r @ r) + beta * float(_group_norms(C).sum())
 
 
 class _Problem:
@@ -287,7 +289,7 @@ class _Problem:
             Bj = self.sign[group] * (Dm[:, None] * T).reshape(K, n, h).sum(axis=0)
             hint = to_numpy(self.gates.generators[gate]).astype(float)
             if self.relu:
-                G = (2.0 * Dm - 1.0)[:, None] * T
+                G = self.cone_rows(gate)
                 G = G[np.abs(G).max(axis=1) > 0]
                 d = interior_direction(G, hint)
             else:
@@ -326,7 +328,7 @@ def _solve_gated(model: _GatedSum, y, beta, C0, tol, max_iter):
 
     def stop(C, img, it):
         r = y - img[0]
-        obj = 0.5 * float(r @ r) + beta * float(_group_norms(C).sum())
+        obj = _convex_objective(r, C, beta)
         lb = _dual_bound(r, y, beta, model.predict_T(r))
         return obj - lb <= tol * max(abs(obj), np.finfo(float).tiny)
 
@@ -369,7 +371,7 @@ def _solve_relu(model: _GatedSum, y, beta, C0, tol, feas_tol, max_outer, max_inn
         viol = float(xp.maximum(-S * Z, 0.0).max()) if Z.size else 0.0
         feasible = viol <= feas_tol * max(1.0, float(xp.abs(Z).max()) if Z.size else 1.0)
         r = y - model.combine(Z)
-        obj = 0.5 * float(r @ r) + beta * float(_group_norms(C).sum())
+        obj = _convex_objective(r, C, beta)
         lb = _dual_bound(r, y, beta, patches.gradients(model.spread(r) + S * lam))
         if feasible and obj - lb <= tol * max(abs(obj), np.finfo(float).tiny):
             break
@@ -386,7 +388,7 @@ def _objective(prob, groups, C):
     model = prob.restricted(groups)
     pred, viol, scale = model.predict_and_violation(C) if prob.relu else (model.predict(C), 0.0, 1.0)
     r = prob.y - pred
-    obj = 0.5 * float(r @ r) + prob.beta * float(_group_norms(C).sum())
+    obj = _convex_objective(r, C, prob.beta)
     return obj, viol / max(1.0, scale)
 
 
@@ -553,7 +555,7 @@ def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_
         else:
             pred = xp.zeros_like(y)
         r = y - pred
-        obj = 0.5 * float(r @ r) + beta * float(_group_norms(C_ws).sum()) if ws else 0.5 * float(r @ r)
+        obj = _convex_objective(r, C_ws, beta)
         sc = prob.scores(r, need=beta)
         lb = max(lb, prob.lower_bound(r, sc))
         history.append((time.perf_counter() - t0, obj, lb, len(ws)))
@@ -708,7 +710,7 @@ def relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 
         r = y - pred
     else:
         r, viol = y, 0.0
-    obj = 0.5 * float(r @ r) + beta * float(_group_norms(C).sum())
+    obj = _convex_objective(r, C, beta)
     lb = min(lb, obj)
     filters, weights, neurons = recover_network(V, W)
     net = TwoLayerCNN(filters, weights)
@@ -773,7 +775,10 @@ class TwoLayerCNN:
     def objective(self, patches: PatchOperator, y, beta: float) -> float:
         """``1/2 ||f - y||^2 + beta/2 sum_j (||u_j||^2 + w_j^2)``."""
         r = self.predict(patches) - patches.xp.asarray(y).reshape(-1)
-        return 0.5 * float(r @ r) + 0.5 * beta * (float((self.filters ** 2).sum()) + float((self.weights ** 2).sum()))
+        return 0.5 * float(r @ r) + self._weight_decay(beta)
+
+    def _weight_decay(self, beta: float) -> float:
+        return 0.5 * beta * (float((self.filters ** 2).sum()) + float((self.weights ** 2).sum()))
 
     def value_and_grad(self, patches: PatchOperator, y, beta: float):
         """``(objective, d/d filters, d/d weights)`` on the images of ``patches``."""
@@ -782,7 +787,7 @@ class TwoLayerCNN:
         Apos = xp.maximum(Z, 0.0)
         S = Apos.sum(axis=0)  # (n, m)
         r = S @ self.weights - xp.asarray(y).reshape(-1)
-        val = 0.5 * float(r @ r) + 0.5 * beta * (float((self.filters ** 2).sum()) + float((self.weights ** 2).sum()))
+        val = 0.5 * float(r @ r) + self._weight_decay(beta)
         dw = S.T @ r + beta * self.weights
         R = (Z > 0) * (r[None, :, None] * self.weights[None, None, :])
         dU = patches.gradients(R) + beta * self.filters

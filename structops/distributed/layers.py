@@ -96,8 +96,8 @@ def ConvND(kernel, in_shape, split: str = "out_channels", comm=None, batch: int 
         if comm.size > batch:
             raise ValueError(f"{comm.size} ranks for a batch of {batch}: at most one rank per image")
         layer = SerialConv(kernel, in_shape, **conv_options)
-        n_local = local_slice(batch, comm).stop - local_slice(batch, comm).start
-        op = pylops_mpi.MPIBlockDiag([layer] * n_local, base_comm=comm)
+        mine = local_slice(batch, comm)
+        op = pylops_mpi.MPIBlockDiag([layer] * (mine.stop - mine.start), base_comm=comm)
         local = layer
     op.local_op, op.split = local, split
     return op
@@ -116,7 +116,7 @@ def distribute(x, op, side: str = "model"):
     Every rank passes the same ``x``; each keeps its block (or all of it, when
     the layout is broadcast).
     """
-    _, pylops_mpi = _mpi()
+    _mpi()  # a clear error when the extra is missing
     from pylops_mpi import DistributedArray, Partition
 
     comm = op.base_comm
@@ -130,13 +130,10 @@ def distribute(x, op, side: str = "model"):
         d = DistributedArray(global_shape=x.size, base_comm=comm, partition=Partition.BROADCAST, dtype=x.dtype)
         d[:] = x
         return d
-    size = local.shape[1] if side == "model" else local.shape[0]
-    sizes = comm.allgather(size * (1 if op.split != "batch" else len(op.ops)))
+    size = (local.shape[1] if side == "model" else local.shape[0]) * (len(op.ops) if op.split == "batch" else 1)
+    sizes = comm.allgather(size)
     start = int(np.sum(sizes[: comm.rank]))
-    d = DistributedArray(global_shape=int(np.sum(sizes)), base_comm=comm, partition=Partition.SCATTER,
-                         local_shapes=[(s,) for s in sizes], dtype=x.dtype)
-    d[:] = x[start:start + sizes[comm.rank]]
-    return d
+    return _scattered(x[start:start + size], comm, sizes)
 
 
 def gather(d, op=None):
@@ -153,11 +150,11 @@ def gather(d, op=None):
     return np.concatenate([b.reshape(c, -1, w) for b in blocks], axis=1).ravel()
 
 
-def _scattered(local, comm):
-    """A ``DistributedArray`` (SCATTER) whose block on this rank is ``local``."""
+def _scattered(local, comm, sizes=None):
+    """A ``DistributedArray`` (SCATTER) whose block on this rank is ``local`` (``sizes``: every rank's, if known)."""
     from pylops_mpi import DistributedArray, Partition
 
-    sizes = comm.allgather(int(local.size))
+    sizes = comm.allgather(int(local.size)) if sizes is None else sizes
     d = DistributedArray(global_shape=int(np.sum(sizes)), base_comm=comm, partition=Partition.SCATTER,
                          local_shapes=[(s,) for s in sizes], dtype=local.dtype)
     d[:] = local
