@@ -154,10 +154,11 @@ def plot_trajectories(path, traj):
     save(fig, path, dpi=110)
 
 
-def plot_convex_training(path, title, sgd_runs, convex):
+def plot_convex_training(path, title, sgd_runs, convex, convex_label="convex optimum (certified)",
+                         network_label="recovered ReLU network"):
     """Objective against time: SGD runs ``[(label, [(seconds, objective), ...]), ...]`` and the convex optimum.
 
-    ``convex`` is a dict with ``objective``, ``lower_bound``, ``seconds`` and
+    ``convex`` is a dict with ``objective``, ``seconds`` and
     ``nonconvex_objective`` (the recovered network's objective).
     """
     fig = new_figure((6.4, 4.2))
@@ -168,9 +169,8 @@ def plot_convex_training(path, title, sgd_runs, convex):
         color = palette[i % len(palette)]
         ax.plot(t, f, color=color, lw=1.1, label=label)
         ax.plot(t[-1], f[-1], "o", color=color, ms=4)
-    ax.axhline(convex["objective"], color="tab:green", lw=1.6, label="convex optimum (certified)")
-    ax.axhline(convex["nonconvex_objective"], color="tab:red", lw=1.0, ls="--",
-               label="recovered ReLU network")
+    ax.axhline(convex["objective"], color="tab:green", lw=1.6, label=convex_label)
+    ax.axhline(convex["nonconvex_objective"], color="tab:red", lw=1.0, ls="--", label=network_label)
     ax.plot(convex["seconds"], convex["objective"], "*", color="tab:green", ms=12, label="convex solve done")
     ax.set_yscale("log")
     ax.set_xscale("log")

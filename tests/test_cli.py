@@ -112,6 +112,23 @@ def test_convex_subcommand_is_delegated(tmp_path, capsys):
     assert (tmp_path / "two_layer_convex_vs_sgd.png").stat().st_size > 0
 
 
+def test_convex_subcommand_three_layer(tmp_path, capsys):
+    import json
+
+    pytest.importorskip("sklearn")
+    status = main(["convex", "--quick", "--part", "three-layer", "--epochs", "30", "--samples", "2", "--runs", "2",
+                   "--out", str(tmp_path)])
+    assert status == 0  # certified, and the relaxation below both SGD runs (their patterns are in it)
+    out = capsys.readouterr().out
+    assert "certified bound" in out and "polished" in out and "SGD run 2" in out
+    data = json.loads((tmp_path / "three_layer_digits.json").read_text())
+    c = data["convex"]
+    assert c["converged"] and c["relative_gap"] <= 1e-6 and len(data["sgd"]) == 2
+    assert c["lower_bound"] <= c["objective"] <= min(r["final"] for r in data["sgd"]) * (1 + 1e-7)
+    assert c["polished_objective"] <= c["network_objective"] + 1e-12
+    assert (tmp_path / "three_layer_digits.png").stat().st_size > 0
+
+
 def test_convex_subcommand_ccnn_table(tmp_path, capsys):
     import json
 

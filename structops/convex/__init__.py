@@ -8,6 +8,11 @@
   CNNs (Ergen and Pilanci 2021), with duality-gap certificates, and the
   recovered networks (:class:`TwoLayerCNN`).
 - :func:`train_two_layer_sgd`: the non-convex baseline.
+- :func:`three_layer_cnn`: the convex relaxation of three-layer CNNs with two
+  ReLU levels (nuclear-norm matrix groups, certified), over patterns from
+  :func:`sample_three_layer_patterns` and :func:`network_patterns`, with the
+  network read off it (:class:`ThreeLayerCNN`) and its SGD baseline
+  :func:`train_three_layer_sgd`.
 - :mod:`~structops.convex.ccnn`: convexified CNNs (Zhang, Liang and
   Wainwright 2017), with the CNN baseline in :mod:`~structops.convex.sgd`
   and the digit variations in :mod:`~structops.convex.datasets`.
@@ -18,6 +23,8 @@ from .arrangements import Gates, sample_gates
 from .fista import group_fista, group_prox
 from .patches import PatchOperator
 from .sgd import train_two_layer_sgd
+from .three_layer import (ThreeLayerCNN, ThreeLayerFit, ThreeLayerPatterns, network_patterns,
+                          sample_three_layer_patterns, three_layer_cnn, train_three_layer_sgd)
 from .two_layer import ConvexCNNFit, TwoLayerCNN, gated_relu_cnn, recover_network, relu_cnn
 
 __all__ = [
@@ -32,4 +39,11 @@ __all__ = [
     "relu_cnn",
     "recover_network",
     "train_two_layer_sgd",
+    "ThreeLayerPatterns",
+    "sample_three_layer_patterns",
+    "network_patterns",
+    "ThreeLayerCNN",
+    "ThreeLayerFit",
+    "three_layer_cnn",
+    "train_three_layer_sgd",
 ]

@@ -91,15 +91,7 @@ def sample_gates(patches: PatchOperator, n_samples: int, kind: str = "gaussian",
         raise ValueError(f"no patches to gate: {patches.n} images, {patches.K} patch positions")
     if kind not in ("gaussian", "patches", "mixed"):
         raise ValueError(f"kind must be 'gaussian', 'patches' or 'mixed'; got {kind!r}")
-    rng = np.random.default_rng(seed)
-    h = patches.h
-    if kind == "gaussian":
-        G = rng.standard_normal((n_samples, h))
-    else:
-        m = n_samples if kind == "patches" else n_samples // 2
-        G = _patch_generators(patches, m, rng)
-        if kind == "mixed":
-            G = np.concatenate([G, rng.standard_normal((n_samples - m, h))])
+    G = draw_generators(patches, n_samples, kind, np.random.default_rng(seed))
     xp = patches.xp
     G = xp.asarray(G, dtype=patches.dtype if patches.dtype.kind == "f" else np.float64)
     masks = gate_masks(patches, G)
@@ -107,6 +99,19 @@ def sample_gates(patches: PatchOperator, n_samples: int, kind: str = "gaussian",
         keep = _distinct_patterns(masks)
         G, masks = G[keep], masks[..., keep]
     return Gates(generators=G, masks=masks, sampled=int(n_samples))
+
+
+def draw_generators(patches: PatchOperator, n_samples: int, kind: str, rng):
+    """``n_samples`` generator filters ``(n_samples, h)``: Gaussian, centred data patches plus noise, or half of each."""
+    if kind not in ("gaussian", "patches", "mixed"):
+        raise ValueError(f"kind must be 'gaussian', 'patches' or 'mixed'; got {kind!r}")
+    if kind == "gaussian":
+        return rng.standard_normal((n_samples, patches.h))
+    m = n_samples if kind == "patches" else n_samples // 2
+    G = _patch_generators(patches, m, rng)
+    if kind == "mixed":
+        G = np.concatenate([G, rng.standard_normal((n_samples - m, patches.h))])
+    return G
 
 
 def _patch_generators(patches: PatchOperator, m: int, rng):
