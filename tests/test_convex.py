@@ -369,3 +369,37 @@ def test_barrier_newton_systems_by_woodbury_match_the_direct_solve_at_large_tau(
         for z in (x, y):  # backward errors at rounding level (measured: ~1e-17)
             assert np.linalg.norm(H @ z - g) <= 1e-13 * np.linalg.norm(H, 2) * np.linalg.norm(z)
         assert np.linalg.norm(x - y) <= 1e-6 * np.linalg.norm(y)  # measured 2e-9
+
+
+def test_merge_parallel_neurons_keeps_the_function():
+    from structops.convex import merge_parallel_neurons
+
+    rng = np.random.default_rng(11)
+    d = rng.standard_normal(4)
+    e = rng.standard_normal(4)
+    # three neurons along d with positive output, one along d with negative output, one along e
+    U = np.array([d, 2 * d, 0.5 * d, d, e])
+    w = np.array([1.0, 0.5, 3.0, -1.0, 2.0])
+    mf, mw, first = merge_parallel_neurons(U, w)
+    assert list(first) == [0, 3, 4] and len(mw) == 3
+    X = rng.standard_normal((7, 8))
+    A = PatchOperator(X, 4, stride=2)
+    before, after = TwoLayerCNN(U, w), TwoLayerCNN(mf, mw)
+    assert np.allclose(before.predict(A), after.predict(A), rtol=1e-12, atol=1e-12)
+    # balanced: |u| = |w|, and the weight decay is the sum of |u_i| |w_i| along each direction
+    assert np.allclose(np.linalg.norm(mf, axis=1), np.abs(mw))
+    assert after._weight_decay(1.0) <= before._weight_decay(1.0) + 1e-12
+
+
+def test_relu_program_lists_one_neuron_per_direction():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 15)), rng.standard_normal(6)
+    A = PatchOperator(X, 10, stride=5)
+    gates = sample_gates(A, 2000, kind="mixed", seed=0)
+    fit = relu_cnn(A, y, 0.01, gates, tol=1e-9)
+    U = fit.filters / np.linalg.norm(fit.filters, axis=1, keepdims=True)
+    s = np.sign(fit.weights)
+    for i in range(len(s)):
+        for j in range(i):
+            assert s[i] != s[j] or np.linalg.norm(U[i] - U[j]) > 1e-6
+    assert fit.nonconvex_objective == pytest.approx(fit.objective, rel=1e-6)

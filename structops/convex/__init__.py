@@ -25,7 +25,7 @@ from .patches import PatchOperator
 from .sgd import train_two_layer_sgd
 from .three_layer import (ThreeLayerCNN, ThreeLayerFit, ThreeLayerPatterns, network_patterns,
                           sample_three_layer_patterns, three_layer_cnn, train_three_layer_sgd)
-from .two_layer import ConvexCNNFit, TwoLayerCNN, gated_relu_cnn, recover_network, relu_cnn
+from .two_layer import ConvexCNNFit, TwoLayerCNN, gated_relu_cnn, merge_parallel_neurons, recover_network, relu_cnn
 
 __all__ = [
     "PatchOperator",
@@ -38,6 +38,7 @@ __all__ = [
     "gated_relu_cnn",
     "relu_cnn",
     "recover_network",
+    "merge_parallel_neurons",
     "train_two_layer_sgd",
     "ThreeLayerPatterns",
     "sample_three_layer_patterns",

@@ -41,7 +41,7 @@ from .fista import group_fista, power_norm2
 from .interior import barrier_group_program, interior_direction
 from .patches import PatchOperator
 
-__all__ = ["ConvexCNNFit", "gated_relu_cnn", "relu_cnn", "TwoLayerCNN", "recover_network"]
+__all__ = ["ConvexCNNFit", "gated_relu_cnn", "relu_cnn", "TwoLayerCNN", "recover_network", "merge_parallel_neurons"]
 
 _CHUNK_BYTES = 64 * 2**20
 
@@ -125,7 +125,9 @@ class ConvexCNNFit:
         The recovered ReLU network (``"relu"``; for ``"gated_relu"`` the
         neurons of the gated network, gated by ``gates.generators[neurons]``).
     neurons : int array
-        Which groups of the stacked ``[V; W]`` the recovered neurons come from.
+        Which groups of the stacked ``[V; W]`` the recovered neurons come from
+        (for ``"relu"``, neurons of parallel filters and one output sign are
+        merged into one, listed by its first group).
     nonconvex_objective : float
         The training objective of the recovered network (``"relu"``: the
         ReLU network's, an upper bound of ``p*``; ``"gated_relu"``: the gated
@@ -714,6 +716,13 @@ def relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 
     lb = min(lb, obj)
     filters, weights, neurons = recover_network(V, W)
     net = TwoLayerCNN(filters, weights)
+    # gates sharing an optimal direction split its weight (the barrier's analytic centre): one neuron per direction
+    mf, mw, first = merge_parallel_neurons(filters, weights)
+    if len(mw) < len(weights):
+        merged = TwoLayerCNN(mf, mw)
+        before = net.objective(patches, y, beta)
+        if merged.objective(patches, y, beta) <= before + 1e-12 * max(abs(before), np.finfo(float).tiny):
+            filters, weights, neurons, net = mf, mw, neurons[first], merged
     return ConvexCNNFit(formulation="relu", V=V, W=W, gates=gates, beta=float(beta), objective=obj,
                         lower_bound=lb, max_violation=viol, filters=filters, weights=weights, neurons=neurons,
                         nonconvex_objective=net.objective(patches, y, beta), iterations=its,
@@ -745,6 +754,53 @@ def recover_network(V, W=None):
     root = np.sqrt(norms[idx])
     filters = C[idx] / xp.asarray(root, dtype=C.dtype)[:, None]
     return filters, xp.asarray(sign[idx] * root, dtype=C.dtype), idx
+
+
+def merge_parallel_neurons(filters, weights, tol: float = 1e-6):
+    """Merge ReLU neurons whose filters point the same way and whose output weights share a sign.
+
+    ``(X u)_+ w`` is positively homogeneous, so neurons ``c_i = |w_i| u_i``
+    along one direction ``d`` add up to one, ``c = sum_i c_i``: the same
+    function, and weight decay ``||c|| = sum_i ||c_i||`` (it can only drop).
+
+    Parameters
+    ----------
+    filters : array, shape ``(m, h)``
+    weights : array, shape ``(m,)``
+    tol : float
+        Directions within ``tol`` (Euclidean distance of the unit vectors) are
+        one direction; the caller checks the objective when ``tol > 0``
+        merges directions that are not exactly equal.
+
+    Returns
+    -------
+    filters, weights
+        The merged neurons, in the order of their first members, balanced as
+        ``(c / sqrt||c||, +-sqrt||c||)``.
+    first : int array
+        The index of each merged neuron's first member.
+    """
+    xp = get_xp(filters)
+    U = np.asarray(to_numpy(filters), dtype=float)
+    w = np.asarray(to_numpy(weights), dtype=float).reshape(-1)
+    C = U * np.abs(w)[:, None]
+    norms = np.linalg.norm(C, axis=1)
+    reps, sums, first = [], [], []
+    for i in np.nonzero(norms > 0)[0]:
+        d = C[i] / norms[i]
+        for j, (rep, sign) in enumerate(reps):
+            if sign == (w[i] > 0) and np.linalg.norm(d - rep) <= tol:
+                sums[j] += C[i]
+                break
+        else:
+            reps.append((d, w[i] > 0))
+            sums.append(C[i].copy())
+            first.append(i)
+    S = np.array(sums).reshape(-1, U.shape[1])
+    root = np.sqrt(np.linalg.norm(S, axis=1))
+    signs = np.array([1.0 if pos else -1.0 for _, pos in reps])
+    return (xp.asarray(S / np.maximum(root, np.finfo(float).tiny)[:, None], dtype=filters.dtype),
+            xp.asarray(signs * root, dtype=filters.dtype), np.array(first, dtype=int))
 
 
 class TwoLayerCNN:
