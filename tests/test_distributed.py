@@ -161,3 +161,73 @@ def test_data_parallel_training_reaches_the_serial_fit():
     f0, g0 = full(theta)
     errs = [abs(full(theta + e * d)[0] - f0 - e * g0 @ d) for e in (1e-2, 1e-3)]
     assert errs[1] <= errs[0] / 50  # second order
+
+
+def _exp_fit(seed=9, m=40):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 3.0, m)
+    y = np.exp(-np.outer(t, [0.7, 2.5])) @ np.array([3.0, -1.5]) + 0.01 * rng.standard_normal(m)
+
+    def phi(t):
+        return lambda a: np.exp(-np.outer(t, a))
+
+    def dphi(t):
+        def d(a):
+            D = np.zeros((t.size, 2, 2))
+            for k in range(2):
+                D[:, k, k] = -t * np.exp(-a[k] * t)
+            return D
+        return d
+
+    return t, y, phi, dphi
+
+
+@pytest.mark.parametrize("tikhonov", [0.0, 1e-3])
+def test_varpro_with_rows_split_reaches_the_serial_fit(tikhonov):
+    from mpi4py import MPI
+
+    comm = _comm()
+    t, y, phi, dphi = _exp_fit()
+    mine = dist.local_slice(t.size, comm)
+    fun = dist.varpro_objective(phi(t[mine]), y[mine], dphi=dphi(t[mine]), tikhonov=tikhonov, comm=comm)
+    alone = dist.varpro_objective(phi(t), y, dphi=dphi(t), tikhonov=tikhonov, comm=MPI.COMM_SELF)
+    a = np.array([0.5, 2.0])
+    (f, g), (f1, g1) = fun(a), alone(a)
+    assert abs(f - f1) <= 1e-12 * f1
+    np.testing.assert_allclose(g, g1, rtol=1e-10, atol=1e-12 * np.abs(g1).max())
+    # the reduced gradient is the derivative of the reduced objective (Golub and Pereyra)
+    e = 1e-6
+    fd = [(alone(a + e * d)[0] - alone(a - e * d)[0]) / (2 * e) for d in np.eye(2)]
+    np.testing.assert_allclose(g1, fd, rtol=1e-6)
+    theta, w, res = dist.varpro(phi(t[mine]), y[mine], a, dphi=dphi(t[mine]), tikhonov=tikhonov, comm=comm,
+                                options=dict(gtol=1e-12, ftol=1e-15, maxiter=1000))
+    from structops.solvers import varpro as serial_varpro
+
+    ref = serial_varpro(lambda x: np.exp(-np.outer(t, x)), y, a, dphi=dphi(t), tikhonov=tikhonov)
+    np.testing.assert_allclose(theta, ref.theta, rtol=1e-5)
+    np.testing.assert_allclose(w, ref.coef, rtol=1e-5)
+    assert np.allclose(comm.allgather(theta)[0], theta, rtol=0, atol=0)  # every rank the same
+
+
+def test_varpro_objective_through_a_parametric_operator():
+    from mpi4py import MPI
+
+    from structops.operators import parametric as P
+
+    rng = np.random.default_rng(10)
+    ks = (2, 1, 3, 3)
+    offset = np.zeros(ks)
+    offset[0, 0, 1, 1] = 1.0
+    model = P.conv(ks, (5, 5), basis=np.delete(np.eye(18), 4, axis=1), offset=offset, padding="same")
+    theta = 0.3 * rng.standard_normal(17)
+    y = model.operator(theta) @ rng.standard_normal(25) + 0.01 * rng.standard_normal(50)
+    fun = dist.varpro_objective(model.operator, y, tikhonov=1e-3, comm=MPI.COMM_SELF)
+    f, g = fun(theta)
+    d = rng.standard_normal(17)
+    e = 1e-6
+    fd = (fun(theta + e * d)[0] - fun(theta - e * d)[0]) / (2 * e)
+    assert fd == pytest.approx(float(g @ d), rel=1e-6)
+    with pytest.raises(ValueError, match="rows"):
+        dist.varpro_objective(model.operator, y[:-1], comm=MPI.COMM_SELF)(theta)
+    with pytest.raises(ValueError, match="tikhonov"):
+        dist.varpro_objective(model.operator, y, tikhonov=-1.0)

@@ -14,7 +14,8 @@
   certified sigma_max with the products split.
 - :func:`data_parallel` and :func:`minimize`: training with the batch split
   over the ranks, losses and gradients all-reduced (e.g. the kernel fit
-  :func:`kernel_least_squares`).
+  :func:`kernel_least_squares`), and variable projection with the rows
+  split, :func:`varpro` (:func:`varpro_objective`).
 
 mpi4py and pylops-mpi are the optional ``[mpi]`` extra, imported only when a
 distributed operator is built.
@@ -22,7 +23,7 @@ distributed operator is built.
 
 from .layers import ConvND, Conv2D, distribute, gather, local_slice
 from .spectra import circular_singular_values, replicated
-from .training import data_parallel, kernel_least_squares, minimize
+from .training import data_parallel, kernel_least_squares, minimize, varpro, varpro_objective
 
 __all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice", "circular_singular_values", "replicated",
-           "data_parallel", "minimize", "kernel_least_squares"]
+           "data_parallel", "minimize", "kernel_least_squares", "varpro_objective", "varpro"]
