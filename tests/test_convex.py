@@ -403,3 +403,40 @@ def test_relu_program_lists_one_neuron_per_direction():
         for j in range(i):
             assert s[i] != s[j] or np.linalg.norm(U[i] - U[j]) > 1e-6
     assert fit.nonconvex_objective == pytest.approx(fit.objective, rel=1e-6)
+
+
+def test_gated_newton_systems_through_closed_form_block_inverses_and_the_structured_gram():
+    """The gated barrier's blocks ``a^2/(1+s) I - a^4/(s (1+s)^2) c c^T`` are inverted in closed form, and
+    ``sum_j w_j B_j B_j^T`` comes from the gates and ``X_k X_l^T``: the same Newton step as the full system."""
+    from structops.convex.interior import _newton_solve
+    from structops.convex.two_layer import _Problem
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((12, 40))
+    A = PatchOperator(X, 20, stride=20)  # K = 2 positions of h = 20
+    gates = sample_gates(A, 40, kind="mixed", seed=1)
+    prob = _Problem(A, rng.standard_normal(12), 0.1, gates, relu=False)
+    groups = np.arange(min(gates.P, 30))
+    m, h, n = len(groups), A.h, A.n
+    B = np.stack([prob.barrier_data(int(j))[0] for j in groups])  # (m, n, h)
+    gram = prob.gram(groups)
+    assert gram is not None
+    w = rng.uniform(0.1, 3.0, m)
+    np.testing.assert_allclose(gram(w), np.einsum("m,mah,mbh->ab", w, B, B), rtol=1e-12, atol=1e-12)
+    Bf = B.transpose(1, 0, 2).reshape(n, m * h)
+    C = rng.standard_normal((m, h)) * np.logspace(-6, 1, m)[:, None]
+    C[:3] = 0  # zero groups: s = 1
+    for tau, beta in ((1.0, 0.5), (1e7, 0.5)):
+        a = tau * beta
+        s = np.sqrt(1 + a * a * (C * C).sum(axis=1))
+        Hb = ((a * a / (1 + s))[:, None, None] * np.eye(h)
+              - (a ** 4 / (s * (1 + s) ** 2))[:, None, None] * (C[:, :, None] * C[:, None, :]))
+        np.testing.assert_allclose(np.linalg.inv(Hb[5]), (1 + s[5]) / a ** 2 * np.eye(h) + np.outer(C[5], C[5]),
+                                   rtol=1e-8, atol=1e-14 * np.abs(np.linalg.inv(Hb[5])).max())
+        g = rng.standard_normal(m * h)
+        x = _newton_solve(tau, Bf, None, Hb, g, True, ((1 + s) / a ** 2, C), gram)
+        H = tau * Bf.T @ Bf
+        H.reshape(m, h, m, h)[np.arange(m), :, np.arange(m), :] += Hb
+        assert np.linalg.norm(H @ x - g) <= 1e-12 * np.linalg.norm(H, 2) * np.linalg.norm(x)
+    many = PatchOperator(rng.standard_normal((12, 30)), 3)  # K = 28 positions: forming B is cheaper
+    assert _Problem(many, np.zeros(12), 0.1, sample_gates(many, 10, seed=0), relu=False).gram(np.arange(5)) is None

@@ -163,6 +163,39 @@ def test_data_parallel_training_reaches_the_serial_fit():
     assert errs[1] <= errs[0] / 50  # second order
 
 
+def test_extended_layer_training_with_the_batch_split_reaches_the_serial_fit():
+    """Per-pixel weights of an extended layer fitted to images split over the ranks equal the serial fit."""
+    rng = np.random.default_rng(12)
+    comm = _comm()
+    shape = (5, 5)
+    ext = structops.ExtendedConv2D.from_conv(structops.Conv2D(rng.standard_normal((2, 1, 3, 3)), shape, padding=1))
+    W_true = np.asarray(ext.weights) * (1 + 0.3 * rng.standard_normal(ext.weights.shape))
+    true = structops.ExtendedConv2D(W_true, shape, padding=1)
+    B = 30  # 1500 equations for 450 weights (those the border cannot use stay at zero): one minimiser
+    X = rng.standard_normal((true.shape[1], B))
+    Y = true.matmat(X) + 0.01 * rng.standard_normal((true.shape[0], B))
+    mine = dist.local_slice(B, comm)
+    local = dist.extended_least_squares(X[:, mine], Y[:, mine], W_true.shape, shape, padding=1)
+    full = dist.extended_least_squares(X, Y, W_true.shape, shape, padding=1)
+    theta = rng.standard_normal(W_true.size)
+    f_all, g_all = dist.data_parallel(local, comm)(theta)
+    f_ser, g_ser = full(theta)
+    assert abs(f_all - f_ser) <= 1e-12 * f_ser
+    np.testing.assert_allclose(g_all, g_ser, rtol=1e-11, atol=1e-12 * np.abs(g_ser).max())
+    d = rng.standard_normal(theta.size)  # the weight Jacobian's adjoint is the gradient: second-order Taylor
+    errs = [abs(full(theta + e * d)[0] - f_ser - e * g_ser @ d) for e in (1e-2, 1e-3)]
+    assert errs[1] <= errs[0] / 50
+    opts = dict(options=dict(maxiter=2000, gtol=1e-12, ftol=1e-15))
+    res = dist.minimize(local, np.zeros(W_true.size), comm, **opts)
+    from scipy.optimize import minimize as scipy_minimize
+
+    ref = scipy_minimize(full, np.zeros(W_true.size), jac=True, method="L-BFGS-B", **opts)
+    assert abs(res.fun - ref.fun) <= 1e-8 * ref.fun
+    np.testing.assert_allclose(res.x, ref.x, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="parameters"):
+        local(theta[:-1])
+
+
 def _exp_fit(seed=9, m=40):
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 3.0, m)
@@ -231,3 +264,37 @@ def test_varpro_objective_through_a_parametric_operator():
         dist.varpro_objective(model.operator, y[:-1], comm=MPI.COMM_SELF)(theta)
     with pytest.raises(ValueError, match="tikhonov"):
         dist.varpro_objective(model.operator, y, tikhonov=-1.0)
+
+
+def test_layer_least_squares_keeps_device_images_on_the_device():
+    """Images on a device array module (the fake CuPy, which refuses NumPy-only calls on its arrays): the
+    products run there, and the loss and gradient come back to the host equal to the NumPy ones."""
+    from fake_device import DeviceArray, to_device, use_fake_device
+
+    rng = np.random.default_rng(13)
+    shape, kshape = (5, 6), (2, 3, 3, 3)
+    layer = structops.Conv2D(rng.standard_normal(kshape), shape, padding=1)
+    X = rng.standard_normal((layer.shape[1], 4))
+    Y = rng.standard_normal((layer.shape[0], 4))
+    theta = rng.standard_normal(int(np.prod(kshape)))
+    f_host, g_host = dist.kernel_least_squares(X, Y, kshape, shape, padding=1)(theta)
+    ext_shape = (2, 3, 3, 3, *shape)
+    w = rng.standard_normal(int(np.prod(ext_shape)))
+    e_host, h_host = dist.extended_least_squares(X, Y, ext_shape, shape, padding=1)(w)
+    with use_fake_device():
+        Xd, Yd = to_device(X), to_device(Y)
+        f_dev, g_dev = dist.kernel_least_squares(Xd, Yd, kshape, shape, padding=1)(theta)
+        e_dev, h_dev = dist.extended_least_squares(Xd, Yd, ext_shape, shape, padding=1)(w)
+        seen = []
+
+        def make(K):  # the parameters reach the layer on the device, and so do its products
+            conv = structops.Conv2D(K.reshape(kshape), shape, padding=1)
+            seen.append((type(K), type(conv.matmat(Xd))))
+            return conv
+
+        dist.layer_least_squares(make, Xd, Yd, theta.size)(theta)
+        assert seen == [(DeviceArray, DeviceArray)]
+    for (f, g), (fd, gd) in (((f_host, g_host), (f_dev, g_dev)), ((e_host, h_host), (e_dev, h_dev))):
+        assert type(gd) is np.ndarray and not isinstance(gd, DeviceArray)  # the gradient is on the host
+        assert fd == pytest.approx(f, rel=1e-13)
+        np.testing.assert_allclose(gd, g, rtol=1e-12, atol=1e-13 * np.abs(g).max())

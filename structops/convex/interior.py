@@ -67,18 +67,24 @@ def interior_direction(G, hint=None):
     return c / np.linalg.norm(c)
 
 
-def _newton_solve(tau, Bf, BtB, Hb, g, woodbury):
-    """``(tau B^T B + blockdiag(Hb))^{-1} g``: directly, or by Woodbury's identity through ``n x n``."""
+def _newton_solve(tau, Bf, BtB, Hb, g, woodbury, inverse=None, gram=None):
+    """``(tau B^T B + blockdiag(Hb))^{-1} g``: directly, or by Woodbury's identity through ``n x n``.
+
+    ``inverse=(w, U)`` gives the blocks' inverses in closed form,
+    ``Hb_j^{-1} = w_j I + u_j u_j^T``, and ``gram(w)`` (optional) computes
+    ``sum_j w_j B_j B_j^T`` from the blocks' structure; both for the Woodbury route.
+    """
     m, h = Hb.shape[:2]
     if woodbury:
         try:
-            # Woodbury's identity loses digits when the blocks' scales spread far (large tau):
-            # iterative refinement against the matrix-free product restores them
+            # Woodbury's identity loses digits when the blocks' scales spread far (large tau, cone rows near
+            # their boundary): iterative refinement against the matrix-free product restores them; where it does not,
+            # the full system
             def H_times(x):
                 X = x.reshape(m, h)
-                return tau * (Bf.T @ (Bf @ x)) + np.einsum("mhk,mk->mh", Hb, X).reshape(-1)
+                return tau * (Bf.T @ (Bf @ x)) + (Hb @ X[:, :, None])[:, :, 0].reshape(-1)
 
-            solve = _woodbury_factor(tau, Bf, Hb)
+            solve = _woodbury_factor(tau, Bf, Hb, inverse, gram)
             x = solve(g)
             gnorm = np.linalg.norm(g)
             for _ in range(8):
@@ -101,30 +107,74 @@ def _newton_solve(tau, Bf, BtB, Hb, g, woodbury):
         return np.linalg.lstsq(H, g, rcond=None)[0]
 
 
-def _woodbury_factor(tau, Bf, Hb):
-    """A solver of ``(tau B^T B + blockdiag(Hb)) x = g`` through the ``n x n`` matrix ``I / tau + B Hb^{-1} B^T``."""
+def _woodbury_factor(tau, Bf, Hb, inverse=None, gram=None):
+    """A solver of ``(tau B^T B + blockdiag(Hb)) x = g`` through the ``n x n`` matrix ``I / tau + B Hb^{-1} B^T``.
+
+    ``inverse`` and ``gram`` as in :func:`_newton_solve`; without them the
+    blocks are inverted one by one and ``B Hb^{-1} B^T`` costs ``n^2 m h``.
+    """
     m, h = Hb.shape[:2]
     n = Bf.shape[0]
     from scipy.linalg import cho_factor, cho_solve
 
-    np.linalg.cholesky(Hb)  # every block positive definite, or LinAlgError
-    Minv = np.linalg.inv(Hb)  # (m, h, h): small blocks, inverted once (the refinement absorbs their rounding)
-    MBt = (Minv @ Bf.reshape(n, m, h).transpose(1, 2, 0)).reshape(m * h, n)  # blockdiag(Hb)^{-1} B^T
-    with blas_threads(os.cpu_count() or 1):  # the step's one large product (n^2 m h flops): every core
-        S = Bf @ MBt
+    if inverse is None:
+        np.linalg.cholesky(Hb)  # every block positive definite, or LinAlgError
+        Minv = np.linalg.inv(Hb)  # (m, h, h): small blocks, inverted once (the refinement absorbs their rounding)
+
+        def apply(V):  # blockdiag(Hb)^{-1}, on (m, h)
+            return (Minv @ V[:, :, None])[:, :, 0]
+
+        MBt = (Minv @ Bf.reshape(n, m, h).transpose(1, 2, 0)).reshape(m * h, n)  # blockdiag(Hb)^{-1} B^T
+        with blas_threads(os.cpu_count() or 1):  # the step's one large product (n^2 m h flops): every core
+            S = Bf @ MBt
+    else:
+        w, U = inverse
+
+        def apply(V):
+            return w[:, None] * V + U * (U * V).sum(axis=1)[:, None]
+
+        BU = np.einsum("nmh,mh->nm", Bf.reshape(n, m, h), U)  # the columns B_j u_j
+        if gram is not None:
+            S = gram(w)
+        else:
+            with blas_threads(os.cpu_count() or 1):
+                S = (Bf * np.repeat(w, h)) @ Bf.T
+        S += BU @ BU.T
     S[np.diag_indices(n)] += 1.0 / tau
     factor = cho_factor(S, check_finite=False)  # scipy's LinAlgError is numpy's
 
     def solve(g):
-        Mg = (Minv @ g.reshape(m, h, 1)).reshape(-1)
+        Mg = apply(g.reshape(m, h)).reshape(-1)
         z = cho_solve(factor, Bf @ Mg, check_finite=False)
-        return Mg - MBt @ z
+        return Mg - apply((Bf.T @ z).reshape(m, h)).reshape(-1)
 
     return solve
 
 
+def _rows_times(G, C):
+    """``(G_j c_j)_j``: ``(m, R, h), (m, h) -> (m, R)`` (batched BLAS, not einsum)."""
+    return (G @ C[:, :, None])[:, :, 0]
+
+
+def _norm_estimate(A, iters: int = 20) -> float:
+    """``||A||_2`` to a few digits (a scale, not a bound), by power iteration; 1 for an empty or zero ``A``."""
+    if not A.size:
+        return 1.0
+    x = np.random.default_rng(0).standard_normal(A.shape[1])
+    est = 0.0
+    for _ in range(iters):
+        v = A @ x
+        x = A.T @ v
+        nx = np.linalg.norm(x)
+        if nx == 0:
+            return 1.0 if est == 0 else est
+        est = np.sqrt(nx)
+        x /= nx
+    return est
+
+
 def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, mu=20.0,
-                          max_newton=600) -> BarrierResult:
+                          max_newton=600, gram=None) -> BarrierResult:
     """Solve the cone-constrained group lasso of the module's Notes by a barrier method.
 
     Parameters
@@ -147,6 +197,10 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     mu : float
         Growth of ``tau`` between centerings.
     max_newton : int
+    gram : callable, optional
+        ``gram(w)`` returns ``sum_j w_j B_j B_j^T`` (``(n, n)``) for weights
+        ``w`` of shape ``(m,)``, from the blocks' structure (for the gated
+        program's Woodbury systems; without it ``n^2 m h`` flops a step).
 
     Returns
     -------
@@ -161,7 +215,10 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     ``s_j - log(1 + s_j)`` (up to a constant), smooth at ``c_j = 0`` and free
     of the cancellation in ``t_j^2 - ||c_j||^2`` near the optimum, whose
     gradient is ``a^2 c_j / (1 + s_j)``. Each Newton system is a dense ``m h``
-    one: ``tau B^T B`` plus a block-diagonal barrier Hessian.
+    one: ``tau B^T B`` plus a block-diagonal barrier Hessian. Without cone
+    rows its blocks ``a^2/(1+s_j) I - a^4/(s_j (1+s_j)^2) c_j c_j^T`` have the
+    inverses ``(1+s_j)/a^2 I + c_j c_j^T``, and with more unknowns than
+    samples the system goes through ``n x n`` by Woodbury's identity.
     """
     B = np.asarray(blocks, dtype=float)
     m, n, h = B.shape
@@ -173,14 +230,15 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
         G = None  # no cone rows: the gated program
     C = np.array(C0, dtype=float).reshape(m, h)
     dirs = np.asarray(directions, dtype=float).reshape(m, h)
-    bnorm = np.linalg.norm(Bf, 2) if Bf.size else 1.0
+    bnorm = _norm_estimate(Bf)
     sigma = 1e-3 * max(float(np.sqrt((C * C).sum(axis=1)).max(initial=0.0)), np.linalg.norm(y) / max(bnorm, 1e-300))
     C = C + sigma * dirs
     if G is not None:  # a warm start outside its cone (a first-order solve's rounding) restarts
-        outside = np.einsum("mrh,mh->mr", G, C).min(axis=1) <= 0
+        outside = _rows_times(G, C).min(axis=1) <= 0
         C[outside] = sigma * dirs[outside]
-    # more unknowns than samples, and blocks that stay well conditioned (no cone rows): an n x n system
-    woodbury = G is None and m * h > 1.5 * n
+    # more unknowns than samples: an n x n system (refined; with cone rows near their boundary the blocks can be
+    # too ill-conditioned for it, and those steps fall back to the full system)
+    woodbury = m * h > 1.5 * n
     BtB = None if woodbury else Bf.T @ Bf
     Bty = Bf.T @ y
 
@@ -210,7 +268,7 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             val -= float(np.log1p(ratio).sum())
         return val
 
-    if G is not None and not (np.einsum("mrh,mh->mr", G, C) > 0).all():
+    if G is not None and not (_rows_times(G, C) > 0).all():
         raise ValueError("the start is not strictly inside the cones")
     tau = N / max(f_of(C), 1e-300)
     steps = 0
@@ -230,13 +288,14 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
                   - (a ** 4 / (s * (1.0 + s) ** 2))[:, None, None] * (C[:, :, None] * C[:, None, :]))
             g = gd = None
             if G is not None:
-                g = np.einsum("mrh,mh->mr", G, C)  # the cone rows at C, all > 0
+                g = _rows_times(G, C)  # the cone rows at C, all > 0
                 inv = 1.0 / g
-                grad -= np.einsum("mrh,mr->mh", G, inv)
+                grad -= (np.swapaxes(G, 1, 2) @ inv[:, :, None])[:, :, 0]
                 Gw = G * inv[:, :, None]
-                Hb += np.einsum("mrh,mrk->mhk", Gw, Gw)
+                Hb += np.swapaxes(Gw, 1, 2) @ Gw
             grad = grad.reshape(-1)
-            d = -_newton_solve(tau, Bf, BtB, Hb, grad, woodbury)
+            inverse = None if G is not None else ((1.0 + s) / (a * a), C)
+            d = -_newton_solve(tau, Bf, BtB, Hb, grad, woodbury, inverse, gram)
             dec = -float(grad @ d)
             if not np.isfinite(dec) or dec <= 1e-8:
                 break
@@ -244,7 +303,7 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             # the largest step that keeps the cone rows positive, then backtracking
             step = 1.0
             if G is not None:
-                gd = np.einsum("mrh,mh->mr", G, dC)
+                gd = _rows_times(G, dC)
                 neg = gd < 0
                 if neg.any():
                     step = min(step, 0.99 * float((-g[neg] / gd[neg]).min()))
@@ -252,7 +311,10 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             Bd = Bf @ d
             while step > 1e-12:
                 Cn = C + step * dC
-                if merit_change(C, Cn, dC, step, tau, r, Bd, g, gd) <= -0.25 * step * dec:
+                # the cone rows recomputed at Cn must stay positive too: near the boundary, G Cn in
+                # rounding can vanish where g + step gd does not
+                if (merit_change(C, Cn, dC, step, tau, r, Bd, g, gd) <= -0.25 * step * dec
+                        and (G is None or (_rows_times(G, Cn) > 0).all())):
                     break
                 step *= 0.5
             else:

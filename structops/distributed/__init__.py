@@ -13,8 +13,10 @@
   distributed layer, so that ``structops.opnorm(replicated(op))`` is the
   certified sigma_max with the products split.
 - :func:`data_parallel` and :func:`minimize`: training with the batch split
-  over the ranks, losses and gradients all-reduced (e.g. the kernel fit
-  :func:`kernel_least_squares`), and variable projection with the rows
+  over the ranks, losses and gradients all-reduced (the local objectives
+  :func:`layer_least_squares`, :func:`kernel_least_squares` and, for the
+  extended layer's per-pixel weights, :func:`extended_least_squares`), and
+  variable projection with the rows
   split, :func:`varpro` (:func:`varpro_objective`).
 
 mpi4py and pylops-mpi are the optional ``[mpi]`` extra, imported only when a
@@ -23,7 +25,9 @@ distributed operator is built.
 
 from .layers import ConvND, Conv2D, distribute, gather, local_slice
 from .spectra import circular_singular_values, replicated
-from .training import data_parallel, kernel_least_squares, minimize, varpro, varpro_objective
+from .training import (data_parallel, extended_least_squares, kernel_least_squares, layer_least_squares, minimize,
+                       varpro, varpro_objective)
 
 __all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice", "circular_singular_values", "replicated",
-           "data_parallel", "minimize", "kernel_least_squares", "varpro_objective", "varpro"]
+           "data_parallel", "minimize", "layer_least_squares", "kernel_least_squares",
+           "extended_least_squares", "varpro_objective", "varpro"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._backend import get_xp, is_cupy, to_numpy
+
 __all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice"]
 
 SPLITS = ("out_channels", "in_channels", "batch", "rows")
@@ -75,7 +77,7 @@ def ConvND(kernel, in_shape, split: str = "out_channels", comm=None, batch: int 
     comm = MPI.COMM_WORLD if comm is None else comm
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    kernel = np.asarray(kernel)
+    kernel = kernel if is_cupy(kernel) else np.asarray(kernel)
     c_out, c_in = kernel.shape[:2]
     if conv_options.get("groups", 1) != 1 and split not in ("batch", "rows"):
         raise ValueError("grouped layers are split by batch only (their channel blocks are already independent)")
@@ -110,53 +112,67 @@ def Conv2D(kernel, in_shape, split: str = "out_channels", comm=None, batch: int 
     return ConvND(kernel, in_shape, split=split, comm=comm, batch=batch, **conv_options)
 
 
-def distribute(x, op, side: str = "model"):
+def distribute(x, op, side: str = "model", base_comm_nccl=None):
     """The global vector ``x`` as the ``DistributedArray`` that ``op`` takes (``"model"``) or returns (``"data"``).
 
     Every rank passes the same ``x``; each keeps its block (or all of it, when
-    the layout is broadcast).
+    the layout is broadcast). A CuPy ``x`` gives a CuPy-engine array (the
+    layer's products then run on each rank's GPU); ``base_comm_nccl`` (a
+    ``cupy.cuda.nccl.NcclCommunicator``, e.g. from
+    ``pylops_mpi.utils._nccl.initialize_nccl_comm()``) makes pylops-mpi's
+    collectives on it go through NCCL.
     """
     _mpi()  # a clear error when the extra is missing
-    from pylops_mpi import DistributedArray, Partition
+    from pylops_mpi import Partition
 
     comm = op.base_comm
-    x = np.asarray(x).reshape(-1)
+    x = x.reshape(-1) if is_cupy(x) else np.asarray(x).reshape(-1)
     if op.split == "rows":
         c, w = (op.c_in, op.width) if side == "model" else (op.c_out, op.width_out)
-        return _scattered(x.reshape(c, op.height, w)[:, op.rows].ravel(), comm)
+        return _scattered(x.reshape(c, op.height, w)[:, op.rows].ravel(), comm, base_comm_nccl=base_comm_nccl)
     local = op.local_op
     broadcast = (op.split == "out_channels" and side == "model") or (op.split == "in_channels" and side == "data")
     if broadcast:
-        d = DistributedArray(global_shape=x.size, base_comm=comm, partition=Partition.BROADCAST, dtype=x.dtype)
+        d = _distributed_array(x.size, comm, Partition.BROADCAST, x, base_comm_nccl)
         d[:] = x
         return d
     size = (local.shape[1] if side == "model" else local.shape[0]) * (len(op.ops) if op.split == "batch" else 1)
     sizes = comm.allgather(size)
     start = int(np.sum(sizes[: comm.rank]))
-    return _scattered(x[start:start + size], comm, sizes)
+    return _scattered(x[start:start + size], comm, sizes, base_comm_nccl)
 
 
 def gather(d, op=None):
     """The global vector of a ``DistributedArray`` on every rank, in the serial layer's order.
 
     ``op`` is needed for the ``"rows"`` split only (its blocks are rows of
-    every channel, not contiguous pieces of the flattened image).
+    every channel, not contiguous pieces of the flattened image). The result
+    is on the array's engine (NumPy or CuPy).
     """
     if op is None or getattr(op, "split", None) != "rows":
-        return np.asarray(d.asarray())
-    blocks = op.base_comm.allgather(np.asarray(d.local_array))
+        return d.asarray()
+    xp = get_xp(d.local_array)
+    blocks = [xp.asarray(b) for b in op.base_comm.allgather(to_numpy(d.local_array))]
     data = sum(b.size for b in blocks) != op.shape[1]
     c, w = (op.c_out, op.width_out) if data else (op.c_in, op.width)
-    return np.concatenate([b.reshape(c, -1, w) for b in blocks], axis=1).ravel()
+    return xp.concatenate([b.reshape(c, -1, w) for b in blocks], axis=1).ravel()
 
 
-def _scattered(local, comm, sizes=None):
+def _distributed_array(size, comm, partition, like, base_comm_nccl=None, local_shapes=None):
+    """An empty ``DistributedArray`` on ``like``'s engine (NumPy or CuPy) and dtype."""
+    from pylops_mpi import DistributedArray
+
+    return DistributedArray(global_shape=int(size), base_comm=comm, base_comm_nccl=base_comm_nccl,
+                            partition=partition, local_shapes=local_shapes,
+                            engine="cupy" if is_cupy(like) else "numpy", dtype=like.dtype)
+
+
+def _scattered(local, comm, sizes=None, base_comm_nccl=None):
     """A ``DistributedArray`` (SCATTER) whose block on this rank is ``local`` (``sizes``: every rank's, if known)."""
-    from pylops_mpi import DistributedArray, Partition
+    from pylops_mpi import Partition
 
     sizes = comm.allgather(int(local.size)) if sizes is None else sizes
-    d = DistributedArray(global_shape=int(np.sum(sizes)), base_comm=comm, partition=Partition.SCATTER,
-                         local_shapes=[(s,) for s in sizes], dtype=local.dtype)
+    d = _distributed_array(np.sum(sizes), comm, Partition.SCATTER, local, base_comm_nccl, [(s,) for s in sizes])
     d[:] = local
     return d
 
@@ -187,27 +203,29 @@ def _row_split(kernel, in_shape, comm, conv_options):
     c_in, c_out, W_out = serial.c_in, serial.c_out, geo.out_shape[1]
 
     def exchange(send, dest, source, shape, dtype):
+        """``send`` to ``dest``, the same shape from ``source`` (zeros from ``PROC_NULL``); CuPy halos go
+        through the host (``c_in`` rows of ``W`` values: no CUDA-aware MPI needed)."""
         recv = np.zeros(shape, dtype=dtype)
-        comm.Sendrecv(np.ascontiguousarray(send), dest=dest, recvbuf=recv, source=source)
-        return recv
+        comm.Sendrecv(np.ascontiguousarray(to_numpy(send)), dest=dest, recvbuf=recv, source=source)
+        return get_xp(send).asarray(recv)
 
     class RowSplitConv(pylops_mpi.MPILinearOperator):
         def _matvec(self, x):
-            X = np.asarray(x.local_array).reshape(c_in, h, W)
-            dt = X.dtype
+            X = x.local_array.reshape(c_in, h, W)
+            xp, dt = get_xp(X), X.dtype
             top = exchange(X[:, h - pt:], down, up, (c_in, pt, W), dt) if pt else X[:, :0]
             bottom = exchange(X[:, :pb], up, down, (c_in, pb, W), dt) if pb else X[:, :0]
-            ext = np.concatenate([top, X, bottom], axis=1)
-            return _scattered(np.asarray(local.matvec(ext.ravel())), comm)
+            ext = xp.concatenate([top, X, bottom], axis=1)
+            return _scattered(local.matvec(ext.ravel()), comm, base_comm_nccl=x.base_comm_nccl)
 
         def _rmatvec(self, y):
-            E = np.asarray(local.rmatvec(np.asarray(y.local_array))).reshape(c_in, h + pt + pb, W)
-            G = np.array(E[:, pt:pt + h])
+            E = local.rmatvec(y.local_array).reshape(c_in, h + pt + pb, W)
+            G = E[:, pt:pt + h].copy()
             if pt:  # the rows above this block belong to the rank above: theirs to add
                 G[:, h - pt:] += exchange(E[:, :pt], up, down, (c_in, pt, W), G.dtype)
             if pb:
                 G[:, :pb] += exchange(E[:, pt + h:], down, up, (c_in, pb, W), G.dtype)
-            return _scattered(G.ravel(), comm)
+            return _scattered(G.ravel(), comm, base_comm_nccl=y.base_comm_nccl)
 
     op = RowSplitConv(shape=serial.shape, dtype=serial.dtype, base_comm=comm)
     op.local_op, op.split, op.rows = local, "rows", rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._backend import to_numpy
 from .layers import _mpi, distribute, gather, local_slice
 
 __all__ = ["circular_singular_values", "replicated"]
@@ -50,7 +51,7 @@ def circular_singular_values(op, comm=None, per_frequency="auto"):
     local = sym.values_per_frequency(per_frequency) if sl.stop > sl.start else np.zeros((0, min(P.shape[1:])))
     bound = comm.allreduce(float(getattr(sym, "error_bound", 0.0)), op=MPI.MAX)
     sym._P = P
-    S = np.concatenate(comm.allgather(local), axis=0)
+    S = np.concatenate(comm.allgather(to_numpy(local)), axis=0)
     values = np.repeat(S, sym.weights(), axis=0).reshape(-1)
     return np.sort(values)[::-1], bound
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._backend import get_xp, to_numpy
 from .layers import _mpi
 
-__all__ = ["data_parallel", "minimize", "kernel_least_squares", "varpro_objective", "varpro"]
+__all__ = ["data_parallel", "minimize", "layer_least_squares", "kernel_least_squares", "extended_least_squares",
+           "varpro_objective", "varpro"]
 
 
 def data_parallel(fun, comm=None):
@@ -30,7 +32,7 @@ def data_parallel(fun, comm=None):
 
     def total(theta):
         f, g = fun(theta)
-        g = np.ascontiguousarray(np.asarray(g, dtype=np.float64).reshape(-1))
+        g = np.ascontiguousarray(to_numpy(g).astype(np.float64).reshape(-1))
         buf = np.concatenate([[float(f)], g])
         out = np.empty_like(buf)
         comm.Allreduce(buf, out, op=MPI.SUM)
@@ -52,43 +54,73 @@ def minimize(fun, x0, comm=None, **options):
     return scipy_minimize(data_parallel(fun, comm), np.asarray(x0, dtype=float).reshape(-1), jac=True, **options)
 
 
-def kernel_least_squares(X, Y, kernel_shape, in_shape, **conv_options):
-    """The local objective ``K -> 1/2 sum_i ||conv(K) x_i - y_i||^2`` over this rank's images, with its gradient.
+def layer_least_squares(make_layer, X, Y, size: int):
+    """The local objective ``theta -> 1/2 sum_i ||L(theta) x_i - y_i||^2`` over this rank's images, with its gradient.
 
     Parameters
     ----------
+    make_layer : callable
+        ``theta (array of shape (size,)) -> layer``: a structops operator with
+        ``matmat`` and a parameter ``jacobian(X)`` whose input is ``theta``'s
+        layout (a ``ConvND`` of the kernel, an ``ExtendedConvND`` of the
+        per-pixel weights, a parametric operator of its parameters).
     X : array, shape ``(N_in, B_r)``
-        This rank's input images (flattened ``(c_in, *in_shape)``), one per column.
+        This rank's input images (flattened), one per column; NumPy or CuPy
+        (the products then run on this rank's GPU, and only the loss and
+        gradient come to the host).
     Y : array, shape ``(N_out, B_r)``
         Their targets.
-    kernel_shape : tuple
-        ``(c_out, c_in, *k)``.
-    in_shape : tuple
-    **conv_options
-        Of :class:`structops.ConvND`.
+    size : int
+        ``theta``'s length.
 
     Returns
     -------
     callable
-        ``theta -> (loss, gradient)`` with ``theta`` the flattened kernel; the
-        gradient is the adjoint of the layer's kernel Jacobian at ``X``
-        applied to the residual.
+        ``theta -> (loss, gradient)``, the gradient the adjoint of the layer's
+        parameter Jacobian at ``X`` applied to the residual; a rank without
+        images returns ``(0, 0)``.
+    """
+    xp = get_xp(X, Y)
+    X, Y = xp.asarray(X, dtype=xp.float64), xp.asarray(Y, dtype=xp.float64)
+
+    def fun(theta):
+        theta = xp.asarray(theta, dtype=xp.float64).reshape(-1)
+        if theta.size != size:
+            raise ValueError(f"theta has {theta.size} entries; the layer has {size} parameters")
+        if X.shape[1] == 0:
+            return 0.0, np.zeros(size)
+        layer = make_layer(theta)
+        R = layer.matmat(X) - Y
+        g = layer.jacobian(X).rmatvec(R.reshape(-1))
+        return 0.5 * float((R * R).sum()), to_numpy(g).reshape(-1)
+
+    return fun
+
+
+def kernel_least_squares(X, Y, kernel_shape, in_shape, **conv_options):
+    """:func:`layer_least_squares` of a convolution's kernel ``(c_out, c_in, *k)`` (``theta`` flattened).
+
+    ``conv_options`` go to :class:`structops.ConvND`.
     """
     from ..operators.conv import ConvND
 
-    X, Y = np.asarray(X, dtype=float), np.asarray(Y, dtype=float)
     kernel_shape = tuple(kernel_shape)
+    return layer_least_squares(lambda K: ConvND(K.reshape(kernel_shape), in_shape, **conv_options), X, Y,
+                               int(np.prod(kernel_shape)))
 
-    def fun(theta):
-        K = np.asarray(theta, dtype=float).reshape(kernel_shape)
-        if X.shape[1] == 0:
-            return 0.0, np.zeros(K.size)
-        layer = ConvND(K, in_shape, **conv_options)
-        R = layer.matmat(X) - Y
-        g = layer.jacobian(X).rmatvec(R.reshape(-1))
-        return 0.5 * float((R * R).sum()), np.asarray(g).reshape(-1)
 
-    return fun
+def extended_least_squares(X, Y, weights_shape, in_shape, **conv_options):
+    """:func:`layer_least_squares` of an extended layer's per-pixel weights ``(c_out, c_in, *k, *out_shape)``.
+
+    Extended-layer training with the batch split: each rank holds its images,
+    :func:`minimize` all-reduces the loss and the ``prod(weights_shape)``
+    gradient entries. ``conv_options`` go to :class:`structops.ExtendedConvND`.
+    """
+    from ..operators.extended import ExtendedConvND
+
+    weights_shape = tuple(weights_shape)
+    return layer_least_squares(lambda w: ExtendedConvND(w.reshape(weights_shape), in_shape, **conv_options), X, Y,
+                               int(np.prod(weights_shape)))
 
 
 def _local_matrix(Phi):
