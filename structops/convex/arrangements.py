@@ -96,7 +96,7 @@ def sample_gates(patches: PatchOperator, n_samples: int, kind: str = "gaussian",
     G = xp.asarray(G, dtype=patches.dtype if patches.dtype.kind == "f" else np.float64)
     masks = gate_masks(patches, G)
     if dedup:
-        keep = _distinct_patterns(masks)
+        keep = xp.asarray(_distinct_patterns(masks))
         G, masks = G[keep], masks[..., keep]
     return Gates(generators=G, masks=masks, sampled=int(n_samples))
 

@@ -13,7 +13,8 @@ are the next layer's input images.
 
 Here the kernel is the Gaussian (RBF) kernel, approximated by random Fourier
 features (Rahimi and Recht 2007), and the features are average-pooled over
-the patch grid before the linear map, as in the paper.
+the patch grid before the linear map, as in the paper. The layers run on
+the host (NumPy); CuPy images are copied there once, on entry.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._backend import to_numpy
 from .patches import PatchOperator, average_pooling_matrix, patch_tensor
 from .sgd import check_classification, softmax
 
@@ -227,14 +229,14 @@ class CCNN:
         self.scales = [1.0] * len(self.ranks) if scales is None else [float(s) for s in scales]
 
     def predict(self, X):
-        """Class labels of images ``X`` ``(n, c, *spatial)``."""
-        H = np.asarray(X, dtype=float)
+        """Class labels ``(n,)`` (on the host) of images ``X`` ``(n, c, *spatial)`` (CuPy images are copied to the host)."""
+        H = np.asarray(to_numpy(X), dtype=float)
         for layer, r, scale in zip(self.layers[:-1], self.ranks, self.scales):
             H = layer.outputs(H, r) / scale
         return self.layers[-1].scores(self.layers[-1].pooled(H)).argmax(axis=1)
 
     def error(self, X, labels) -> float:
-        return float((self.predict(X) != np.asarray(labels).reshape(-1)).mean())
+        return float((self.predict(X) != np.asarray(to_numpy(labels)).reshape(-1)).mean())
 
 
 def train_ccnn(X, labels, n_classes, n_layers=1, ranks=(16,), layer_options=None, seed=None) -> CCNN:
@@ -243,7 +245,7 @@ def train_ccnn(X, labels, n_classes, n_layers=1, ranks=(16,), layer_options=None
     opts = list(layer_options) if layer_options is not None else [{} for _ in range(n_layers)]
     if len(opts) != n_layers:
         raise ValueError(f"{n_layers} layers need {n_layers} option dicts; got {len(opts)}")
-    layers, scales, H = [], [], np.asarray(X, dtype=float)
+    layers, scales, H = [], [], np.asarray(to_numpy(X), dtype=float)
     for i in range(n_layers):
         layer = train_ccnn_layer(H, labels, n_classes, seed=rng, **opts[i])
         layers.append(layer)

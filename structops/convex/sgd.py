@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from .._backend import to_numpy
 from .patches import PatchOperator, average_pooling_matrix, patch_tensor
 from .two_layer import TwoLayerCNN
 
@@ -90,9 +91,10 @@ def train_two_layer_sgd(patches: PatchOperator, y, beta: float, width: int, epoc
 
 
 def check_classification(X, labels, n_classes):
-    """Images ``(n, c, *spatial)`` as float and labels ``(n,)`` as int in ``[0, n_classes)``, or a ValueError."""
-    X = np.asarray(X, dtype=float)
-    labels = np.asarray(labels).reshape(-1)
+    """Images ``(n, c, *spatial)`` as float64 on the host and labels ``(n,)`` as int in ``[0, n_classes)``, or a
+    ValueError. The classifiers (CCNN, CNN-1) run on the host: CuPy images are copied there here, once."""
+    X = np.asarray(to_numpy(X), dtype=float)
+    labels = np.asarray(to_numpy(labels)).reshape(-1)
     if X.ndim < 3:
         raise ValueError(f"images must have shape (n, c, *spatial); got {X.shape}")
     if labels.shape[0] != X.shape[0]:
@@ -155,11 +157,12 @@ class CNNClassifier:
         return loss, [dU, dW, dS.sum(axis=0)]
 
     def predict(self, X):
-        T, Q = self.patches(np.asarray(X, dtype=float))
+        """Class labels ``(n,)`` (on the host) of images ``X`` (CuPy images are copied to the host)."""
+        T, Q = self.patches(np.asarray(to_numpy(X), dtype=float))
         return self.forward(T, Q)[0].argmax(axis=1)
 
     def error(self, X, labels) -> float:
-        return float((self.predict(X) != np.asarray(labels).reshape(-1)).mean())
+        return float((self.predict(X) != np.asarray(to_numpy(labels)).reshape(-1)).mean())
 
 
 def train_cnn_classifier(X, labels, n_classes, filters=16, kernel_size=3, padding=1, pool=2, epochs=30,

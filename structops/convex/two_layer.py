@@ -611,7 +611,7 @@ def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_
     if ws:
         C_ws = _prune(prob, np.asarray(ws), C_ws, tol)
         obj, _ = _objective(prob, np.asarray(ws), C_ws)
-        C[np.asarray(ws)] = C_ws
+        C[xp.asarray(np.asarray(ws))] = C_ws
     return C, obj, lb, rounds, its, converged, history
 
 
@@ -734,7 +734,7 @@ def relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 
     V, W = C[:P], C[P:]
     nz = np.nonzero(to_numpy(_group_norms(C)) > 0)[0]
     if len(nz):
-        pred, viol, _ = prob.restricted(nz).predict_and_violation(C[nz])
+        pred, viol, _ = prob.restricted(nz).predict_and_violation(C[xp.asarray(nz)])
         r = y - pred
     else:
         r, viol = y, 0.0
@@ -778,7 +778,7 @@ def recover_network(V, W=None):
     norms = to_numpy(_group_norms(C))
     idx = np.nonzero(norms > 0)[0]
     root = np.sqrt(norms[idx])
-    filters = C[idx] / xp.asarray(root, dtype=C.dtype)[:, None]
+    filters = C[xp.asarray(idx)] / xp.asarray(root, dtype=C.dtype)[:, None]
     return filters, xp.asarray(sign[idx] * root, dtype=C.dtype), idx
 
 
