@@ -438,5 +438,9 @@ def test_gated_newton_systems_through_closed_form_block_inverses_and_the_structu
         H = tau * Bf.T @ Bf
         H.reshape(m, h, m, h)[np.arange(m), :, np.arange(m), :] += Hb
         assert np.linalg.norm(H @ x - g) <= 1e-12 * np.linalg.norm(H, 2) * np.linalg.norm(x)
+    from structops.convex.interior import barrier_group_program
+
+    with pytest.raises(ValueError, match="beta"):  # the closed-form inverses need a = tau beta > 0
+        barrier_group_program(B, None, prob.y, 0.0, np.zeros((m, h)), np.ones((m, h)) / np.sqrt(h))
     many = PatchOperator(rng.standard_normal((12, 30)), 3)  # K = 28 positions: forming B is cheaper
     assert _Problem(many, np.zeros(12), 0.1, sample_gates(many, 10, seed=0), relu=False).gram(np.arange(5)) is None

@@ -220,6 +220,8 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     inverses ``(1+s_j)/a^2 I + c_j c_j^T``, and with more unknowns than
     samples the system goes through ``n x n`` by Woodbury's identity.
     """
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0; got {beta}")
     B = np.asarray(blocks, dtype=float)
     m, n, h = B.shape
     y = np.asarray(y, dtype=float)
