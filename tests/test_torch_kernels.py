@@ -61,6 +61,16 @@ def test_float32_auto_uses_torch_and_agrees():
     np.testing.assert_allclose(op @ X, ref @ X.astype(np.float64), rtol=0, atol=1e-5)
     np.testing.assert_allclose(op.H @ Y, ref.H @ Y.astype(np.float64), rtol=0, atol=1e-5)
     assert (op @ np.zeros((op.shape[1], 0), np.float32)).shape == (op.shape[0], 0)
+    # single vectors take the direct route to torch: the same values, shapes and dtypes
+    x, y = X[:, 1].copy(), Y[:, 2].copy()
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    for got, want in ((op.matvec(x), ref.matvec(x64)), (op.rmatvec(y), ref.rmatvec(y64)), (op @ x, ref @ x64)):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    x16 = x.astype(np.float16)  # a smaller float: promoted to the kernel's float32 on the way in
+    assert op.matvec(x16).dtype == np.float32
+    with pytest.raises(ValueError):
+        op.matvec(x[:-1])
     # float64 products keep the library's algorithms
     assert not op.with_kernel(K.astype(np.float64))._uses_torch(np.zeros((1, 1)), np.dtype(np.float64))
 

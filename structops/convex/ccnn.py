@@ -229,7 +229,7 @@ class CCNN:
         self.scales = [1.0] * len(self.ranks) if scales is None else [float(s) for s in scales]
 
     def predict(self, X):
-        """Class labels ``(n,)`` (on the host) of images ``X`` ``(n, c, *spatial)`` (CuPy images are copied to the host)."""
+        """Class labels ``(n,)``, on the host, of images ``X`` ``(n, c, *spatial)`` (CuPy ones are copied there)."""
         H = np.asarray(to_numpy(X), dtype=float)
         for layer, r, scale in zip(self.layers[:-1], self.ranks, self.scales):
             H = layer.outputs(H, r) / scale

@@ -506,16 +506,32 @@ class ConvND(StructuredOperator):
         state.pop("_torch_weights", None)  # a cache of torch tensors (see torch_kernels)
         return state
 
-    def _uses_torch(self, X, dtype) -> bool:
-        return self._torch and dtype.kind == "f" and get_xp(X) is np and (
+    def _torch_takes(self, dtype) -> bool:
+        """Whether torch computes host products of ``dtype``."""
+        return self._torch and dtype.kind == "f" and (
             self.method == "torch" or (dtype == np.float32 and self.kernel.dtype == np.float32))
+
+    def _uses_torch(self, X, dtype) -> bool:
+        return get_xp(X) is np and self._torch_takes(dtype)
 
     def _torch_dtype(self, X):
         """The product's dtype when torch computes it for ``X``, else ``None`` (cheap: asked on every product)."""
         if not self._torch or type(X) is not np.ndarray or (X.ndim == 2 and X.shape[1] > 1 and not self._torch_batches):
             return None
         dtype = X.dtype if X.dtype == self.kernel.dtype else result_dtype(self.kernel, X)
-        return dtype if self._uses_torch(X, dtype) else None
+        return dtype if self._torch_takes(dtype) else None  # X is a NumPy array here
+
+    def _matvec(self, x):  # one vector through torch: no thread context, its dtype asked once
+        dtype = self._torch_dtype(x)
+        if dtype is None or x.ndim != 1 or x.shape[0] != self.shape[1]:
+            return super()._matvec(x)
+        return torch_kernels.forward(self, x.astype(dtype, copy=False).reshape(-1, 1)).reshape(-1)
+
+    def _rmatvec(self, y):
+        dtype = self._torch_dtype(y)
+        if dtype is None or y.ndim != 1 or y.shape[0] != self.shape[0]:
+            return super()._rmatvec(y)
+        return torch_kernels.adjoint(self, y.astype(dtype, copy=False).reshape(-1, 1)).reshape(-1)
 
     def _threads(self, X):
         if self._torch_dtype(X) is not None:
