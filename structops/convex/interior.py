@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from .._backend import blas_threads
+from .fista import power_norm2
 
 __all__ = ["BarrierResult", "barrier_group_program", "interior_direction"]
 
@@ -82,7 +83,7 @@ def _newton_solve(tau, Bf, BtB, Hb, g, woodbury, inverse=None, gram=None):
             # the full system
             def H_times(x):
                 X = x.reshape(m, h)
-                return tau * (Bf.T @ (Bf @ x)) + (Hb @ X[:, :, None])[:, :, 0].reshape(-1)
+                return tau * (Bf.T @ (Bf @ x)) + _batched_matvec(Hb, X).reshape(-1)
 
             solve = _woodbury_factor(tau, Bf, Hb, inverse, gram)
             x = solve(g)
@@ -122,7 +123,7 @@ def _woodbury_factor(tau, Bf, Hb, inverse=None, gram=None):
         Minv = np.linalg.inv(Hb)  # (m, h, h): small blocks, inverted once (the refinement absorbs their rounding)
 
         def apply(V):  # blockdiag(Hb)^{-1}, on (m, h)
-            return (Minv @ V[:, :, None])[:, :, 0]
+            return _batched_matvec(Minv, V)
 
         MBt = (Minv @ Bf.reshape(n, m, h).transpose(1, 2, 0)).reshape(m * h, n)  # blockdiag(Hb)^{-1} B^T
         with blas_threads(os.cpu_count() or 1):  # the step's one large product (n^2 m h flops): every core
@@ -151,26 +152,9 @@ def _woodbury_factor(tau, Bf, Hb, inverse=None, gram=None):
     return solve
 
 
-def _rows_times(G, C):
-    """``(G_j c_j)_j``: ``(m, R, h), (m, h) -> (m, R)`` (batched BLAS, not einsum)."""
-    return (G @ C[:, :, None])[:, :, 0]
-
-
-def _norm_estimate(A, iters: int = 20) -> float:
-    """``||A||_2`` to a few digits (a scale, not a bound), by power iteration; 1 for an empty or zero ``A``."""
-    if not A.size:
-        return 1.0
-    x = np.random.default_rng(0).standard_normal(A.shape[1])
-    est = 0.0
-    for _ in range(iters):
-        v = A @ x
-        x = A.T @ v
-        nx = np.linalg.norm(x)
-        if nx == 0:
-            return 1.0 if est == 0 else est
-        est = np.sqrt(nx)
-        x /= nx
-    return est
+def _batched_matvec(A, V):
+    """``(A_j v_j)_j``: ``(m, p, q), (m, q) -> (m, p)`` (batched BLAS, not einsum)."""
+    return (A @ V[:, :, None])[:, :, 0]
 
 
 def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, mu=20.0,
@@ -232,11 +216,13 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
         G = None  # no cone rows: the gated program
     C = np.array(C0, dtype=float).reshape(m, h)
     dirs = np.asarray(directions, dtype=float).reshape(m, h)
-    bnorm = _norm_estimate(Bf)
+    # a scale, not a bound: power iteration (an exact 2-norm was an SVD per call); 1 for empty or zero blocks
+    bnorm = np.sqrt(power_norm2(lambda v: Bf @ v, lambda w: Bf.T @ w, (m * h,), iters=20)) if Bf.size else 0.0
+    bnorm = bnorm or 1.0
     sigma = 1e-3 * max(float(np.sqrt((C * C).sum(axis=1)).max(initial=0.0)), np.linalg.norm(y) / max(bnorm, 1e-300))
     C = C + sigma * dirs
     if G is not None:  # a warm start outside its cone (a first-order solve's rounding) restarts
-        outside = _rows_times(G, C).min(axis=1) <= 0
+        outside = _batched_matvec(G, C).min(axis=1) <= 0
         C[outside] = sigma * dirs[outside]
     # more unknowns than samples: an n x n system (refined; with cone rows near their boundary the blocks can be
     # too ill-conditioned for it, and those steps fall back to the full system)
@@ -270,9 +256,10 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             val -= float(np.log1p(ratio).sum())
         return val
 
-    if G is not None and not (_rows_times(G, C) > 0).all():
+    if G is not None and not (_batched_matvec(G, C) > 0).all():
         raise ValueError("the start is not strictly inside the cones")
     tau = N / max(f_of(C), 1e-300)
+    g_next = None  # the cone rows at C when the last step computed them
     steps = 0
     converged = False
     eye = np.eye(h)
@@ -290,9 +277,9 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
                   - (a ** 4 / (s * (1.0 + s) ** 2))[:, None, None] * (C[:, :, None] * C[:, None, :]))
             g = gd = None
             if G is not None:
-                g = _rows_times(G, C)  # the cone rows at C, all > 0
+                g = _batched_matvec(G, C) if g_next is None else g_next  # the cone rows at C, all > 0
                 inv = 1.0 / g
-                grad -= (np.swapaxes(G, 1, 2) @ inv[:, :, None])[:, :, 0]
+                grad -= _batched_matvec(np.swapaxes(G, 1, 2), inv)
                 Gw = G * inv[:, :, None]
                 Hb += np.swapaxes(Gw, 1, 2) @ Gw
             grad = grad.reshape(-1)
@@ -305,7 +292,7 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             # the largest step that keeps the cone rows positive, then backtracking
             step = 1.0
             if G is not None:
-                gd = _rows_times(G, dC)
+                gd = _batched_matvec(G, dC)
                 neg = gd < 0
                 if neg.any():
                     step = min(step, 0.99 * float((-g[neg] / gd[neg]).min()))
@@ -315,11 +302,13 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
                 Cn = C + step * dC
                 # the cone rows recomputed at Cn must stay positive too: near the boundary, G Cn in
                 # rounding can vanish where g + step gd does not
-                if (merit_change(C, Cn, dC, step, tau, r, Bd, g, gd) <= -0.25 * step * dec
-                        and (G is None or (_rows_times(G, Cn) > 0).all())):
-                    break
+                if merit_change(C, Cn, dC, step, tau, r, Bd, g, gd) <= -0.25 * step * dec:
+                    g_next = None if G is None else _batched_matvec(G, Cn)
+                    if g_next is None or (g_next > 0).all():
+                        break
                 step *= 0.5
             else:
+                g_next = None
                 break
             C = Cn
         if N / tau <= gap_tol * max(f_of(C), 1e-300):

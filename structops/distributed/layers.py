@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import get_xp, is_cupy, to_numpy
+from .._validate import as_data_array
 
 __all__ = ["ConvND", "Conv2D", "distribute", "gather", "local_slice"]
 
@@ -126,7 +127,7 @@ def distribute(x, op, side: str = "model", base_comm_nccl=None):
     from pylops_mpi import Partition
 
     comm = op.base_comm
-    x = x.reshape(-1) if is_cupy(x) else np.asarray(x).reshape(-1)
+    x = as_data_array(x, "x").reshape(-1)  # NumPy or CuPy, as given (lists become NumPy)
     if op.split == "rows":
         c, w = (op.c_in, op.width) if side == "model" else (op.c_out, op.width_out)
         return _scattered(x.reshape(c, op.height, w)[:, op.rows].ravel(), comm, base_comm_nccl=base_comm_nccl)
