@@ -521,18 +521,6 @@ class ConvND(StructuredOperator):
         dtype = X.dtype if X.dtype == self.kernel.dtype else result_dtype(self.kernel, X)
         return dtype if self._torch_takes(dtype) else None  # X is a NumPy array here
 
-    def _matvec(self, x):  # one vector through torch: no thread context, its dtype asked once
-        dtype = self._torch_dtype(x)
-        if dtype is None or x.ndim != 1 or x.shape[0] != self.shape[1]:
-            return super()._matvec(x)
-        return torch_kernels.forward(self, x.astype(dtype, copy=False).reshape(-1, 1)).reshape(-1)
-
-    def _rmatvec(self, y):
-        dtype = self._torch_dtype(y)
-        if dtype is None or y.ndim != 1 or y.shape[0] != self.shape[0]:
-            return super()._rmatvec(y)
-        return torch_kernels.adjoint(self, y.astype(dtype, copy=False).reshape(-1, 1)).reshape(-1)
-
     def _threads(self, X):
         if self._torch_dtype(X) is not None:
             return contextlib.nullcontext()  # torch's kernels run on torch's own threads
