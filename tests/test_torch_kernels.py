@@ -67,6 +67,11 @@ def test_float32_auto_uses_torch_and_agrees():
     for got, want in ((op.matvec(x), ref.matvec(x64)), (op.rmatvec(y), ref.rmatvec(y64)), (op @ x, ref @ x64)):
         assert got.dtype == np.float32 and got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    xs, ys = X[:, 1], Y[:, 2]  # strided views, and read-only ones
+    ro = x.copy()
+    ro.flags.writeable = False
+    for got, want in ((op.matvec(xs), ref.matvec(x64)), (op.rmatvec(ys), ref.rmatvec(y64)), (op @ ro, ref @ x64)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     x16 = x.astype(np.float16)  # a smaller float: promoted to the kernel's float32 on the way in
     assert op.matvec(x16).dtype == np.float32
     with pytest.raises(ValueError):

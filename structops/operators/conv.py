@@ -526,6 +526,20 @@ class ConvND(StructuredOperator):
             return contextlib.nullcontext()  # torch's kernels run on torch's own threads
         return super()._threads(X)
 
+    def _matvec(self, x):
+        # a single image through torch's kernels skips the threads context and the second dtype check
+        # (about 3 us of the 15 to 20 a call costs around a product of 150 us: 16->16 3x3 64x64 float32)
+        dtype = self._torch_dtype(x)
+        if dtype is None or x.ndim != 1:
+            return super()._matvec(x)
+        return torch_kernels.forward(self, x.astype(dtype, copy=False).reshape(-1, 1)).reshape(-1)
+
+    def _rmatvec(self, y):
+        dtype = self._torch_dtype(y)
+        if dtype is None or y.ndim != 1:
+            return super()._rmatvec(y)
+        return torch_kernels.adjoint(self, y.astype(dtype, copy=False).reshape(-1, 1)).reshape(-1)
+
     def _forward(self, X):
         dtype = self._torch_dtype(X)
         if dtype is not None:
