@@ -231,6 +231,22 @@ def test_solvers_agree_with_cvxpy(seed, beta):
         assert fit.lower_bound <= ref * (1 + 1e-8) and fit.objective >= ref * (1 - 1e-8)
 
 
+@pytest.mark.parametrize("tol", [1e-5, 1e-10])
+def test_gated_program_from_every_group_at_once_agrees_with_cvxpy(tol):
+    """Fully connected with more samples than gates: one barrier solve on every group (structured blocks, Woodbury
+    systems), stopped by its certificate; the optimum and a certified gap within the tolerance."""
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((80, 6))
+    y = np.maximum(X @ rng.standard_normal(6), 0) + 0.1 * rng.standard_normal(80)
+    A = PatchOperator(X, 6)
+    gates = sample_gates(A, 30, seed=2)
+    ref = _cvxpy_solve(A, y, 2.0, gates, False)
+    fit = gated_relu_cnn(A, y, 2.0, gates, tol=tol)
+    assert fit.converged and len(fit.history) == 1 and fit.history[0][3] > 0.5 * gates.P  # one set, most groups
+    assert fit.relative_gap <= tol and fit.lower_bound <= ref * (1 + 1e-8) <= fit.objective * (1 + 2e-8)
+    assert fit.objective <= ref * (1 + tol + 1e-8)
+
+
 def test_cvxpy_reference_problems_with_the_first_order_path(monkeypatch):
     """Working sets past the barrier's size go to FISTA / the augmented Lagrangian: same optimum."""
     import structops.convex.two_layer as two_layer
@@ -353,7 +369,7 @@ def test_patch_operator_of_an_empty_batch():
 
 def test_barrier_newton_systems_by_woodbury_match_the_direct_solve_at_large_tau():
     """More unknowns than samples: the n x n route, refined, equals the full system's solution."""
-    from structops.convex.interior import _newton_solve
+    from structops.convex.interior import DenseBlocks, _newton_solve
 
     rng = np.random.default_rng(7)
     m, h, n = 30, 4, 10
@@ -362,8 +378,8 @@ def test_barrier_newton_systems_by_woodbury_match_the_direct_solve_at_large_tau(
         Q = rng.standard_normal((m, h, h))
         Hb = Q @ np.swapaxes(Q, 1, 2) * np.logspace(0, np.log10(spread), m)[:, None, None] + 1e-3 * np.eye(h)
         g = rng.standard_normal(m * h)
-        x = _newton_solve(tau, Bf, None, Hb, g, woodbury=True)
-        y = _newton_solve(tau, Bf, Bf.T @ Bf, Hb, g, woodbury=False)
+        x = _newton_solve(tau, DenseBlocks(Bf, m, h), None, Hb, g, woodbury=True)
+        y = _newton_solve(tau, DenseBlocks(Bf, m, h), Bf.T @ Bf, Hb, g, woodbury=False)
         H = tau * Bf.T @ Bf
         H.reshape(m, h, m, h)[np.arange(m), :, np.arange(m), :] += Hb
         for z in (x, y):  # backward errors at rounding level (measured: ~1e-17)
@@ -405,10 +421,11 @@ def test_relu_program_lists_one_neuron_per_direction():
     assert fit.nonconvex_objective == pytest.approx(fit.objective, rel=1e-6)
 
 
-def test_gated_newton_systems_through_closed_form_block_inverses_and_the_structured_gram():
-    """The gated barrier's blocks ``a^2/(1+s) I - a^4/(s (1+s)^2) c c^T`` are inverted in closed form, and
-    ``sum_j w_j B_j B_j^T`` comes from the gates and ``X_k X_l^T``: the same Newton step as the full system."""
-    from structops.convex.interior import _newton_solve
+def test_gated_newton_systems_through_closed_form_block_inverses_and_the_structured_blocks():
+    """The gated barrier's blocks ``a^2/(1+s) I - a^4/(s (1+s)^2) c c^T`` are inverted in closed form, and the
+    products with ``B`` and ``sum_j w_j B_j B_j^T`` come from the gates and the patches: the same Newton step as
+    the full system."""
+    from structops.convex.interior import DenseBlocks, _newton_solve
     from structops.convex.two_layer import _Problem
 
     rng = np.random.default_rng(3)
@@ -419,11 +436,19 @@ def test_gated_newton_systems_through_closed_form_block_inverses_and_the_structu
     groups = np.arange(min(gates.P, 30))
     m, h, n = len(groups), A.h, A.n
     B = np.stack([prob.barrier_data(int(j))[0] for j in groups])  # (m, n, h)
-    gram = prob.gram(groups)
-    assert gram is not None
+    ops = prob.blocks(groups)
+    assert ops is not None and (ops.m, ops.n, ops.h) == (m, n, h)
+    dense = DenseBlocks.from_blocks(B)
     w = rng.uniform(0.1, 3.0, m)
-    np.testing.assert_allclose(gram(w), np.einsum("m,mah,mbh->ab", w, B, B), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ops.gram(w), np.einsum("m,mah,mbh->ab", w, B, B), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dense.gram(w), np.einsum("m,mah,mbh->ab", w, B, B), rtol=1e-12, atol=1e-12)
     Bf = B.transpose(1, 0, 2).reshape(n, m * h)
+    np.testing.assert_array_equal(ops.dense(), Bf)
+    U, v = rng.standard_normal((m, h)), rng.standard_normal(n)
+    for got in (ops, dense):  # every product against the stacked blocks
+        np.testing.assert_allclose(got.matvec(U), np.einsum("mah,mh->a", B, U), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got.rmatvec(v), np.einsum("mah,a->mh", B, v), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got.columns(U), np.einsum("mah,mh->am", B, U), rtol=1e-12, atol=1e-12)
     C = rng.standard_normal((m, h)) * np.logspace(-6, 1, m)[:, None]
     C[:3] = 0  # zero groups: s = 1
     for tau, beta in ((1.0, 0.5), (1e7, 0.5)):
@@ -434,7 +459,7 @@ def test_gated_newton_systems_through_closed_form_block_inverses_and_the_structu
         np.testing.assert_allclose(np.linalg.inv(Hb[5]), (1 + s[5]) / a ** 2 * np.eye(h) + np.outer(C[5], C[5]),
                                    rtol=1e-8, atol=1e-14 * np.abs(np.linalg.inv(Hb[5])).max())
         g = rng.standard_normal(m * h)
-        x = _newton_solve(tau, Bf, None, Hb, g, True, ((1 + s) / a ** 2, C), gram)
+        x = _newton_solve(tau, ops, None, Hb, g, True, ((1 + s) / a ** 2, C))
         H = tau * Bf.T @ Bf
         H.reshape(m, h, m, h)[np.arange(m), :, np.arange(m), :] += Hb
         assert np.linalg.norm(H @ x - g) <= 1e-12 * np.linalg.norm(H, 2) * np.linalg.norm(x)
@@ -443,4 +468,40 @@ def test_gated_newton_systems_through_closed_form_block_inverses_and_the_structu
     with pytest.raises(ValueError, match="beta"):  # the closed-form inverses need a = tau beta > 0
         barrier_group_program(B, None, prob.y, 0.0, np.zeros((m, h)), np.ones((m, h)) / np.sqrt(h))
     many = PatchOperator(rng.standard_normal((12, 30)), 3)  # K = 28 positions: forming B is cheaper
-    assert _Problem(many, np.zeros(12), 0.1, sample_gates(many, 10, seed=0), relu=False).gram(np.arange(5)) is None
+    assert _Problem(many, np.zeros(12), 0.1, sample_gates(many, 10, seed=0), relu=False).blocks(np.arange(5)) is None
+    # the barrier on the structured blocks and on the stacked ones: the same program, the same answer
+    dirs = np.stack([prob.direction(int(j)) for j in groups])
+    runs = [barrier_group_program(b, None, prob.y, 0.3, np.zeros((m, h)), dirs, gap_tol=1e-12) for b in (ops, B)]
+    assert runs[0].newton_steps == runs[1].newton_steps
+    np.testing.assert_allclose(runs[0].C, runs[1].C, rtol=0, atol=1e-9 * np.abs(runs[1].C).max())
+
+    def f(C):
+        r = ops.matvec(C) - prob.y
+        return 0.5 * r @ r + 0.3 * np.linalg.norm(C, axis=1).sum()
+    # a loose solve's gap is a certificate: its objective minus the gap is below the tight solve's objective
+    loose = barrier_group_program(ops, None, prob.y, 0.3, np.zeros((m, h)), dirs, gap_tol=1e-3)
+    assert loose.converged and 0 <= loose.gap <= 1e-3 * f(loose.C) and loose.newton_steps < runs[0].newton_steps
+    assert f(loose.C) - loose.gap <= f(runs[0].C) * (1 + 1e-12)
+
+
+def test_barrier_stops_with_its_iterate_where_the_woodbury_system_fails_and_the_full_one_is_too_large(monkeypatch):
+    """No silent fallback to an (m h)^2 system past its memory: the barrier returns what it has, unconverged."""
+    import structops.convex.interior as interior
+
+    rng = np.random.default_rng(5)
+    m, h, n = 20, 3, 10
+    B = rng.standard_normal((m, n, h))
+
+    class Failing(interior.DenseBlocks):
+        calls = 0
+
+        def gram(self, w):
+            Failing.calls += 1
+            if Failing.calls > 3:
+                raise np.linalg.LinAlgError("singular")
+            return super().gram(w)
+    monkeypatch.setattr(interior, "_FULL_SYSTEM_UNKNOWNS", 0)
+    dirs = np.ones((m, h)) / np.sqrt(h)
+    res = interior.barrier_group_program(Failing.from_blocks(B), None, rng.standard_normal(n), 0.1,
+                                         np.zeros((m, h)), dirs, gap_tol=1e-12)
+    assert not res.converged and res.newton_steps == 4 and np.isfinite(res.C).all()

@@ -26,12 +26,16 @@ import numpy as np
 from .._backend import blas_threads
 from .fista import power_norm2
 
-__all__ = ["BarrierResult", "barrier_group_program", "interior_direction"]
+__all__ = ["BarrierResult", "DenseBlocks", "barrier_group_program", "interior_direction"]
 
 
 @dataclass
 class BarrierResult:
-    """``C`` (``(m, h)``), Newton steps taken, the final central-path gap ``N / tau``, and whether it met the tolerance."""
+    """``C`` (``(m, h)``), Newton steps taken, the final gap and whether it met the tolerance.
+
+    The gap is the central path's ``N / tau``, or, without cones, the
+    certified ``f(C) - lower bound`` of the residual's dual point where smaller.
+    """
 
     C: np.ndarray
     newton_steps: int
@@ -68,36 +72,97 @@ def interior_direction(G, hint=None):
     return c / np.linalg.norm(c)
 
 
-def _newton_solve(tau, Bf, BtB, Hb, g, woodbury, inverse=None, gram=None):
+_FULL_SYSTEM_UNKNOWNS = 6000  # a Newton system falls back to its dense (m h)^2 form up to this size (288 MB)
+
+
+class DenseBlocks:
+    """The blocks ``B_j`` (``n x h`` each) of a barrier program as one ``(n, m h)`` matrix ``[B_1, ..., B_m]``.
+
+    The barrier method reaches the blocks only through this interface, which
+    structured blocks implement without forming the matrix:
+
+    - ``matvec(C)``: ``sum_j B_j c_j``, ``(m, h) -> (n,)``;
+    - ``rmatvec(v)``: ``(B_j^T v)_j``, ``(n,) -> (m, h)``;
+    - ``columns(U)``: ``[B_1 u_1, ..., B_m u_m]``, ``(m, h) -> (n, m)``;
+    - ``gram(w)``: ``sum_j w_j B_j B_j^T``, ``(m,) -> (n, n)``;
+    - ``dense()``: the ``(n, m h)`` matrix;
+
+    and the attributes ``m``, ``n`` and ``h``.
+    """
+
+    def __init__(self, Bf, m: int, h: int):
+        self.Bf = Bf
+        self.n, self.m, self.h = Bf.shape[0], m, h
+
+    @classmethod
+    def from_blocks(cls, B):
+        """From the blocks stacked as ``(m, n, h)``."""
+        m, n, h = B.shape
+        return cls(B.transpose(1, 0, 2).reshape(n, m * h), m, h)
+
+    def matvec(self, C):
+        return self.Bf @ C.reshape(-1)
+
+    def rmatvec(self, v):
+        return (self.Bf.T @ v).reshape(self.m, self.h)
+
+    def columns(self, U):
+        return np.einsum("nmh,mh->nm", self.Bf.reshape(self.n, self.m, self.h), U)
+
+    def gram(self, w):
+        with blas_threads(os.cpu_count() or 1):  # the step's one large product (n^2 m h flops): every core
+            return (self.Bf * np.repeat(w, self.h)) @ self.Bf.T
+
+    def dense(self):
+        return self.Bf
+
+
+def _newton_solve(tau, blocks, BtB, Hb, g, woodbury, inverse=None):
     """``(tau B^T B + blockdiag(Hb))^{-1} g``: directly, or by Woodbury's identity through ``n x n``.
 
-    ``inverse=(w, U)`` gives the blocks' inverses in closed form,
-    ``Hb_j^{-1} = w_j I + u_j u_j^T``, and ``gram(w)`` (optional) computes
-    ``sum_j w_j B_j B_j^T`` from the blocks' structure; both for the Woodbury route.
+    ``blocks`` as :class:`DenseBlocks`; ``BtB`` is ``B^T B`` for the direct
+    route (``None``: formed here). ``inverse=(w, U)`` gives the blocks'
+    inverses in closed form, ``Hb_j^{-1} = w_j I + u_j u_j^T``, for the Woodbury route.
     """
     m, h = Hb.shape[:2]
+    x = None
     if woodbury:
         try:
             # Woodbury's identity loses digits when the blocks' scales spread far (large tau, cone rows near
-            # their boundary): iterative refinement against the matrix-free product restores them; where it does not,
-            # the full system
+            # their boundary): iterative refinement against the matrix-free product restores them, until it
+            # stagnates; where it does not, the full system. Without cones (closed-form inverses) the merit is
+            # smooth everywhere and an inexact Newton step to 1e-4 serves as well: at the last barrier
+            # parameters of a 1e-10 solve, refinement stops between 1e-7 and 1e-5, and the full system of
+            # 4000 unknowns took 1 s a step where Woodbury's takes 10 ms
             def H_times(x):
                 X = x.reshape(m, h)
-                return tau * (Bf.T @ (Bf @ x)) + _batched_matvec(Hb, X).reshape(-1)
+                return tau * blocks.rmatvec(blocks.matvec(X)).reshape(-1) + _batched_matvec(Hb, X).reshape(-1)
 
-            solve = _woodbury_factor(tau, Bf, Hb, inverse, gram)
+            solve = _woodbury_factor(tau, blocks, Hb, inverse)
             x = solve(g)
             gnorm = np.linalg.norm(g)
+            best, bnorm, last = x, np.inf, np.inf
             for _ in range(8):
-                res = g - H_times(x)
-                if np.linalg.norm(res) <= 1e-13 * gnorm:
+                rnorm = np.linalg.norm(res := g - H_times(x))
+                if rnorm < bnorm:
+                    best, bnorm = x, rnorm
+                if rnorm <= 1e-13 * gnorm or rnorm > 0.5 * last:
                     break
+                last = rnorm
                 x = x + solve(res)
-            if np.linalg.norm(g - H_times(x)) <= 1e-8 * gnorm:
+            x = best
+            if bnorm <= (1e-8 if inverse is None else 1e-4) * gnorm:
                 return x
         except np.linalg.LinAlgError:  # a block too ill-conditioned to invert alone
             pass
-        BtB = Bf.T @ Bf  # the full system
+        if m * h > _FULL_SYSTEM_UNKNOWNS:  # the full system would not fit: the refined step as it is
+            if x is None:
+                raise np.linalg.LinAlgError("the Woodbury system is singular to working precision")
+            return x
+        BtB = None
+    if BtB is None:  # the full system
+        Bf = blocks.dense()
+        BtB = Bf.T @ Bf
     H = tau * BtB
     H.reshape(m, h, m, h)[np.arange(m), :, np.arange(m), :] += Hb
     from scipy.linalg import cho_factor, cho_solve
@@ -108,14 +173,14 @@ def _newton_solve(tau, Bf, BtB, Hb, g, woodbury, inverse=None, gram=None):
         return np.linalg.lstsq(H, g, rcond=None)[0]
 
 
-def _woodbury_factor(tau, Bf, Hb, inverse=None, gram=None):
+def _woodbury_factor(tau, blocks, Hb, inverse=None):
     """A solver of ``(tau B^T B + blockdiag(Hb)) x = g`` through the ``n x n`` matrix ``I / tau + B Hb^{-1} B^T``.
 
-    ``inverse`` and ``gram`` as in :func:`_newton_solve`; without them the
-    blocks are inverted one by one and ``B Hb^{-1} B^T`` costs ``n^2 m h``.
+    ``blocks`` and ``inverse`` as in :func:`_newton_solve`; without ``inverse``
+    the blocks are inverted one by one and ``B Hb^{-1} B^T`` costs ``n^2 m h``.
     """
     m, h = Hb.shape[:2]
-    n = Bf.shape[0]
+    n = blocks.n
     from scipy.linalg import cho_factor, cho_solve
 
     if inverse is None:
@@ -125,6 +190,7 @@ def _woodbury_factor(tau, Bf, Hb, inverse=None, gram=None):
         def apply(V):  # blockdiag(Hb)^{-1}, on (m, h)
             return _batched_matvec(Minv, V)
 
+        Bf = blocks.dense()
         MBt = (Minv @ Bf.reshape(n, m, h).transpose(1, 2, 0)).reshape(m * h, n)  # blockdiag(Hb)^{-1} B^T
         with blas_threads(os.cpu_count() or 1):  # the step's one large product (n^2 m h flops): every core
             S = Bf @ MBt
@@ -134,20 +200,16 @@ def _woodbury_factor(tau, Bf, Hb, inverse=None, gram=None):
         def apply(V):
             return w[:, None] * V + U * (U * V).sum(axis=1)[:, None]
 
-        BU = np.einsum("nmh,mh->nm", Bf.reshape(n, m, h), U)  # the columns B_j u_j
-        if gram is not None:
-            S = gram(w)
-        else:
-            with blas_threads(os.cpu_count() or 1):
-                S = (Bf * np.repeat(w, h)) @ Bf.T
+        BU = blocks.columns(U)  # the columns B_j u_j
+        S = blocks.gram(w)
         S += BU @ BU.T
     S[np.diag_indices(n)] += 1.0 / tau
     factor = cho_factor(S, check_finite=False)  # scipy's LinAlgError is numpy's
 
     def solve(g):
-        Mg = apply(g.reshape(m, h)).reshape(-1)
-        z = cho_solve(factor, Bf @ Mg, check_finite=False)
-        return Mg - apply((Bf.T @ z).reshape(m, h)).reshape(-1)
+        Mg = apply(g.reshape(m, h))
+        z = cho_solve(factor, blocks.matvec(Mg), check_finite=False)
+        return (Mg - apply(blocks.rmatvec(z))).reshape(-1)
 
     return solve
 
@@ -158,13 +220,16 @@ def _batched_matvec(A, V):
 
 
 def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, mu=20.0,
-                          max_newton=600, gram=None) -> BarrierResult:
+                          max_newton=600) -> BarrierResult:
     """Solve the cone-constrained group lasso of the module's Notes by a barrier method.
 
     Parameters
     ----------
-    blocks : array, shape ``(m, n, h)``
-        ``B_j``.
+    blocks : array, shape ``(m, n, h)``, or :class:`DenseBlocks`
+        ``B_j``; or an object with :class:`DenseBlocks`' interface that
+        computes their products from their structure (the gated programs of
+        few patch positions: ``n h m`` flops a product from the patches and
+        gates, instead of streaming the ``n x m h`` matrix).
     rows : array, shape ``(m, R, h)``, or ``None``
         The cone rows ``G_j`` (none: the gated program, no cones), without
         zero rows.
@@ -177,14 +242,11 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
         Unit vectors strictly inside each cone (:func:`interior_direction`).
     gap_tol : float
         Stop when the central-path gap ``N / tau`` (``N`` the barrier's
-        degree) is below ``gap_tol`` times the objective.
+        degree) is below ``gap_tol`` times the objective; without cones, also
+        when the certified gap of the residual's dual point is.
     mu : float
         Growth of ``tau`` between centerings.
     max_newton : int
-    gram : callable, optional
-        ``gram(w)`` returns ``sum_j w_j B_j B_j^T`` (``(n, n)``) for weights
-        ``w`` of shape ``(m,)``, from the blocks' structure (for the gated
-        program's Woodbury systems; without it ``n^2 m h`` flops a step).
 
     Returns
     -------
@@ -206,10 +268,9 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     """
     if not beta > 0:
         raise ValueError(f"beta must be > 0; got {beta}")
-    B = np.asarray(blocks, dtype=float)
-    m, n, h = B.shape
+    ops = blocks if hasattr(blocks, "matvec") else DenseBlocks.from_blocks(np.asarray(blocks, dtype=float))
+    m, n, h = ops.m, ops.n, ops.h
     y = np.asarray(y, dtype=float)
-    Bf = B.transpose(1, 0, 2).reshape(n, m * h)
     G = None if rows is None else np.asarray(rows, dtype=float).reshape(m, -1, h)
     N = 2 * m + (G.shape[0] * G.shape[1] if G is not None else 0)
     if G is not None and G.shape[1] == 0:
@@ -217,7 +278,8 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     C = np.array(C0, dtype=float).reshape(m, h)
     dirs = np.asarray(directions, dtype=float).reshape(m, h)
     # a scale, not a bound: power iteration (an exact 2-norm was an SVD per call); 1 for empty or zero blocks
-    bnorm = np.sqrt(power_norm2(lambda v: Bf @ v, lambda w: Bf.T @ w, (m * h,), iters=20)) if Bf.size else 0.0
+    bnorm = np.sqrt(power_norm2(lambda v: ops.matvec(v.reshape(m, h)), lambda w: ops.rmatvec(w).reshape(-1),
+                                (m * h,), iters=20)) if m * n * h else 0.0
     bnorm = bnorm or 1.0
     sigma = 1e-3 * max(float(np.sqrt((C * C).sum(axis=1)).max(initial=0.0)), np.linalg.norm(y) / max(bnorm, 1e-300))
     C = C + sigma * dirs
@@ -227,11 +289,11 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     # more unknowns than samples: an n x n system (refined; with cone rows near their boundary the blocks can be
     # too ill-conditioned for it, and those steps fall back to the full system)
     woodbury = m * h > 1.5 * n
-    BtB = None if woodbury else Bf.T @ Bf
-    Bty = Bf.T @ y
+    BtB = None if woodbury else ops.dense().T @ ops.dense()
+    Bty = None if woodbury else ops.rmatvec(y).reshape(-1)
 
     def f_of(C):
-        r = Bf @ C.reshape(-1) - y
+        r = ops.matvec(C) - y
         return 0.5 * float(r @ r) + beta * float(np.sqrt((C * C).sum(axis=1)).sum())
 
     def merit_change(C, Cn, dC, step, tau, r, Bd, g, gd):
@@ -271,8 +333,9 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             steps += 1
             a = tau * beta
             s = np.sqrt(1.0 + a * a * (C * C).sum(axis=1))  # (m,)
-            BtBc = Bf.T @ (Bf @ C.reshape(-1)) if woodbury else BtB @ C.reshape(-1)
-            grad = (tau * (BtBc - Bty)).reshape(m, h) + (a * a / (1.0 + s))[:, None] * C
+            r = ops.matvec(C) - y  # the residual, for the gradient and the line search
+            fit = ops.rmatvec(r) if woodbury else (BtB @ C.reshape(-1) - Bty).reshape(m, h)  # B^T r
+            grad = tau * fit + (a * a / (1.0 + s))[:, None] * C
             Hb = ((a * a / (1.0 + s))[:, None, None] * eye
                   - (a ** 4 / (s * (1.0 + s) ** 2))[:, None, None] * (C[:, :, None] * C[:, None, :]))
             g = gd = None
@@ -284,7 +347,10 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
                 Hb += np.swapaxes(Gw, 1, 2) @ Gw
             grad = grad.reshape(-1)
             inverse = None if G is not None else ((1.0 + s) / (a * a), C)
-            d = -_newton_solve(tau, Bf, BtB, Hb, grad, woodbury, inverse, gram)
+            try:
+                d = -_newton_solve(tau, ops, BtB, Hb, grad, woodbury, inverse)
+            except np.linalg.LinAlgError:  # past what float64 resolves (large systems only): stop here
+                return BarrierResult(C=C, newton_steps=steps, gap=N / tau, converged=False)
             dec = -float(grad @ d)
             if not np.isfinite(dec) or dec <= 1e-8:
                 break
@@ -296,8 +362,7 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
                 neg = gd < 0
                 if neg.any():
                     step = min(step, 0.99 * float((-g[neg] / gd[neg]).min()))
-            r = Bf @ C.reshape(-1) - y
-            Bd = Bf @ d
+            Bd = ops.matvec(dC)
             while step > 1e-12:
                 Cn = C + step * dC
                 # the cone rows recomputed at Cn must stay positive too: near the boundary, G Cn in
@@ -311,8 +376,21 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
                 g_next = None
                 break
             C = Cn
-        if N / tau <= gap_tol * max(f_of(C), 1e-300):
+        f = f_of(C)
+        gap = N / tau
+        if G is None:  # weak duality at the residual (the gated program): often far below N / tau
+            gap = min(gap, f - _residual_bound(ops, y, beta, C))
+        if gap <= gap_tol * max(f, 1e-300):
             converged = True
             break
         tau *= mu
-    return BarrierResult(C=C, newton_steps=steps, gap=N / tau, converged=converged)
+    return BarrierResult(C=C, newton_steps=steps, gap=gap if steps else N / tau, converged=converged)
+
+
+def _residual_bound(ops, y, beta, C) -> float:
+    """The dual bound of the program without cones at ``C``: the residual ``v = y - B c`` scaled by
+    ``t = min(1, beta / max_j ||B_j^T v||)`` into the dual set gives ``t v^T y - t^2 ||v||^2 / 2``."""
+    v = y - ops.matvec(C)
+    worst = float(np.sqrt((ops.rmatvec(v) ** 2).sum(axis=1)).max(initial=0.0))
+    t = min(1.0, beta / worst) if worst > 0 else 1.0
+    return t * float(v @ y) - 0.5 * t * t * float(v @ v)

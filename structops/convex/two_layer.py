@@ -207,6 +207,52 @@ def _convex_objective(r, C, beta) -> float:
     return 0.5 * float(r @ r) + beta * float(_group_norms(C).sum())
 
 
+class _GatedBlocks:
+    """The blocks ``B_j = s_j sum_k D_jk X_k`` of gated groups, from the patches and the gates (never formed).
+
+    The interface of :class:`~structops.convex.interior.DenseBlocks`, for few
+    patch positions ``K``: a product is ``K`` matrix products ``X_k C^T``
+    (``n x h`` by ``h x m``) and a mask, where the formed ``n x m h`` matrix
+    streams ``n m h`` numbers from memory; ``sum_j w_j B_j B_j^T`` is
+    ``sum_{k,l} (X_k X_l^T) o (D_k diag(w) D_l^T)`` (``s_j^2 = 1``),
+    ``K^2 n^2 (m + h)`` flops instead of ``n^2 m h``.
+
+    Parameters
+    ----------
+    T : array, shape ``(K, n, h)``
+        The patches ``X_k``.
+    D : array, shape ``(K, n, m)``
+        The groups' gates ``D_jk`` (0/1).
+    s : array, shape ``(m,)``
+        The groups' signs.
+    XX : array, shape ``(K, K, n, n)``
+        ``X_k X_l^T``.
+    """
+
+    def __init__(self, T, D, s, XX):
+        self.T, self.D, self.s, self.XX = T, D, s, XX
+        self.K, self.n, self.h = T.shape
+        self.m = D.shape[2]
+
+    def matvec(self, C):
+        Cs = C * self.s[:, None]
+        return sum(((self.T[k] @ Cs.T) * self.D[k]).sum(axis=1) for k in range(self.K))
+
+    def rmatvec(self, v):
+        return self.s[:, None] * sum((self.D[k] * v[:, None]).T @ self.T[k] for k in range(self.K))
+
+    def columns(self, U):
+        return sum(self.D[k] * (self.T[k] @ U.T) for k in range(self.K)) * self.s
+
+    def gram(self, w):
+        Dw = self.D * w
+        return sum(self.XX[k, l] * (Dw[k] @ self.D[l].T) for k in range(self.K) for l in range(self.K))
+
+    def dense(self):
+        B = sum(self.D[k][:, :, None] * self.T[k][:, None, :] for k in range(self.K)) * self.s[:, None]
+        return B.reshape(self.n, self.m * self.h)
+
+
 class _Problem:
     """The groups of a two-layer program: gate ``gate[j]`` with output sign ``sign[j]`` for each group ``j``."""
 
@@ -296,34 +342,34 @@ class _Problem:
                 G = G[np.abs(G).max(axis=1) > 0]
                 d = interior_direction(G, hint)
             else:
-                G = None
-                d = interior_direction(None, hint if np.any(hint) else np.ones(h))
+                G, d = None, self.direction(group)
             self._barrier[group] = None if d is None else (Bj, G, d)
         return self._barrier[group]
 
-    def gram(self, groups):
-        """``w -> sum_j w_j B_j B_j^T`` (``(n, n)``) on the groups ``groups``, or ``None`` where forming
-        ``B`` is as cheap.
+    def direction(self, group):
+        """A unit vector strictly inside group ``group``'s cone (gated ReLU: no cone, its gate's generator)."""
+        if self.relu:
+            data = self.barrier_data(group)
+            return None if data is None else data[2]
+        hint = to_numpy(self.gates.generators[self.gate[group]]).astype(float)
+        return interior_direction(None, hint if np.any(hint) else np.ones(len(hint)))
 
-        With ``B_j = s_j sum_k D_jk X_k`` it is ``sum_{k,l} (X_k X_l^T) o (D_k diag(w) D_l^T)``
-        (``D_k`` the ``(n, m)`` gates at position ``k``): ``K^2 n^2 (m + h)`` flops, not
-        ``n^2 m h``, a saving for few patch positions (fully connected layers: ``K = 1``).
-        """
+    def structured(self, m: int) -> bool:
+        """Whether :meth:`blocks` of ``m`` groups are structured: a gated program with few patch positions."""
         K, n, h = self.patches.K, self.patches.n, self.patches.h
-        m = len(groups)
-        if 2 * K * K * (m + h) > m * h or 8.0 * K * K * n * n > _CHUNK_BYTES:
+        return not self.relu and 2 * K * K * (m + h) <= m * h and 8.0 * K * K * n * n <= _CHUNK_BYTES
+
+    def blocks(self, groups):
+        """The gated program's blocks on ``groups`` from their structure (:class:`_GatedBlocks`), or ``None``
+        where forming ``B`` is as cheap (many patch positions) or the program has cones."""
+        K, n, h = self.patches.K, self.patches.n, self.patches.h
+        if not self.structured(len(groups)):
             return None
+        T = self.cone_rows_base().reshape(K, n, h)
         if self._gram is None:
-            T = self.cone_rows_base().reshape(K, n, h)
             self._gram = np.einsum("kah,lbh->klab", T, T)  # X_k X_l^T
-        XX = self._gram
         D = to_numpy(self.gates.masks[..., self.gate[groups]]).astype(float)  # (K, n, m)
-
-        def gram(w):
-            Dw = D * w
-            return sum(XX[k, l] * (Dw[k] @ D[l].T) for k in range(K) for l in range(K))
-
-        return gram
+        return _GatedBlocks(T, D, self.sign[groups].astype(float), self._gram)
 
     def project(self, c, group):
         """``c`` projected onto the group's cone (Moreau: ``c + G^T lambda`` with ``lambda`` from NNLS)."""
@@ -507,6 +553,17 @@ def _polish(prob, groups, C, active_tol: float = 1e-6, steps: int = 30):
 
 _BARRIER_UNKNOWNS = 3000  # restricted programs up to this many unknowns go to the barrier method
 _BARRIER_BYTES = 256 * 2**20  # ... and up to this much memory in their cone rows
+_WOODBURY_UNKNOWNS = 40000  # or, gated with structured blocks and more unknowns than samples, up to this many
+_WOODBURY_SAMPLES = 2000  # ... and samples (each Newton step factors an n x n matrix)
+
+
+def _barrier_takes(prob, m: int) -> bool:
+    """Whether the program restricted to ``m`` groups goes to the barrier method (by its memory and step cost)."""
+    K, n, h = prob.patches.K, prob.patches.n, prob.patches.h
+    if m * h <= _BARRIER_UNKNOWNS:
+        return not prob.relu or 8.0 * m * K * n * h <= _BARRIER_BYTES  # the cone rows
+    # Woodbury's n x n systems: the memory is n^2 + m h^2, not (m h)^2
+    return prob.structured(m) and 1.5 * n < m * h <= _WOODBURY_UNKNOWNS and n <= _WOODBURY_SAMPLES
 
 
 def _prune(prob, groups, C, tol):
@@ -536,17 +593,19 @@ def _solve_restricted(prob, groups, C0, inner_tol, first_order):
 
     Returns ``(C, iterations)`` (Newton steps or first-order iterations).
     """
-    xp, h = prob.xp, prob.patches.h
-    rows_bytes = 8.0 * len(groups) * prob.patches.K * prob.patches.n * h if prob.relu else 0.0
-    if len(groups) * h <= _BARRIER_UNKNOWNS and rows_bytes <= _BARRIER_BYTES:
-        data = [prob.barrier_data(int(j)) for j in groups]
-        if all(d is not None for d in data):
+    xp = prob.xp
+    if _barrier_takes(prob, len(groups)):
+        blocks = prob.blocks(groups)
+        data = None if blocks is not None else [prob.barrier_data(int(j)) for j in groups]
+        if data is None or all(d is not None for d in data):
+            if data is None:
+                rows, dirs = None, np.stack([prob.direction(int(j)) for j in groups])
+            else:
+                blocks, dirs = np.stack([d[0] for d in data]), np.stack([d[2] for d in data])
+                rows = np.stack([d[1] for d in data]) if prob.relu else None
             with blas_threads():  # dense systems of a few hundred unknowns: one BLAS thread is fastest
-                res = barrier_group_program(np.stack([d[0] for d in data]),
-                                            np.stack([d[1] for d in data]) if prob.relu else None,
-                                            to_numpy(prob.y), prob.beta, to_numpy(C0),
-                                            np.stack([d[2] for d in data]), gap_tol=max(inner_tol, 1e-13),
-                                            gram=None if prob.relu else prob.gram(groups))
+                res = barrier_group_program(blocks, rows, to_numpy(prob.y), prob.beta, to_numpy(C0), dirs,
+                                            gap_tol=max(inner_tol, 1e-13))
             return xp.asarray(res.C, dtype=prob.patches.dtype), res.newton_steps
     C, k = first_order(prob.restricted(groups), C0, inner_tol)
     return _polish(prob, groups, C), k
@@ -572,7 +631,9 @@ def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_
     obj = 0.5 * float(y @ y)
     lb = prob.lower_bound(y, sc)
     floor = max(tol * 1e-2, 1e-14)
-    inner_tol = max(1e-4, floor)  # early sets are provisional: solved loosely, then tighter with the gap
+    # early sets are provisional: solved loosely, then tighter with the gap; a start from every violating group
+    # is expected to be the last set, solved to the tolerance (the barrier's certificate is then the program's)
+    inner_tol = max(tol, floor) if start >= prob.n_groups else max(1e-4, floor)
     rounds, stalled, last_lb = 0, 0, lb
     for rounds in range(1, max_rounds + 1):
         if ws:
@@ -663,7 +724,11 @@ def gated_relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: fl
         res = _solve_gated(model, y, beta, C0, inner_tol, max_iter)
         return res.x, res.iterations
 
-    C, obj, lb, rounds, its, converged, history = _working_set(prob, tol, solve, t0=t0,
+    # every group at once where its barrier's step costs about its n x n factorisation (the Gram matrix
+    # K^2 n^2 P flops): one barrier solve, instead of one per working set
+    K = patches.K
+    start = prob.n_groups if _barrier_takes(prob, prob.n_groups) and prob.n_groups * K * K <= patches.n else 8
+    C, obj, lb, rounds, its, converged, history = _working_set(prob, tol, solve, start=start, t0=t0,
                                                                max_seconds=max_seconds)
     filters, weights, neurons = recover_network(C)
     return ConvexCNNFit(formulation="gated_relu", V=C, W=None, gates=gates, beta=float(beta), objective=obj,
