@@ -391,6 +391,10 @@ def _residual_bound(ops, y, beta, C) -> float:
     """The dual bound of the program without cones at ``C``: the residual ``v = y - B c`` scaled by
     ``t = min(1, beta / max_j ||B_j^T v||)`` into the dual set gives ``t v^T y - t^2 ||v||^2 / 2``."""
     v = y - ops.matvec(C)
-    worst = float(np.sqrt((ops.rmatvec(v) ** 2).sum(axis=1)).max(initial=0.0))
-    t = min(1.0, beta / worst) if worst > 0 else 1.0
-    return t * float(v @ y) - 0.5 * t * t * float(v @ v)
+    return _dual_bound_t(v, y, beta, float(np.sqrt((ops.rmatvec(v) ** 2).sum(axis=1)).max(initial=0.0)))
+
+
+def _dual_bound_t(r, y, beta, worst) -> float:
+    """Weak duality ``t <r, y> - t^2 ||r||^2 / 2`` with ``t = min(1, beta / worst)`` (``worst = max_j ||B_j^T r||``)."""
+    t = 1.0 if worst <= beta else beta / worst
+    return t * float(r @ y) - 0.5 * t * t * float(r @ r)

@@ -38,7 +38,7 @@ from .._backend import blas_threads, check_finite, get_xp, to_numpy
 from .._validate import check_memory
 from .arrangements import Gates
 from .fista import group_fista, power_norm2
-from .interior import barrier_group_program, interior_direction
+from .interior import _dual_bound_t, barrier_group_program, interior_direction
 from .patches import PatchOperator
 
 __all__ = ["ConvexCNNFit", "gated_relu_cnn", "relu_cnn", "TwoLayerCNN", "recover_network", "merge_parallel_neurons"]
@@ -382,11 +382,6 @@ class _Problem:
 
     def lower_bound(self, r, scores) -> float:
         return _dual_bound_t(r, self.y, self.beta, float(np.max(scores)) if len(scores) else 0.0)
-
-
-def _dual_bound_t(r, y, beta, worst) -> float:
-    t = 1.0 if worst <= beta else beta / worst
-    return t * float(r @ y) - 0.5 * t * t * float(r @ r)
 
 
 def _solve_gated(model: _GatedSum, y, beta, C0, tol, max_iter):
