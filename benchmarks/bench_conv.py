@@ -10,7 +10,8 @@ each competitor's output is compared with structops' output on the same input
 (relative 2-norm difference); a mismatch is reported and makes the script exit
 with status 1. Times are medians of ``--repeat`` runs after ``--warmup`` runs,
 measured with ``time.perf_counter``; the implementations of one case are timed
-in turn, round after round, so that a drift of the machine reaches them alike. The ratio column is
+in turn, round after round, so that a drift of the machine reaches them alike
+(calls under 10 ms are repeated within a sample, their mean the sample). The ratio column is
 ``time(implementation) / time(structops)`` for the same case and operation:
 above 1 means structops is faster.
 
@@ -28,6 +29,14 @@ Sections
 (d) GPU, when CuPy and a CUDA build of torch see a device: 64 -> 64 channels,
     3x3, 64x64, batch 64, float32 and float64, structops on CuPy arrays vs
     cuDNN ``conv2d`` / ``conv_transpose2d``.
+
+Large outputs (the depthwise batch: 25 MB an array) cost page faults when the
+allocator hands out fresh memory for them, and glibc does or does not, after
+its own history in the process (its mmap and trim thresholds adapt): torch's
+depthwise product measured 5 to 8 ms with reused memory and 28 to 38 ms with
+fresh pages, in the same run of this script. ``--steady-malloc`` (glibc only)
+keeps freed memory in the process for every implementation alike, the steady
+state of a long-running solver.
 """
 
 from __future__ import annotations
@@ -101,6 +110,19 @@ def print_table():
           "(> 1: structops is faster);")
     print("rel. diff = ||result - structops result|| / ||structops result||, "
           "checked before timing.")
+
+
+def steady_malloc():
+    """glibc's ``mallopt``: large blocks from the heap, never trimmed, so freed memory is reused without page faults."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, (1 << 31) - 1)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        ok = False
+    print("malloc: freed memory kept in the process (--steady-malloc)" if ok
+          else "malloc: --steady-malloc needs glibc; allocator left as it is")
 
 
 def environment(torch):
@@ -258,7 +280,11 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs before timing (default 1)")
     parser.add_argument("--no-pylops", action="store_true", help="skip the (slow) PyLops rows")
+    parser.add_argument("--steady-malloc", action="store_true",
+                        help="glibc: keep freed memory in the process (no page faults on fresh arrays; see above)")
     args = parser.parse_args(argv)
+    if args.steady_malloc:
+        steady_malloc()
     repeat = args.repeat or (3 if args.quick else 7)
 
     try:

@@ -142,3 +142,24 @@ def test_convex_subcommand_ccnn_table(tmp_path, capsys):
     # far better than chance (90% error) on every variation, even in the quick setting
     assert all(0 <= e < 0.7 for row in errors.values() for e in row.values())
     assert errors["CCNN-1"]["basic"] < 0.1
+
+
+def test_median_times_fills_short_samples_and_keeps_the_order():
+    """Fast functions are called several times per sample (their mean is the sample); slow ones once."""
+    import time
+
+    from structops.apps.benchtools import median_times
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(3e-3)
+
+    fast_t, slow_t = median_times([fast, slow], repeat=3, warmup=1, min_sample=2e-3)
+    assert calls["slow"] == 1 + 3  # the warm-up, then one call a sample
+    assert calls["fast"] > 1 + 3 * 10  # a sub-microsecond call fills a 2 ms sample many times over
+    assert 0 < fast_t < 1e-3 <= 3e-3 <= slow_t

@@ -62,14 +62,18 @@ def test_patterns_are_distinct_and_strictly_inside():
         assert np.array_equal(s, pat.signs[j])
 
 
+@pytest.mark.parametrize("tol", [1e-6, 1e-9])
 @pytest.mark.parametrize("penalty", ["nuclear", "frobenius"])
-def test_agrees_with_cvxpy(penalty):
+def test_agrees_with_cvxpy(penalty, tol):
     cp = pytest.importorskip("cvxpy")
     A, y, pat = _problem(seed=3, samples=40)
     beta = 0.05
-    fit = three_layer_cnn(A, y, beta, pat, penalty=penalty, polish=False)
-    assert fit.converged and fit.lower_bound <= fit.objective
-    assert fit.relative_gap <= 1e-6
+    fit = three_layer_cnn(A, y, beta, pat, penalty=penalty, polish=False, tol=tol)
+    assert fit.lower_bound <= fit.objective
+    assert fit.converged == (fit.relative_gap <= tol)
+    # the nuclear certificate stops near 1e-8 (6e-9 to 1.4e-8 over four seeds at tol=1e-9: past it the smoothed
+    # Newton systems resolve no more); the Frobenius one reaches the tolerance
+    assert fit.relative_gap <= (tol if tol >= 1e-6 or penalty == "frobenius" else 5e-8)
     # the same program written independently, as dense matrices
     T = _patches_of(A)
     K, n, h = T.shape
@@ -87,8 +91,9 @@ def test_agrees_with_cvxpy(penalty):
             pred = pred + o * cp.multiply(D2.astype(float), M @ v)
             pen = pen + (cp.normNuc(C) if penalty == "nuclear" else cp.norm(v))
     ref = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(pred - y) + beta * pen), cons)
-    ref.solve(solver="CLARABEL")
-    assert abs(fit.objective - ref.value) <= 1e-6 * ref.value
+    ref.solve(solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    # measured: 1.3e-7 and 1.5e-7 above cvxpy at tol=1e-6 (inside the gap), 1e-10 at tol=1e-9
+    assert abs(fit.objective - ref.value) <= (1e-6 if tol >= 1e-6 else 2e-8) * ref.value
     assert fit.lower_bound <= ref.value * (1 + 1e-9)
 
 

@@ -30,27 +30,35 @@ def median_time(func, repeat: int = 5, warmup: int = 1, sync=None) -> float:
     return float(np.median(times))
 
 
-def median_times(funcs, repeat: int = 5, warmup: int = 1, sync=None) -> list:
+def median_times(funcs, repeat: int = 5, warmup: int = 1, sync=None, min_sample: float = 1e-2) -> list:
     """Median wall times of several ``funcs`` timed in turn, round after round.
 
     Each round times every function once, in order, so a drift of the machine
     (frequency, other load, memory) over the run reaches all of them alike;
     timing one function's runs and then the next's can swing a ratio by half
-    on a small shared machine.
+    on a small shared machine. A function faster than ``min_sample`` seconds
+    (measured in the warm-up) is called as many times per sample as fill it
+    and the sample is their mean: single calls of a few hundred microseconds
+    are at the mercy of one interrupt.
     """
+    number = []
     for f in funcs:
-        for _ in range(warmup):
+        t0 = time.perf_counter()
+        for _ in range(max(warmup, 1)):
             f()
-    if sync is not None:
-        sync()
+        if sync is not None:
+            sync()
+        once = (time.perf_counter() - t0) / max(warmup, 1)
+        number.append(int(min(1000, max(1, np.ceil(min_sample / max(once, 1e-9))))))
     times = [[] for _ in funcs]
     for _ in range(repeat):
-        for f, ts in zip(funcs, times):
+        for f, k, ts in zip(funcs, number, times):
             t0 = time.perf_counter()
-            f()
+            for _ in range(k):
+                f()
             if sync is not None:
                 sync()
-            ts.append(time.perf_counter() - t0)
+            ts.append((time.perf_counter() - t0) / k)
     return [float(np.median(ts)) for ts in times]
 
 

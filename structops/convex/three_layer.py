@@ -54,6 +54,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._backend import blas_threads, check_finite, to_numpy
+from .interior import DenseBlocks, _batched_matvec, _woodbury_factor
 from .patches import PatchOperator, patch_tensor
 
 __all__ = ["ThreeLayerPatterns", "sample_three_layer_patterns", "ThreeLayerCNN", "ThreeLayerFit",
@@ -226,6 +227,10 @@ def smoothed_nuclear(C, eps: float, hessian: bool = True):
     ``C M^{-1/2}`` along ``E`` is ``E M^{-1/2} + C Q (Gamma o Q^T (E^T C + C^T E) Q) Q^T``,
     with the divided differences of ``x^{-1/2}``,
     ``Gamma_ab = -1 / (sqrt(mu_a mu_b) (sqrt(mu_a) + sqrt(mu_b)))`` (Daleckii-Krein).
+    The Hessian is therefore ``I_K kron M^{-1/2}`` plus a term of rank at most
+    ``h^2``, ``U W U^T`` with the columns ``u_ac = C~[:, c] kron Q[:, a]`` and
+    ``W = diag(g) (I + S)``, ``g_(a,c) = Gamma_ac`` and ``S`` the swap
+    ``(a, c) -> (c, a)``: ``K^2 h^4`` flops a matrix, one batched product.
     """
     C = np.asarray(C, dtype=float)
     m, K, h = C.shape
@@ -239,20 +244,17 @@ def smoothed_nuclear(C, eps: float, hessian: bool = True):
     grad = C @ ((Q / r[:, None, :]) @ Q.transpose(0, 2, 1))
     if not hessian:
         return value, grad, None
+    # H = I_K kron M^{-1/2} + U W U^T, with the columns u_ac = Ct[:, c] kron Q[:, a] of U (K h x h^2) and
+    # W = Gam'(I + swap): the rotated Hessian's two coupling terms, Ct_kc Gam_ca Ct_la and
+    # delta_ac sum_b Ct_kb Gam_ba Ct_lb, rotated back (Notes)
     Ct = C @ Q  # (m, K, h) in the eigenbasis
-    Gam = -1.0 / (r[:, :, None] * r[:, None, :] * (r[:, :, None] + r[:, None, :]))  # (m, h, h)
-    # rotated Hessian Ht[(k,a),(l,c)] = delta_kl delta_ac / r_a + Ct_kc Gam_ca Ct_la + delta_ac sum_b Ct_kb Gam_ba Ct_lb
-    CtG = (Ct[:, :, :, None] * Gam[:, None, :, :]).transpose(0, 1, 3, 2)  # (m, k, a, c) = Ct_kc Gam_ca
-    Ht = CtG[:, :, :, None, :] * Ct.transpose(0, 2, 1)[:, None, :, :, None]  # (m, K, h, K, h)
-    W = (Ct[:, :, :, None] * Gam[:, None, :, :]).transpose(0, 3, 1, 2)  # (m, a, k, b) = Ct_kb Gam_ba
-    T2 = W @ Ct.transpose(0, 2, 1)[:, None, :, :]  # (m, a, k, l)
-    idx = np.arange(h)
-    Ht[:, :, idx, :, idx] += T2.transpose(1, 0, 2, 3)
-    Ht[:, np.arange(K), :, np.arange(K), :] += (np.eye(h)[None] / r[:, None, :])
-    # back to the original basis: (I_K kron Q) Ht (I_K kron Q)^T
-    Ht = Q[:, None, None] @ Ht.transpose(0, 1, 3, 2, 4)  # (m, k, l, a', c): rows rotated back
-    Ht = Ht @ Q.transpose(0, 2, 1)[:, None, None]  # columns rotated back
-    H = Ht.transpose(0, 1, 3, 2, 4).reshape(m, K * h, K * h)
+    Gam = -1.0 / (r[:, :, None] * r[:, None, :] * (r[:, :, None] + r[:, None, :]))  # (m, h, h), symmetric
+    U = (Ct[:, :, None, None, :] * Q[:, None, :, :, None]).reshape(m, K * h, h * h)  # [k, x, a, c]
+    g = Gam.reshape(m, h * h)  # g[(a, c)] = Gam_ac
+    UW = U * g[:, None, :] + (U * g[:, None, :]).reshape(m, K * h, h, h).transpose(0, 1, 3, 2).reshape(m, K * h, h * h)
+    H = UW @ U.transpose(0, 2, 1)
+    R = (Q / r[:, None, :]) @ Q.transpose(0, 2, 1)  # M^{-1/2}
+    H.reshape(m, K, h, K, h)[:, np.arange(K), :, np.arange(K), :] += R[None]
     return value, grad, 0.5 * (H + H.transpose(0, 2, 1))
 
 
@@ -350,56 +352,21 @@ class _ConeRows:
 # the barrier method
 
 
-def _preconditioner(tau, Bf, Hb):
-    """An approximate solver of ``(tau B^T B + blockdiag(Hb)) x = g``: Woodbury's identity through ``n x n``.
-
-    The blocks are inverted directly, or, where rounding makes the result
-    indefinite (the barrier's blocks reach condition numbers near ``1 / eps``),
-    through their eigenvalues floored at ``1e-13`` of the largest, so that the
-    approximation stays symmetric positive definite; conjugate gradients remove
-    its error.
-    """
-    from scipy.linalg import cho_factor, cho_solve
-
-    m, p = Hb.shape[:2]
-    n = Bf.shape[0]
-    Bt = Bf.reshape(n, m, p).transpose(1, 2, 0)
-    for floor in (False, True):
-        if floor:  # indefinite by rounding: the blocks' eigenvalues floored
-            lam, V = np.linalg.eigh(Hb)
-            lam = np.maximum(lam, 1e-13 * np.maximum(lam.max(axis=1, keepdims=True), np.finfo(float).tiny))
-            Minv = (V / lam[:, None, :]) @ V.transpose(0, 2, 1)
-        else:
-            try:
-                Minv = np.linalg.inv(Hb)
-            except np.linalg.LinAlgError:
-                continue
-        MBt = (Minv @ Bt).reshape(m * p, n)
-        S = Bf @ MBt
-        S[np.diag_indices(n)] += 1.0 / tau
-        try:
-            factor = cho_factor(S, check_finite=False)
-            break
-        except np.linalg.LinAlgError:
-            if floor:
-                S[np.diag_indices(n)] += 1e-13 * np.abs(np.diag(S)).max()
-                factor = cho_factor(S, check_finite=False)
-
-    def solve(g):
-        Mg = (Minv @ g.reshape(m, p, 1)).reshape(-1)
-        return Mg - MBt @ cho_solve(factor, Bf @ Mg, check_finite=False)
-
-    return solve
-
-
 def _solve_newton(tau, Bf, Hb, g):
-    """``(tau B^T B + blockdiag(Hb)) x = g`` by Woodbury's identity, refined by preconditioned CG."""
+    """``(tau B^T B + blockdiag(Hb)) x = g`` by Woodbury's identity, refined by preconditioned CG.
+
+    The blocks go through their inverse Cholesky factors, or, where rounding
+    makes one indefinite (the barrier's blocks reach condition numbers near
+    ``1 / eps``), through their eigenvalues floored at ``1e-13`` of the
+    largest, so that the preconditioner stays symmetric positive definite;
+    conjugate gradients remove its error.
+    """
     m, p = Hb.shape[:2]
 
     def H_times(x):
-        return tau * (Bf.T @ (Bf @ x)) + np.einsum("mpq,mq->mp", Hb, x.reshape(m, p)).reshape(-1)
+        return tau * (Bf.T @ (Bf @ x)) + _batched_matvec(Hb, x.reshape(m, p)).reshape(-1)
 
-    solve = _preconditioner(tau, Bf, Hb)
+    solve = _woodbury_factor(tau, DenseBlocks(Bf, m, p), Hb, floor=1e-13)
     x = solve(g)
     r = g - H_times(x)
     gnorm = np.linalg.norm(g)
