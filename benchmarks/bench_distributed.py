@@ -60,6 +60,11 @@ def _worker(quick: bool, repeat: int):
     y = dist.distribute(rng.standard_normal(op.shape[0]), op, "data")
     timed("rows (halo) forward", lambda: op @ x)
     timed("rows (halo) adjoint", lambda: op.H @ y)
+    op = dist.Conv2D(K, (n, n), split="tiles", grid=(1, comm.size), padding=1)  # the columns' halo path
+    x = dist.distribute(rng.standard_normal(op.shape[1]), op, "model")
+    y = dist.distribute(rng.standard_normal(op.shape[0]), op, "data")
+    timed("tiles 1 x p (halo) forward", lambda: op @ x)
+    timed("tiles 1 x p (halo) adjoint", lambda: op.H @ y)
     B = 8
     op = dist.Conv2D(K, (n, n), split="batch", batch=B, padding=1)
     xb = dist.distribute(rng.standard_normal(op.shape[1]), op, "model")

@@ -1,11 +1,12 @@
 """Convolution layers on pylops-mpi: a layer split over MPI ranks.
 
-- :func:`Conv2D` (and :func:`ConvND`): one constructor, three splits of a
+- :func:`Conv2D` (and :func:`ConvND`): one constructor, five splits of a
   layer, each a ``pylops_mpi`` operator on ``DistributedArray`` s:
   ``"out_channels"`` (an ``MPIVStack`` of row blocks), ``"in_channels"``
   (an ``MPIHStack`` of column blocks) and ``"batch"`` (an ``MPIBlockDiag``
-  of the same layer on each rank's images), and ``"rows"`` (blocks of image
-  rows, with a halo exchange of the padding rows).
+  of the same layer on each rank's images), ``"rows"`` (blocks of image
+  rows, with a halo exchange of the padding rows) and ``"tiles"`` (the same
+  on a 2-D grid of ranks, halos along both axes).
 - :func:`distribute` and :func:`gather`: arrays to and from the layout a
   split expects.
 - :func:`circular_singular_values`: a periodic layer's whole spectrum, the
