@@ -315,6 +315,13 @@ def test_varpro_objective_through_a_parametric_operator():
     np.testing.assert_allclose(w1, fun.coef(theta1), rtol=1e-10, atol=1e-12)
     with pytest.raises(TypeError, match="options"):
         dist.varpro(model.operator, y, theta, comm=MPI.COMM_SELF, options=dict(maxiter=3))
+    with pytest.raises(ValueError, match="max_iter"):
+        dist.varpro(model.operator, y, theta, comm=MPI.COMM_SELF, max_iter=-1)
+    with pytest.raises(ValueError, match="xtol"):
+        dist.varpro(model.operator, y, theta, comm=MPI.COMM_SELF, xtol=float("nan"))
+    theta0, w0, res0 = dist.varpro(model.operator, y, theta, comm=MPI.COMM_SELF, max_iter=0)  # no step: the start
+    assert np.array_equal(theta0, theta) and res0.nit == 0 and not res0.success
+    assert res0.fun == pytest.approx(dist.varpro_objective(model.operator, y, comm=MPI.COMM_SELF)(theta)[0], rel=1e-12)
     with pytest.raises(ValueError, match="rows"):
         dist.varpro_objective(model.operator, y[:-1], comm=MPI.COMM_SELF)(theta)
     with pytest.raises(ValueError, match="tikhonov"):

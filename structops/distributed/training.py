@@ -267,6 +267,8 @@ def varpro(phi, y, theta0, dphi=None, tikhonov: float = 0.0, comm=None, method: 
         return res.x, fun.coef(res.x), res
     if options:
         raise TypeError(f"method='gauss-newton' takes no options {sorted(options)}")
+    if int(max_iter) != max_iter or max_iter < 0 or not (xtol >= 0 and gtol >= 0):
+        raise ValueError(f"max_iter must be an integer >= 0 and xtol, gtol >= 0; got {max_iter}, {xtol}, {gtol}")
     MPI, _ = _mpi()
     comm = fun.comm
     y = np.asarray(y, dtype=float)
