@@ -141,6 +141,8 @@ def test_tile_split_on_every_grid_equals_the_serial_layer(kernel_size, options):
         op = dist.Conv2D(K, shape, split="tiles", grid=grid, **options)
         assert op.grid[0] * op.grid[1] == comm.size
         _equals_serial(op, serial, x, v, tiled=True)
+    # the certified sigma_max through the tiled products (the default grid's operator) is the serial one
+    assert abs(structops.opnorm(dist.replicated(op)) - structops.opnorm(serial)) <= 1e-12 * structops.opnorm(serial)
 
 
 def test_tile_split_refuses_what_it_cannot_split():
