@@ -163,3 +163,12 @@ def test_median_times_fills_short_samples_and_keeps_the_order():
     assert calls["slow"] == 1 + 3  # the warm-up, then one call a sample
     assert calls["fast"] > 1 + 3 * 10  # a sub-microsecond call fills a 2 ms sample many times over
     assert 0 < fast_t < 1e-3 <= 3e-3 <= slow_t
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_median_time_calls_once_a_run_after_its_warm_up(warmup):
+    from structops.apps.benchtools import median_time
+
+    calls = []
+    assert median_time(lambda: calls.append(1), repeat=5, warmup=warmup) >= 0
+    assert len(calls) == warmup + 5

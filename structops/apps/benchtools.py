@@ -15,19 +15,8 @@ __all__ = ["median_time", "format_time", "pylops_conv2d_block"]
 
 
 def median_time(func, repeat: int = 5, warmup: int = 1, sync=None) -> float:
-    """Median wall time of ``func()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        func()
-    if sync is not None:
-        sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        func()
-        if sync is not None:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    """Median wall time of ``func()`` in seconds over ``repeat`` runs after ``warmup`` runs (one call a run)."""
+    return median_times([func], repeat, warmup, sync, min_sample=0.0)[0]
 
 
 def median_times(funcs, repeat: int = 5, warmup: int = 1, sync=None, min_sample: float = 1e-2) -> list:
@@ -37,18 +26,23 @@ def median_times(funcs, repeat: int = 5, warmup: int = 1, sync=None, min_sample:
     (frequency, other load, memory) over the run reaches all of them alike;
     timing one function's runs and then the next's can swing a ratio by half
     on a small shared machine. A function faster than ``min_sample`` seconds
-    (measured in the warm-up) is called as many times per sample as fill it
-    and the sample is their mean: single calls of a few hundred microseconds
-    are at the mercy of one interrupt.
+    (measured in the warm-up; one untimed call when ``warmup`` is 0) is called
+    as many times per sample as fill it and the sample is their mean: single
+    calls of a few hundred microseconds are at the mercy of one interrupt.
+    ``min_sample=0`` times one call a sample.
     """
     number = []
     for f in funcs:
+        calls = warmup if warmup or min_sample <= 0 else 1
         t0 = time.perf_counter()
-        for _ in range(max(warmup, 1)):
+        for _ in range(calls):
             f()
         if sync is not None:
             sync()
-        once = (time.perf_counter() - t0) / max(warmup, 1)
+        if min_sample <= 0:
+            number.append(1)
+            continue
+        once = (time.perf_counter() - t0) / calls
         number.append(int(min(1000, max(1, np.ceil(min_sample / max(once, 1e-9))))))
     times = [[] for _ in funcs]
     for _ in range(repeat):

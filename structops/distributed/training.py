@@ -11,6 +11,15 @@ __all__ = ["data_parallel", "minimize", "layer_least_squares", "kernel_least_squ
            "varpro_objective", "varpro"]
 
 
+def _allreduce_sum(comm, a):
+    """The sum over the ranks of ``comm`` of the float64 array ``a`` (one ``Allreduce``), on every rank."""
+    MPI, _ = _mpi()
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    out = np.empty_like(a)
+    comm.Allreduce(a, out, op=MPI.SUM)
+    return out
+
+
 def data_parallel(fun, comm=None):
     """``theta -> (sum_r f_r(theta), sum_r grad f_r(theta))`` from a local ``fun`` on this rank's data.
 
@@ -32,10 +41,7 @@ def data_parallel(fun, comm=None):
 
     def total(theta):
         f, g = fun(theta)
-        g = np.ascontiguousarray(to_numpy(g).astype(np.float64).reshape(-1))
-        buf = np.concatenate([[float(f)], g])
-        out = np.empty_like(buf)
-        comm.Allreduce(buf, out, op=MPI.SUM)
+        out = _allreduce_sum(comm, np.concatenate([[float(f)], to_numpy(g).astype(np.float64).reshape(-1)]))
         return float(out[0]), out[1:]
 
     return total
@@ -180,9 +186,7 @@ def varpro_objective(phi, y, dphi=None, tikhonov: float = 0.0, comm=None):
         if A.shape[0] != y.shape[0]:
             raise ValueError(f"phi(theta) has {A.shape[0]} rows on rank {comm.rank}; y has {y.shape[0]}")
         n = A.shape[1]
-        buf = np.concatenate([(A.T @ A).reshape(-1), A.T @ y])
-        out = np.empty_like(buf)
-        comm.Allreduce(buf, out, op=MPI.SUM)
+        out = _allreduce_sum(comm, np.concatenate([(A.T @ A).reshape(-1), A.T @ y]))
         G, b = out[:n * n].reshape(n, n), out[n * n:]
         G[np.diag_indices(n)] += tikhonov
         from scipy.linalg import lstsq
@@ -204,9 +208,8 @@ def varpro_objective(phi, y, dphi=None, tikhonov: float = 0.0, comm=None):
         Phi, A, w = coef(theta)
         r = A @ w - y
         if dphi is not None:
-            D = np.asarray(dphi(theta), dtype=float)
-            g = np.einsum("mnp,n,m->p", D, w, r)
-        else:
+            g = derivative(theta, Phi, w).T @ r
+        else:  # the Jacobian's adjoint, not its p columns
             g = np.asarray(Phi.jacobian(w).rmatvec(r), dtype=float).reshape(-1)
         f = 0.5 * float(r @ r) + (0.5 * tikhonov * float(w @ w)) / comm.size  # the w term once in the sum
         return f, g
@@ -269,15 +272,11 @@ def varpro(phi, y, theta0, dphi=None, tikhonov: float = 0.0, comm=None, method: 
         raise TypeError(f"method='gauss-newton' takes no options {sorted(options)}")
     if int(max_iter) != max_iter or max_iter < 0 or not (xtol >= 0 and gtol >= 0):
         raise ValueError(f"max_iter must be an integer >= 0 and xtol, gtol >= 0; got {max_iter}, {xtol}, {gtol}")
-    MPI, _ = _mpi()
     comm = fun.comm
     y = np.asarray(y, dtype=float)
 
     def allreduce(a):
-        a = np.ascontiguousarray(a, dtype=float)
-        out = np.empty_like(a)
-        comm.Allreduce(a, out, op=MPI.SUM)
-        return out
+        return _allreduce_sum(comm, a)
 
     def state(theta):
         Phi, A, w, G = fun.normal(theta)
@@ -289,6 +288,7 @@ def varpro(phi, y, theta0, dphi=None, tikhonov: float = 0.0, comm=None, method: 
 
     Phi, A, w, G, r, f = state(theta)
     mu, nit, message, success = None, 0, "the maximum number of steps", False
+    g = None  # the gradient at theta, once computed
     while nit < max_iter:
         D = fun.derivative(theta, Phi, w)
         p, n = D.shape[1], A.shape[1]
@@ -318,11 +318,12 @@ def varpro(phi, y, theta0, dphi=None, tikhonov: float = 0.0, comm=None, method: 
         if not step.any():
             message, success = "no step decreases the objective", True
             break
-        theta = trial
+        theta, g = trial, None
         Phi, A, w, G, r, f = new
         mu = max(mu / 3.0, 1e-12)
         if np.linalg.norm(step) <= xtol * (np.linalg.norm(theta) + xtol):
             message, success = "the step is below xtol", True
             break
-    g = allreduce(fun.derivative(theta, Phi, w).T @ r)  # the gradient at the final theta
+    if g is None:  # the last step moved theta: its gradient
+        g = allreduce(fun.derivative(theta, Phi, w).T @ r)
     return theta, w, OptimizeResult(x=theta, fun=f, jac=g, nit=nit, success=success, message=message)
