@@ -166,3 +166,32 @@ def test_sparse_matrix_is_the_dense_loops(cfg, complex_kernel, sparsity):
     assert A.nnz <= np.count_nonzero(K) * int(np.prod(op.out_shape))
     np.testing.assert_allclose(A.toarray(), dense, rtol=0, atol=1e-14 * max(1.0, np.abs(K).sum()))
     assert op.tosparse("csc").format == "csc"
+
+
+# The direct products keep a batch in the columns' order, (c, *space, B): the tap offsets are B
+# times the one-image ones, the first tap of a depthwise layer writes the outputs it reaches, and a
+# polyphase component that no tap reads is zeroed. Each kind of channel product, against the sparse
+# matrix built from the kernel taps, on a batch of 4 and on single columns.
+@pytest.mark.parametrize("groups, cig, cog", [(3, 1, 1), (2, 1, 3), (1, 2, 5), (1, 4, 4), (2, 3, 1)])
+@pytest.mark.parametrize("k, stride, dilation, padding", [
+    (3, 1, 1, 1), (1, 2, 1, 0), (2, 3, 1, (0, 2)), (3, 2, 2, "circular"), (3, (1, 2), 1, "same")])
+def test_direct_batches_in_the_columns_order(groups, cig, cog, k, stride, dilation, padding):
+    rng = np.random.default_rng(7 * groups + cig + k)
+    K = rng.standard_normal((groups * cog, cig, k, k))
+    op = structops.Conv2D(K, (9, 8), stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          method="direct")
+    A = op.tosparse().toarray()
+    X = rng.standard_normal((op.shape[1], 4))
+    Y = rng.standard_normal((op.shape[0], 4))
+    np.testing.assert_allclose(op @ X, A @ X, rtol=0, atol=1e-12 * np.abs(A).sum())
+    np.testing.assert_allclose(op.H @ Y, A.T @ Y, rtol=0, atol=1e-12 * np.abs(A).sum())
+    np.testing.assert_allclose(op @ X[:, 1], A @ X[:, 1], rtol=0, atol=1e-12 * np.abs(A).sum())
+    J = op.jacobian(X)
+    dK = rng.standard_normal((K.size, 2))
+    want = np.stack([(op.with_kernel(d.reshape(K.shape)) @ X).ravel() for d in dK.T], axis=1)
+    np.testing.assert_allclose(J @ dK, want, rtol=0, atol=1e-12 * np.abs(want).max())
+    assert_adjoint(J, rng=rng)
+    op32 = op.with_kernel(K.astype(np.float32))
+    got = op32.H @ Y.astype(np.float32)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, A.T @ Y, rtol=0, atol=1e-5 * np.abs(A).sum())

@@ -9,7 +9,11 @@ products:
   is a plain offset into one contiguous array; one GEMM per phase multiplies all
   taps by the channel matrices and the taps are summed by shifted adds. Cost
   ``O(c_out c_in prod(k) N)``, in large BLAS calls (no per-tap small GEMMs,
-  which multi-threaded BLAS handles badly on small machines).
+  which multi-threaded BLAS handles badly on small machines). A batch keeps
+  the columns' own order, ``(c, *space, B)``: neighbouring pixels are ``B``
+  entries apart and the offsets scale by ``B``, so the inputs and outputs are
+  padded and cropped but never transposed (the transposes took 10 to 40% of a
+  product).
 * ``"fft"``: products on the periodic grid of the padded input, with the
   channel mixing done frequency by frequency. Cost
   ``O((c_in + c_out) N log N + c_in c_out N)``, independent of the kernel size.
@@ -66,17 +70,25 @@ def _group_block(row: int, itemsize: int, g: int) -> int:
     return int(min(g, max(1, GROUP_BLOCK_BYTES // (3 * row * itemsize))))
 
 
-def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, B: int):
-    """``Kt``: ``(c_out, c_in / g, T)`` taps; ``phases``: ``(nphase, c_in, L)`` -> ``(c_out, L)``."""
+def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1):
+    """``Kt``: ``(c_out, c_in / g, T)`` taps; ``phases``: ``(nphase, c_in, L)`` -> ``(c_out, L)``.
+
+    ``step``: entries between neighbouring cells (``B`` for ``batch_last`` buffers, else 1).
+    """
     xp = get_xp(phases, Kt)
     L = phases.shape[2]
-    n_valid = L - geo.max_off
+    tap_phases, max_off = geo.scaled_phases(step)
+    n_valid = L - max_off
     dtype = np.result_type(Kt.dtype, phases.dtype)
     g, cig = phases.shape[1] // Kt.shape[1], Kt.shape[1]
     cog = co // g
-    out = xp.zeros((co, L), dtype=dtype)
+    if cig == 1:  # the first tap writes the outputs: only the tail past the valid range needs zeros
+        out = xp.empty((co, L), dtype=dtype)
+        out[:, n_valid:] = 0
+    else:
+        out = xp.zeros((co, L), dtype=dtype)
     og = out.reshape(g, cog, L)
-    for ph, taps, offs in geo.phases:
+    for n_ph, (ph, taps, offs) in enumerate(tap_phases):
         Kg = _take_taps(Kt, taps).reshape(g, cog, cig, len(taps))
         x = phases[ph].reshape(g, cig, L)
         if cig == 1:  # one input channel per group: no channel sum, groups in cache-sized blocks
@@ -84,77 +96,100 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, B: int):
             buf = xp.empty((r, cog, n_valid), dtype=dtype)
             for i0 in range(0, g, r):
                 i1 = min(g, i0 + r)
-                b = buf[: i1 - i0]
+                b, o = buf[: i1 - i0], og[i0:i1, :, :n_valid]
                 for t, off in enumerate(offs):
+                    if n_ph == 0 and t == 0:
+                        xp.multiply(Kg[i0:i1, :, 0, t, None], x[i0:i1, :, off : off + n_valid], out=o)
+                        continue
                     xp.multiply(Kg[i0:i1, :, 0, t, None], x[i0:i1, :, off : off + n_valid], out=b)
-                    og[i0:i1, :, :n_valid] += b
+                    o += b
             continue
         if cig < cog:
             # fewer inputs than outputs: copy the shifted inputs (taps x c_in rows) and mix them in one
             # product, instead of shifting and adding taps x c_out rows of products
             Kc = Kg.transpose(0, 1, 3, 2).reshape(g, cog, len(taps) * cig)
-            for j0, j1 in geo.chunks(n_valid, g * len(taps) * cig, dtype.itemsize):
+            for j0, j1 in geo.chunks(n_valid, g * len(taps) * cig, dtype.itemsize, 0):
                 cols = xp.empty((g, len(taps), cig, j1 - j0), dtype=x.dtype)
                 for t, off in enumerate(offs):
                     cols[:, t] = x[:, :, j0 + off : j1 + off]
                 og[:, :, j0:j1] += xp.matmul(Kc, cols.reshape(g, len(taps) * cig, j1 - j0))
             continue
+        # every tap's product of a chunk of inputs at once, added to the outputs it reaches (p = j - off)
         Kr = Kg.transpose(0, 3, 1, 2).reshape(g, len(taps) * cog, cig)
-        for j0, j1 in geo.chunks(n_valid, g * Kr.shape[1], dtype.itemsize):
-            Z = xp.matmul(Kr, x[:, :, j0 : j1 + geo.max_off]).reshape(g, len(taps), cog, -1)
-            acc = og[:, :, j0:j1]
+        for j0, j1 in geo.chunks(L, g * Kr.shape[1], dtype.itemsize, 0):
+            Z = xp.matmul(Kr, x[:, :, j0:j1]).reshape(g, len(taps), cog, -1)
             for t, off in enumerate(offs):
-                acc += Z[:, t, :, off : off + (j1 - j0)]
+                p0, p1 = max(j0 - off, 0), min(j1 - off, n_valid)
+                if p0 < p1:
+                    og[:, :, p0:p1] += Z[:, t, :, p0 + off - j0 : p1 + off - j0]
     return out
 
 
-def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int):
+def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1):
     """Adjoint of :func:`_direct_forward`: ``(c_out, L)`` -> ``(nphase, c_in, L)``."""
     xp = get_xp(ext, Kt)
     L = ext.shape[1]
-    n_valid = L - geo.max_off
+    tap_phases, max_off = geo.scaled_phases(step)
+    n_valid = L - max_off
     dtype = np.result_type(Kt.dtype, ext.dtype)
     cig = Kt.shape[1]
     g = ci // cig
     cog = Kt.shape[0] // g
     eg = ext.reshape(g, cog, L)
-    G = xp.zeros((geo.nphase, ci, L), dtype=dtype)
-    for ph, taps, offs in geo.phases:
+    if cig == 1:  # each phase's first tap writes its window: zeros around it, and for phases no tap reads
+        G = xp.empty((geo.nphase, ci, L), dtype=dtype)
+        read = {ph for ph, _, _ in tap_phases}
+        for ph in range(geo.nphase):
+            if ph not in read:
+                G[ph] = 0
+    else:
+        G = xp.zeros((geo.nphase, ci, L), dtype=dtype)
+    for ph, taps, offs in tap_phases:
         Kg = _take_taps(Kt, taps).conj().reshape(g, cog, cig, len(taps))
         gg = G[ph].reshape(g, cig, L)
         if cig == 1:
+            gg[:, :, : offs[0]] = 0
+            gg[:, :, offs[0] + n_valid :] = 0
             r = _group_block(L * cog, dtype.itemsize, g)
             buf = xp.empty((r, cog, n_valid), dtype=dtype)
             for i0 in range(0, g, r):
                 i1 = min(g, i0 + r)
                 b = buf[: i1 - i0]
                 for t, off in enumerate(offs):
+                    o = gg[i0:i1, 0, off : off + n_valid]
+                    if t == 0 and cog == 1:
+                        xp.multiply(Kg[i0:i1, 0, 0, t, None], eg[i0:i1, 0, :n_valid], out=o)
+                        continue
                     xp.multiply(Kg[i0:i1, :, 0, t, None], eg[i0:i1, :, :n_valid], out=b)
-                    gg[i0:i1, 0, off : off + n_valid] += b.sum(axis=1) if cog > 1 else b[:, 0]
+                    if t == 0:
+                        xp.sum(b, axis=1, out=o)
+                    else:
+                        o += b.sum(axis=1) if cog > 1 else b[:, 0]
             continue
         KrH = Kg.transpose(0, 3, 2, 1).reshape(g, len(taps) * cig, cog)
-        for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize):
+        for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize, 0):  # no overlap: products land shifted
             Z = xp.matmul(KrH, eg[:, :, j0:j1]).reshape(g, len(taps), cig, -1)
             for t, off in enumerate(offs):
                 gg[:, :, j0 + off : j1 + off] += Z[:, t]
     return G
 
 
-def _direct_kernel_grad(geo: ConvGeometry, phases, ext, co: int, ci: int):
+def _direct_kernel_grad(geo: ConvGeometry, phases, ext, co: int, ci: int, step: int = 1):
     """``G[o, i, t] = sum_j conj(x_t[i, j]) w[o, j]``: the adjoint in the kernel, ``(c_out, c_in / g, T)``.
 
     ``ci`` is the channel count per group (``c_in`` for ungrouped layers).
     """
     xp = get_xp(phases, ext)
     L = ext.shape[1]
-    n_valid = L - geo.max_off
+    tap_phases, max_off = geo.scaled_phases(step)
+    n_valid = L - max_off
     dtype = np.result_type(phases.dtype, ext.dtype)
     g = phases.shape[1] // ci
     cog = co // g
     G = xp.empty((co, ci, geo.taps), dtype=dtype)
     Gg = G.reshape(g, cog, ci, geo.taps)
     w = ext[:, :n_valid].reshape(g, cog, n_valid)
-    for ph, taps, offs in geo.phases:
+    for ph, taps, offs in tap_phases:
         x = phases[ph].reshape(g, ci, L)
         for t, off in zip(taps, offs):
             Gg[:, :, :, t] = xp.matmul(w, x[:, :, off : off + n_valid].conj().transpose(0, 2, 1))
@@ -413,9 +448,10 @@ class ConvND(StructuredOperator):
         if self.method == "torch" and not host_real:
             raise ValueError("method='torch' takes real NumPy kernels")
         # torch's CPU kernels: always for method="torch", for float32 host products with "auto"; with one
-        # input channel per group only for single vectors (a batch needs torch's layout, and the library's
-        # elementwise products measured faster than transposing it: 35 ms against 46 ms for 256 depthwise
-        # channels on 56x56, batch 8; one image: 0.6 ms against 2.5 ms)
+        # input channel per group only for single vectors (a batch needs torch's layout: 256 depthwise
+        # channels on 56x56, batch 8, the library's elementwise products took 21 to 23 ms against 33 to 44 ms
+        # for torch with the transposes while the allocator hands out fresh pages, 17 to 20 ms against 8 to
+        # 11 ms when it reuses them; one image: 0.6 ms against 2.5 ms)
         self._torch = self.method == "torch" or (
             method == "auto" and host_real and torch_kernels.AUTO_FLOAT32 and torch_kernels.available())
         self._torch_batches = self.method == "torch" or not (
@@ -563,9 +599,9 @@ class ConvND(StructuredOperator):
             real = dtype.kind == "f"
             plan = self._plan(real)
             return plan.adjoint(self._spectrum(dtype), plan.output_spectrum(Y.astype(dtype, copy=False), self.c_out)).astype(dtype, copy=False)
-        ext = geo.to_cells(Y, self.c_out, dtype)
-        G = _direct_adjoint(geo, self._taps, ext, self.c_in)
-        return geo.from_phases(G, self.c_in, B)
+        ext = geo.to_cells(Y, self.c_out, dtype, batch_last=True)
+        G = _direct_adjoint(geo, self._taps, ext, self.c_in, step=B)
+        return geo.from_phases(G, self.c_in, B, batch_last=True)
 
     def jacobian(self, x):
         """Jacobian of ``K -> K x``: the operator ``dK -> ConvND(dK, ...) x``.
@@ -597,9 +633,9 @@ def _conv_forward(layer: ConvND, K, X, dtype):
         plan = layer._plan(real)
         H = layer._spectrum(dtype) if K is layer.kernel else plan.kernel_spectrum(K.astype(dtype, copy=False))
         return plan.forward(H, plan.input_spectrum(X.astype(dtype, copy=False), layer.c_in)).astype(dtype, copy=False)
-    phases = geo.to_phases(X, layer.c_in, dtype)
-    ext = _direct_forward(geo, K.reshape(co, K.shape[1], -1), phases, co, B)
-    return geo.from_cells(ext, co, B)
+    phases = geo.to_phases(X, layer.c_in, dtype, batch_last=True)
+    ext = _direct_forward(geo, K.reshape(co, K.shape[1], -1), phases, co, step=B)
+    return geo.from_cells(ext, co, B, batch_last=True)
 
 
 class _ConvKernelJacobian(StructuredOperator):
@@ -620,7 +656,7 @@ class _ConvKernelJacobian(StructuredOperator):
             self._plan = layer._plan(dtype.kind == "f")
             self._Xh = self._plan.input_spectrum(X.astype(dtype, copy=False), layer.c_in)
         else:
-            self._phases = geo.to_phases(X, layer.c_in, dtype)
+            self._phases = geo.to_phases(X, layer.c_in, dtype, batch_last=True)
         dimsd = layer.dimsd + ((self.B,) if batched else ())
         super().__init__(dims=layer.kernel.shape, dimsd=dimsd, dtype=dtype, name="J")
 
@@ -635,8 +671,8 @@ class _ConvKernelJacobian(StructuredOperator):
             H = self._plan.kernel_spectrum(Ks.reshape((nd * co, ci) + layer.kernel_size).astype(self._dtype, copy=False))
             Y = self._plan.forward(H, self._Xh)
         else:
-            ext = _direct_forward(geo, Ks, self._phases, nd * co, self.B)
-            Y = geo.from_cells(ext, nd * co, self.B)
+            ext = _direct_forward(geo, Ks, self._phases, nd * co, step=self.B)
+            Y = geo.from_cells(ext, nd * co, self.B, batch_last=True)
         # (g * nd * c_out / g * M, B) -> (c_out * M * B, nd)
         Y = self.xp.moveaxis(Y.reshape(g, nd, -1), 1, 0).reshape(nd, -1)
         return Y.T.astype(self.dtype, copy=False)
@@ -652,8 +688,8 @@ class _ConvKernelJacobian(StructuredOperator):
             Zh = self._plan.output_spectrum(Wc.astype(self._dtype, copy=False), nd * co)
             G = self._plan.kernel_grad(self._Xh, Zh)
         else:
-            ext = geo.to_cells(Wc, nd * co, self._dtype)
-            G = _direct_kernel_grad(geo, self._phases, ext, nd * co, ci)
+            ext = geo.to_cells(Wc, nd * co, self._dtype, batch_last=True)
+            G = _direct_kernel_grad(geo, self._phases, ext, nd * co, ci, step=self.B)
         G = self.xp.moveaxis(G.reshape(g, nd, -1), 1, 0).reshape(nd, -1)
         return G.T.astype(self.dtype, copy=False)
 

@@ -156,6 +156,21 @@ def batch_last(a):
     return a.transpose((0,) + tuple(range(2, a.ndim)) + (1,))
 
 
+_move_batch_last = batch_last  # for the methods whose ``batch_last`` argument shadows the function
+
+
+def _embed(xp, img, grid: tuple, box: tuple, dtype, batch_last: bool):
+    """Zeros of ``(c, *grid, B)`` (``(c, B, *grid)`` unless ``batch_last``) with ``img`` ``(c, *space, B)`` in ``box``."""
+    c, B = img.shape[0], img.shape[-1]
+    if batch_last:
+        buf = xp.zeros((c,) + tuple(grid) + (B,), dtype=dtype)
+        buf[(slice(None),) + box] = img
+    else:
+        buf = xp.zeros((c, B) + tuple(grid), dtype=dtype)
+        buf[(slice(None), slice(None)) + box] = batch_second(img)
+    return buf
+
+
 class ConvGeometry:
     """Everything about a convolution layer but its kernel values.
 
@@ -433,72 +448,121 @@ class ConvGeometry:
     def max_off(self) -> int:
         return self._layout[5]
 
-    def to_phases(self, X, c: int, dtype):
-        """``(c * N, B)`` input -> ``(nphase, c, B * cell)`` padded polyphase buffer."""
+    def padded_input(self, X, c: int, dtype, batch_last: bool = False):
+        """``(c * N, B)`` input -> the padded grid ``(c, B, *P)`` (``(c, *P, B)`` with ``batch_last``).
+
+        Zeros around the image, or its periodic continuation for circular
+        padding; ``P`` is rounded up to whole polyphase cells (zeros there).
+        """
         xp = get_xp(X)
         B = X.shape[1]
-        D = self.ndim
         check_memory(c * B * int(np.prod(self.P, dtype=np.float64)) * np.dtype(dtype).itemsize * 2,
                      "the padded input buffer")
-        buf = xp.zeros((c, B) + self.P, dtype=dtype)
         inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.padding, self.in_shape))
-        buf[(slice(None), slice(None)) + inner] = batch_second(X.reshape((c,) + self.in_shape + (B,)))
+        buf = _embed(xp, X.reshape((c,) + self.in_shape + (B,)), self.P, inner, dtype, batch_last)
         if self.circular:
-            for ax in range(D):
+            a0 = 1 if batch_last else 2  # the first spatial axis of buf
+            for ax in range(self.ndim):
                 lo, hi = self.padding[ax]
                 n = self.in_shape[ax]
-                _sl = _axis_slicer(buf.ndim, 2 + ax)
+                _sl = _axis_slicer(buf.ndim, a0 + ax)
                 if lo:
                     buf[_sl(0, lo)] = buf[_sl(n, n + lo)]
                 if hi:
                     buf[_sl(lo + n, lo + n + hi)] = buf[_sl(lo, lo + hi)]
-        if self.nphase == 1:
-            return buf.reshape(1, c, -1)
-        split = (c, B) + tuple(v for q, s in zip(self.Q, self.stride) for v in (q, s))
-        perm = tuple(3 + 2 * ax for ax in range(D)) + (0, 1) + tuple(2 + 2 * ax for ax in range(D))
-        ph = xp.ascontiguousarray(buf.reshape(split).transpose(perm))
-        return ph.reshape(self.nphase, c, -1)
+        return buf
 
-    def from_phases(self, G, c: int, B: int):
-        """Adjoint of :meth:`to_phases`: ``(nphase, c, B * cell)`` -> ``(c * N, B)``."""
-        D = self.ndim
-        if self.nphase == 1:
-            buf = G.reshape((c, B) + self.P)
-        else:
-            ph = G.reshape(tuple(self.stride) + (c, B) + self.Q)
-            perm = (D, D + 1) + tuple(v for ax in range(D) for v in (D + 2 + ax, ax))
-            buf = ph.transpose(perm).reshape((c, B) + self.P)
+    def unpad(self, buf, B: int, batch_last: bool = False):
+        """Adjoint of :meth:`padded_input`: the padded grid -> ``(c * N, B)``.
+
+        Circular padding folds the borders back onto the image; zero padding
+        drops them. ``buf`` is written to in the circular case.
+        """
         if self.circular:
-            for ax in reversed(range(D)):
+            a0 = 1 if batch_last else 2
+            for ax in reversed(range(self.ndim)):
                 lo, hi = self.padding[ax]
                 n = self.in_shape[ax]
-                _sl = _axis_slicer(buf.ndim, 2 + ax)
+                _sl = _axis_slicer(buf.ndim, a0 + ax)
                 if hi:
                     buf[_sl(lo, lo + hi)] += buf[_sl(lo + n, lo + n + hi)]
                 if lo:
                     buf[_sl(n, n + lo)] += buf[_sl(0, lo)]
         inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.padding, self.in_shape))
-        x = buf[(slice(None), slice(None)) + inner]
-        return batch_last(x).reshape(-1, B)
+        if batch_last:
+            return buf[(slice(None),) + inner].reshape(-1, B)
+        return _move_batch_last(buf[(slice(None), slice(None)) + inner]).reshape(-1, B)
 
-    def to_cells(self, Y, c: int, dtype):
-        """``(c * M, B)`` output -> ``(c, B * cell)`` zero-filled output grid."""
+    def to_phases(self, X, c: int, dtype, batch_last: bool = False):
+        """``(c * N, B)`` input -> ``(nphase, c, B * cell)`` padded polyphase buffer.
+
+        Each phase holds ``(c, B, *Q)`` (one image after the other), or with
+        ``batch_last`` ``(c, *Q, B)``: the columns' own order, so the input is
+        not transposed, and a tap's flat offset is ``B`` times larger (see
+        :meth:`scaled_phases`).
+        """
+        xp = get_xp(X)
+        B = X.shape[1]
+        D = self.ndim
+        buf = self.padded_input(X, c, dtype, batch_last)
+        if self.nphase == 1:
+            return buf.reshape(1, c, -1)
+        cells = tuple(v for q, s in zip(self.Q, self.stride) for v in (q, s))
+        if batch_last:  # (c, Q_1, s_1, ..., B) -> (s_1, ..., c, Q_1, ..., B)
+            split = (c,) + cells + (B,)
+            perm = tuple(2 + 2 * ax for ax in range(D)) + (0,) + tuple(1 + 2 * ax for ax in range(D)) + (2 * D + 1,)
+        else:  # (c, B, Q_1, s_1, ...) -> (s_1, ..., c, B, Q_1, ...)
+            split = (c, B) + cells
+            perm = tuple(3 + 2 * ax for ax in range(D)) + (0, 1) + tuple(2 + 2 * ax for ax in range(D))
+        ph = xp.ascontiguousarray(buf.reshape(split).transpose(perm))
+        return ph.reshape(self.nphase, c, -1)
+
+    def from_phases(self, G, c: int, B: int, batch_last: bool = False):
+        """Adjoint of :meth:`to_phases`: ``(nphase, c, B * cell)`` -> ``(c * N, B)``."""
+        D = self.ndim
+        if self.nphase == 1:
+            buf = G.reshape(((c,) + self.P + (B,)) if batch_last else ((c, B) + self.P))
+        elif batch_last:  # (s_1, ..., c, Q_1, ..., B) -> (c, Q_1, s_1, ..., B)
+            ph = G.reshape(tuple(self.stride) + (c,) + self.Q + (B,))
+            perm = (D,) + tuple(v for ax in range(D) for v in (D + 1 + ax, ax)) + (2 * D + 1,)
+            buf = ph.transpose(perm).reshape((c,) + self.P + (B,))
+        else:
+            ph = G.reshape(tuple(self.stride) + (c, B) + self.Q)
+            perm = (D, D + 1) + tuple(v for ax in range(D) for v in (D + 2 + ax, ax))
+            buf = ph.transpose(perm).reshape((c, B) + self.P)
+        return self.unpad(buf, B, batch_last)
+
+    def to_cells(self, Y, c: int, dtype, batch_last: bool = False):
+        """``(c * M, B)`` output -> ``(c, B * cell)`` zero-filled output grid (``(c, *Q, B)`` with ``batch_last``)."""
         xp = get_xp(Y)
         B = Y.shape[1]
-        ext = xp.zeros((c, B) + self.Q, dtype=dtype)
         valid = tuple(slice(0, o) for o in self.out_shape)
-        ext[(slice(None), slice(None)) + valid] = batch_second(Y.reshape((c,) + self.out_shape + (B,)))
-        return ext.reshape(c, -1)
+        return _embed(xp, Y.reshape((c,) + self.out_shape + (B,)), self.Q, valid, dtype, batch_last).reshape(c, -1)
 
-    def from_cells(self, ext, c: int, B: int):
+    def from_cells(self, ext, c: int, B: int, batch_last: bool = False):
         """``(c, B * cell)`` output grid -> ``(c * M, B)`` (valid entries only)."""
         valid = tuple(slice(0, o) for o in self.out_shape)
+        if batch_last:
+            return ext.reshape((c,) + self.Q + (B,))[(slice(None),) + valid].reshape(-1, B)
         y = ext.reshape((c, B) + self.Q)[(slice(None), slice(None)) + valid]
-        return batch_last(y).reshape(-1, B)
+        return _move_batch_last(y).reshape(-1, B)
 
-    def chunks(self, length: int, rows: int, itemsize: int):
-        """Split ``range(length)`` into chunks whose ``rows x (chunk + max_off)`` temporaries fit the budget."""
-        size = max(4 * self.max_off, CHUNK_BYTES // max(rows * itemsize, 1), 256)
+    def scaled_phases(self, step: int):
+        """:attr:`phases` and :attr:`max_off` with the flat offsets times ``step``.
+
+        ``step = B`` for the ``batch_last`` buffers of :meth:`to_phases` and
+        :meth:`to_cells`, where neighbouring cells are ``B`` entries apart.
+        """
+        if step == 1:
+            return self.phases, self.max_off
+        return [(ph, taps, [off * step for off in offs]) for ph, taps, offs in self.phases], self.max_off * step
+
+    def chunks(self, length: int, rows: int, itemsize: int, halo: int | None = None):
+        """Split ``range(length)`` into chunks whose ``rows x (chunk + halo)`` temporaries fit the budget.
+
+        ``halo`` defaults to :attr:`max_off`; chunks are at least four halos long.
+        """
+        size = max(4 * (self.max_off if halo is None else halo), CHUNK_BYTES // max(rows * itemsize, 1), 256)
         for j0 in range(0, length, size):
             yield j0, min(length, j0 + size)
 
