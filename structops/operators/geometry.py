@@ -159,9 +159,17 @@ def batch_last(a):
 _move_batch_last = batch_last  # for the methods whose ``batch_last`` argument shadows the function
 
 
-def _embed(xp, img, grid: tuple, box: tuple, dtype, batch_last: bool):
-    """Zeros of ``(c, *grid, B)`` (``(c, B, *grid)`` unless ``batch_last``) with ``img`` ``(c, *space, B)`` in ``box``."""
+def _embed(xp, img, grid: tuple, box: tuple, dtype, batch_last: bool, lead: int = 0):
+    """Zeros of ``(c, *grid, B)`` (``(c, B, *grid)`` unless ``batch_last``) with ``img`` ``(c, *space, B)`` in ``box``.
+
+    ``lead > 0`` (``batch_last`` only): the flat ``(c, lead + prod(grid) B)``
+    array, ``lead`` zeros before each channel's grid.
+    """
     c, B = img.shape[0], img.shape[-1]
+    if lead:
+        flat = xp.zeros((c, lead + int(np.prod(grid)) * B), dtype=dtype)
+        flat[:, lead:].reshape((c,) + tuple(grid) + (B,))[(slice(None),) + box] = img
+        return flat
     if batch_last:
         buf = xp.zeros((c,) + tuple(grid) + (B,), dtype=dtype)
         buf[(slice(None),) + box] = img
@@ -532,12 +540,16 @@ class ConvGeometry:
             buf = ph.transpose(perm).reshape((c, B) + self.P)
         return self.unpad(buf, B, batch_last)
 
-    def to_cells(self, Y, c: int, dtype, batch_last: bool = False):
-        """``(c * M, B)`` output -> ``(c, B * cell)`` zero-filled output grid (``(c, *Q, B)`` with ``batch_last``)."""
+    def to_cells(self, Y, c: int, dtype, batch_last: bool = False, lead: int = 0):
+        """``(c * M, B)`` output -> ``(c, B * cell)`` zero-filled output grid (``(c, *Q, B)`` with ``batch_last``).
+
+        ``lead`` (``batch_last`` only): that many more zeros before each channel, ``(c, lead + B * cell)``.
+        """
         xp = get_xp(Y)
         B = Y.shape[1]
         valid = tuple(slice(0, o) for o in self.out_shape)
-        return _embed(xp, Y.reshape((c,) + self.out_shape + (B,)), self.Q, valid, dtype, batch_last).reshape(c, -1)
+        grid = _embed(xp, Y.reshape((c,) + self.out_shape + (B,)), self.Q, valid, dtype, batch_last, lead)
+        return grid.reshape(c, -1)
 
     def from_cells(self, ext, c: int, B: int, batch_last: bool = False):
         """``(c, B * cell)`` output grid -> ``(c * M, B)`` (valid entries only)."""
@@ -556,6 +568,30 @@ class ConvGeometry:
         if step == 1:
             return self.phases, self.max_off
         return [(ph, taps, [off * step for off in offs]) for ph, taps, offs in self.phases], self.max_off * step
+
+    @functools.cached_property
+    def tap_grids(self):
+        """Per entry of :attr:`phases`: ``(shape, strides)`` of its taps as a grid, or ``None``.
+
+        The taps of a phase are a product of arithmetic progressions, one per
+        axis (``d`` with ``d delta = r mod s``), enumerated row-major, so that
+        tap ``k`` (grid index) sits at the flat offset ``offs[0] + k . strides``.
+        ``None`` where that does not hold (never, for these layers; checked).
+        """
+        grids = []
+        for _, taps, offs in self.phases:
+            d = np.array(np.unravel_index(np.asarray(taps), self.kernel_size)).reshape(self.ndim, -1)
+            shape = tuple(int(np.unique(d[ax]).size) for ax in range(self.ndim))
+            if int(np.prod(shape)) != len(taps):
+                grids.append(None)
+                continue
+            unit = [int(np.ravel_multi_index(tuple(int(a == ax) for a in range(self.ndim)), shape)) if shape[ax] > 1
+                    else 0 for ax in range(self.ndim)]
+            strides = tuple(offs[u] - offs[0] if shape[ax] > 1 else 0 for ax, u in enumerate(unit))
+            k = np.array(np.unravel_index(np.arange(len(taps)), shape)).reshape(self.ndim, -1)
+            ok = np.array_equal(offs[0] + np.asarray(strides) @ k, np.asarray(offs))
+            grids.append((shape, strides) if ok else None)
+        return grids
 
     def chunks(self, length: int, rows: int, itemsize: int, halo: int | None = None):
         """Split ``range(length)`` into chunks whose ``rows x (chunk + halo)`` temporaries fit the budget.
