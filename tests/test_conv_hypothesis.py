@@ -169,8 +169,8 @@ def test_sparse_matrix_is_the_dense_loops(cfg, complex_kernel, sparsity):
 
 
 # The direct products keep a batch in the columns' order, (c, *space, B): the tap offsets are B
-# times the one-image ones, the first tap of a depthwise layer writes the outputs it reaches, and a
-# polyphase component that no tap reads is zeroed. Each kind of channel product, against the sparse
+# times the one-image ones; a depthwise batch is one einsum a phase (the adjoint a gather), a single
+# depthwise image is written by its first tap, and a polyphase component that no tap reads is zeroed. Each kind of channel product, against the sparse
 # matrix built from the kernel taps, on a batch of 4 and on single columns.
 @pytest.mark.parametrize("groups, cig, cog", [(3, 1, 1), (2, 1, 3), (1, 2, 5), (1, 4, 4), (2, 3, 1)])
 @pytest.mark.parametrize("k, stride, dilation, padding", [
@@ -186,6 +186,7 @@ def test_direct_batches_in_the_columns_order(groups, cig, cog, k, stride, dilati
     np.testing.assert_allclose(op @ X, A @ X, rtol=0, atol=1e-12 * np.abs(A).sum())
     np.testing.assert_allclose(op.H @ Y, A.T @ Y, rtol=0, atol=1e-12 * np.abs(A).sum())
     np.testing.assert_allclose(op @ X[:, 1], A @ X[:, 1], rtol=0, atol=1e-12 * np.abs(A).sum())
+    np.testing.assert_allclose(op.H @ Y[:, 1], A.T @ Y[:, 1], rtol=0, atol=1e-12 * np.abs(A).sum())
     J = op.jacobian(X)
     dK = rng.standard_normal((K.size, 2))
     want = np.stack([(op.with_kernel(d.reshape(K.shape)) @ X).ravel() for d in dK.T], axis=1)
@@ -195,3 +196,9 @@ def test_direct_batches_in_the_columns_order(groups, cig, cog, k, stride, dilati
     got = op32.H @ Y.astype(np.float32)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, A.T @ Y, rtol=0, atol=1e-5 * np.abs(A).sum())
+    Kc = K + 1j * rng.standard_normal(K.shape)  # complex: the adjoint conjugates the taps
+    opc = op.with_kernel(Kc)
+    Ac = opc.tosparse().toarray()
+    Zc = Y + 1j * rng.standard_normal(Y.shape)
+    np.testing.assert_allclose(opc.H @ Zc, Ac.conj().T @ Zc, rtol=0, atol=1e-12 * np.abs(Ac).sum())
+    np.testing.assert_allclose(opc @ X, Ac @ X, rtol=0, atol=1e-12 * np.abs(Ac).sum())
