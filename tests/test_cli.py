@@ -160,8 +160,8 @@ def test_median_times_fills_short_samples_and_keeps_the_order():
         time.sleep(3e-3)
 
     fast_t, slow_t = median_times([fast, slow], repeat=3, warmup=1, min_sample=2e-3)
-    assert calls["slow"] == 1 + 3  # the warm-up, then one call a sample
-    assert calls["fast"] > 1 + 3 * 10  # a sub-microsecond call fills a 2 ms sample many times over
+    assert calls["slow"] == 1 + 1 + 3  # the warm-up, the sizing call, then one call a sample
+    assert calls["fast"] > 2 + 3 * 10  # a sub-microsecond call fills a 2 ms sample many times over
     assert 0 < fast_t < 1e-3 <= 3e-3 <= slow_t
 
 

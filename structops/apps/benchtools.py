@@ -22,37 +22,47 @@ def median_time(func, repeat: int = 5, warmup: int = 1, sync=None) -> float:
 def median_times(funcs, repeat: int = 5, warmup: int = 1, sync=None, min_sample: float = 1e-2) -> list:
     """Median wall times of several ``funcs`` timed in turn, round after round.
 
-    Each round times every function once, in order, so a drift of the machine
+    Each round times every function once, so a drift of the machine
     (frequency, other load, memory) over the run reaches all of them alike;
     timing one function's runs and then the next's can swing a ratio by half
-    on a small shared machine. A function faster than ``min_sample`` seconds
-    (measured in the warm-up; one untimed call when ``warmup`` is 0) is called
-    as many times per sample as fill it and the sample is their mean: single
-    calls of a few hundred microseconds are at the mercy of one interrupt.
-    ``min_sample=0`` times one call a sample.
+    on a small shared machine. Round ``r`` starts with function ``r mod n``,
+    so none always runs first.
+
+    A function faster than ``min_sample`` seconds (timed on one call after its
+    ``warmup`` calls) is called as many times per sample as fill it and the
+    sample is their mean: single calls of a few hundred microseconds are at
+    the mercy of one interrupt. Sizing the samples on the first call instead
+    (which pays one-time set-up, a few milliseconds for a torch kernel) gave
+    that function a few calls a sample, each the first after another
+    function's, and measured it up to 30% slower. ``min_sample=0`` times one
+    call a sample (no sizing call).
     """
     number = []
     for f in funcs:
-        calls = warmup if warmup or min_sample <= 0 else 1
-        t0 = time.perf_counter()
-        for _ in range(calls):
+        for _ in range(warmup):
             f()
         if sync is not None:
             sync()
         if min_sample <= 0:
             number.append(1)
             continue
-        once = (time.perf_counter() - t0) / calls
+        t0 = time.perf_counter()
+        f()
+        if sync is not None:
+            sync()
+        once = time.perf_counter() - t0
         number.append(int(min(1000, max(1, np.ceil(min_sample / max(once, 1e-9))))))
     times = [[] for _ in funcs]
-    for _ in range(repeat):
-        for f, k, ts in zip(funcs, number, times):
+    n = len(funcs)
+    for r in range(repeat):
+        for i in range(n):
+            j = (i + r) % n  # each round starts one function later: no function always runs first
             t0 = time.perf_counter()
-            for _ in range(k):
-                f()
+            for _ in range(number[j]):
+                funcs[j]()
             if sync is not None:
                 sync()
-            ts.append((time.perf_counter() - t0) / k)
+            times[j].append((time.perf_counter() - t0) / number[j])
     return [float(np.median(ts)) for ts in times]
 
 
