@@ -130,3 +130,25 @@ def test_depthwise_float32_auto_sends_single_vectors_to_torch_and_keeps_batches(
         np.testing.assert_allclose(op @ v, ref @ v.astype(np.float64), rtol=0, atol=1e-5)
         w = op @ v
         np.testing.assert_allclose(op.H @ w, ref.H @ w.astype(np.float64), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, g, padding, dilation", [
+    ((6, 4, 3, 3), 1, 1, 1), ((6, 2, 3, 5), 2, (1, 2), 1), ((4, 3, 3, 3), 1, 2, 2), ((6, 4, 2, 3), 2, (0, 1), 1),
+    ((4, 4, 5), 2, 1, 2), ((3, 2, 1, 1), 1, 0, 1)])
+def test_batched_adjoint_as_a_flipped_convolution(shape, g, padding, dilation):
+    """Stride 1, zero padding with lo = hi <= e - 1: the batch adjoint is a convolution with the flipped kernel."""
+    from structops.operators import torch_kernels
+
+    rng = np.random.default_rng(len(shape) + g)
+    K = rng.standard_normal(shape)
+    in_shape = (7, 6)[: len(shape) - 2]
+    op = structops.ConvND(K, in_shape, padding=padding, dilation=dilation, groups=g, method="torch")
+    assert torch_kernels.adjoint_is_a_conv(op.geometry) and torch_kernels.batch_as_axis(op.geometry, 4)
+    ref = structops.ConvND(K, in_shape, padding=padding, dilation=dilation, groups=g, method="direct")
+    Y = rng.standard_normal((op.shape[0], 4))
+    np.testing.assert_allclose(op.H @ Y, ref.H @ Y, rtol=0, atol=1e-12 * np.abs(ref.H @ Y).max())
+    op32 = structops.ConvND(K.astype(np.float32), in_shape, padding=padding, dilation=dilation, groups=g)
+    got = op32.H @ Y.astype(np.float32)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref.H @ Y, rtol=0, atol=1e-5 * np.abs(ref.H @ Y).max())
+    assert_adjoint(op, rng=rng)
