@@ -75,7 +75,7 @@ def _group_block(row: int, itemsize: int, g: int) -> int:
 # its taps: a multiply-add per tap in one pass, where a product and an add take two (1.6x
 # faster for 256 depthwise channels on 56x56). The adjoint gathers (``x[q] = sum_t K_t y[q -
 # off_t]``) from an output grid with ``max_off`` leading zeros, so it writes every entry once.
-_TAP_AXES = "abcdefgh"
+_TAP_AXES = "abcdefhiklmnprstuvwxyz"  # the tap axes, no clash with g, j, o, q
 
 
 def _einsum_taps(geo: ConvGeometry, xp, step: int) -> bool:
