@@ -202,3 +202,11 @@ def test_direct_batches_in_the_columns_order(groups, cig, cog, k, stride, dilati
     Zc = Y + 1j * rng.standard_normal(Y.shape)
     np.testing.assert_allclose(opc.H @ Zc, Ac.conj().T @ Zc, rtol=0, atol=1e-12 * np.abs(Ac).sum())
     np.testing.assert_allclose(opc @ X, Ac @ X, rtol=0, atol=1e-12 * np.abs(Ac).sum())
+
+
+def test_leading_zeros_of_the_output_grid_are_for_the_columns_order_only():
+    geo = structops.Conv2D(np.ones((1, 1, 3, 3)), (4, 4)).geometry
+    grid = geo.to_cells(np.ones((16, 2)), 1, np.float64, batch_last=True, lead=3)
+    assert grid.shape == (1, 3 + 2 * geo.cell) and not grid[:, :3].any() and grid.sum() == 32
+    with pytest.raises(ValueError, match="batch_last"):
+        geo.to_cells(np.ones((16, 2)), 1, np.float64, lead=3)

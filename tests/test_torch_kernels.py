@@ -134,7 +134,7 @@ def test_depthwise_float32_auto_sends_single_vectors_to_torch_and_keeps_batches(
 
 @pytest.mark.parametrize("shape, g, padding, dilation", [
     ((6, 4, 3, 3), 1, 1, 1), ((6, 2, 3, 5), 2, (1, 2), 1), ((4, 3, 3, 3), 1, 2, 2), ((6, 4, 2, 3), 2, (0, 1), 1),
-    ((4, 4, 5), 2, 1, 2), ((3, 2, 1, 1), 1, 0, 1)])
+    ((4, 4, 5), 2, 1, 2), ((3, 2, 1, 1), 1, 0, 1), ((1, 2, 1), 1, 0, 1)])
 def test_batched_adjoint_as_a_flipped_convolution(shape, g, padding, dilation):
     """Stride 1, zero padding with lo = hi <= e - 1: the batch adjoint is a convolution with the flipped kernel."""
     from structops.operators import torch_kernels

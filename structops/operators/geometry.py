@@ -545,6 +545,8 @@ class ConvGeometry:
 
         ``lead`` (``batch_last`` only): that many more zeros before each channel, ``(c, lead + B * cell)``.
         """
+        if lead and not batch_last:
+            raise ValueError("leading zeros (lead > 0) are for batch_last grids only")
         xp = get_xp(Y)
         B = Y.shape[1]
         valid = tuple(slice(0, o) for o in self.out_shape)

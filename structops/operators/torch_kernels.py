@@ -193,7 +193,7 @@ def _adjoint_conv_call(geo, batch_axis: bool):
     def flipped(K):
         co, cig = K.shape[:2]
         Kt = K.reshape((g, co // g, cig) + K.shape[2:]).swapaxes(1, 2).reshape((g * cig, co // g) + K.shape[2:])
-        return Kt[(slice(None), slice(None)) + (slice(None, None, -1),) * D]
+        return Kt[(slice(None), slice(None)) + (slice(None, None, -1),) * D].copy()  # torch takes no negative strides
 
     kwargs = dict(stride=1, padding=pad, dilation=dilation, groups=g)
     return getattr(F, f"conv{D + batch_axis}d"), kwargs, flipped
