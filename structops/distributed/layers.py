@@ -21,11 +21,16 @@ def _mpi():
     return MPI, pylops_mpi
 
 
+def _block(total: int, parts: int, k: int) -> slice:
+    """Block ``k`` of ``range(total)`` in ``parts`` blocks, as ``numpy.array_split`` cuts it."""
+    sizes = [len(b) for b in np.array_split(np.arange(total), parts)]
+    start = int(np.sum(sizes[:k]))
+    return slice(start, start + sizes[k])
+
+
 def local_slice(total: int, comm) -> slice:
     """The block of ``range(total)`` that rank ``comm.rank`` holds (``numpy.array_split``'s blocks)."""
-    sizes = [len(b) for b in np.array_split(np.arange(total), comm.size)]
-    start = int(np.sum(sizes[: comm.rank]))
-    return slice(start, start + sizes[comm.rank])
+    return _block(total, comm.size, comm.rank)
 
 
 def ConvND(kernel, in_shape, split: str = "out_channels", comm=None, batch: int = 1, grid=None, **conv_options):
@@ -186,13 +191,7 @@ def gather(d, op=None):
 def _tile(H: int, W: int, grid, rank: int):
     """The ``(rows, cols)`` slices of rank ``rank``'s tile (``numpy.array_split``'s blocks along each axis)."""
     i, j = divmod(rank, grid[1])
-
-    def block(total, parts, k):
-        sizes = [len(b) for b in np.array_split(np.arange(total), parts)]
-        start = int(np.sum(sizes[:k]))
-        return slice(start, start + sizes[k])
-
-    return block(H, grid[0], i), block(W, grid[1], j)
+    return _block(H, grid[0], i), _block(W, grid[1], j)
 
 
 def _distributed_array(size, comm, partition, like, base_comm_nccl=None, local_shapes=None):

@@ -291,7 +291,7 @@ def varpro(phi, y, theta0, dphi=None, tikhonov: float = 0.0, comm=None, method: 
     g = None  # the gradient at theta, once computed
     while nit < max_iter:
         D = fun.derivative(theta, Phi, w)
-        p, n = D.shape[1], A.shape[1]
+        p = D.shape[1]
         if D.shape[0] != y.shape[0]:
             raise ValueError(f"dPhi w has {D.shape[0]} rows on rank {comm.rank}; y has {y.shape[0]}")
         Z = lstsq(G, allreduce(A.T @ D), check_finite=False)[0]  # (n, p)

@@ -148,7 +148,7 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1):
             # fewer inputs than outputs: copy the shifted inputs (taps x c_in rows) and mix them in one
             # product, instead of shifting and adding taps x c_out rows of products
             Kc = Kg.transpose(0, 1, 3, 2).reshape(g, cog, len(taps) * cig)
-            for j0, j1 in geo.chunks(n_valid, g * len(taps) * cig, dtype.itemsize, 0):
+            for j0, j1 in geo.chunks(n_valid, g * len(taps) * cig, dtype.itemsize):
                 cols = xp.empty((g, len(taps), cig, j1 - j0), dtype=x.dtype)
                 for t, off in enumerate(offs):
                     cols[:, t] = x[:, :, j0 + off : j1 + off]
@@ -156,7 +156,7 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1):
             continue
         # every tap's product of a chunk of inputs at once, added to the outputs it reaches (p = j - off)
         Kr = Kg.transpose(0, 3, 1, 2).reshape(g, len(taps) * cog, cig)
-        for j0, j1 in geo.chunks(L, g * Kr.shape[1], dtype.itemsize, 0):
+        for j0, j1 in geo.chunks(L, g * Kr.shape[1], dtype.itemsize):
             Z = xp.matmul(Kr, x[:, :, j0:j1]).reshape(g, len(taps), cog, -1)
             for t, off in enumerate(offs):
                 p0, p1 = max(j0 - off, 0), min(j1 - off, n_valid)
@@ -165,31 +165,29 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1):
     return out
 
 
-def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, lead: int = 0):
-    """Adjoint of :func:`_direct_forward`: ``(c_out, lead + L)`` -> ``(nphase, c_in, L)``.
+def _phase_buffer(xp, geo: ConvGeometry, tap_phases, ci: int, L: int, dtype):
+    """``(nphase, ci, L)``, uninitialised but for the phases no tap reads (zeros): the others are written whole."""
+    G = xp.empty((geo.nphase, ci, L), dtype=dtype)
+    read = {ph for ph, _, _ in tap_phases}
+    for ph in range(geo.nphase):
+        if ph not in read:
+            G[ph] = 0
+    return G
 
-    ``lead``: zeros before each channel's cells (``max_off`` of them for the
-    gathers of :func:`_einsum_taps` layers, else none).
-    """
+
+def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1):
+    """Adjoint of :func:`_direct_forward`: ``(c_out, L)`` -> ``(nphase, c_in, L)``."""
     xp = get_xp(ext, Kt)
-    L = ext.shape[1] - lead
+    L = ext.shape[1]
     tap_phases, max_off = geo.scaled_phases(step)
     n_valid = L - max_off
     dtype = np.result_type(Kt.dtype, ext.dtype)
     cig = Kt.shape[1]
     g = ci // cig
     cog = Kt.shape[0] // g
-    if cig == 1 and _einsum_taps(geo, xp, step):
-        if lead < max_off:
-            raise ValueError(f"the gathers need {max_off} leading zeros per channel; got {lead}")
-        return _gather_adjoint(geo, Kt, ext.reshape(g, cog, lead + L), step, lead, L, dtype)
-    eg = ext[:, lead:].reshape(g, cog, L)
-    if cig == 1:  # each phase's first tap writes its window: zeros around it, and for phases no tap reads
-        G = xp.empty((geo.nphase, ci, L), dtype=dtype)
-        read = {ph for ph, _, _ in tap_phases}
-        for ph in range(geo.nphase):
-            if ph not in read:
-                G[ph] = 0
+    eg = ext.reshape(g, cog, L)
+    if cig == 1:  # each phase's first tap writes its window, with zeros around it
+        G = _phase_buffer(xp, geo, tap_phases, ci, L, dtype)
     else:
         G = xp.zeros((geo.nphase, ci, L), dtype=dtype)
     for ph, taps, offs in tap_phases:
@@ -215,26 +213,25 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, lead: in
                         o += b.sum(axis=1) if cog > 1 else b[:, 0]
             continue
         KrH = Kg.transpose(0, 3, 2, 1).reshape(g, len(taps) * cig, cog)
-        for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize, 0):  # no overlap: products land shifted
+        for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize):  # products land shifted
             Z = xp.matmul(KrH, eg[:, :, j0:j1]).reshape(g, len(taps), cig, -1)
             for t, off in enumerate(offs):
                 gg[:, :, j0 + off : j1 + off] += Z[:, t]
     return G
 
 
-def _gather_adjoint(geo: ConvGeometry, Kt, eh, step: int, lead: int, L: int, dtype):
+def _gather_adjoint(geo: ConvGeometry, Kt, eh, step: int, lead: int):
     """``G[ph][i, q] = sum_{o, k} conj(K[o, k]) y[o, q - start - k . strides]`` for one input channel per group.
 
-    ``eh``: ``(g, c_out / g, lead + L)``, the output cells after ``lead``
-    zeros per channel; every phase a tap reads is written whole.
+    The adjoint of :func:`_direct_forward` for :func:`_einsum_taps` layers.
+    ``eh``: ``(g, c_out / g, lead + L)``, the output cells after ``lead >=
+    max_off`` zeros per channel; every phase a tap reads is written whole.
     """
     g, cog = eh.shape[0], eh.shape[1]
+    L = eh.shape[2] - lead
+    dtype = np.result_type(Kt.dtype, eh.dtype)
     tap_phases, _ = geo.scaled_phases(step)
-    G = np.empty((geo.nphase, g, L), dtype=dtype)
-    read = {ph for ph, _, _ in tap_phases}
-    for ph in range(geo.nphase):
-        if ph not in read:
-            G[ph] = 0
+    G = _phase_buffer(np, geo, tap_phases, g, L, dtype)
     r = _group_block((lead + L) * cog, np.dtype(dtype).itemsize, g)
     for (ph, taps, offs), (shape, strides) in zip(tap_phases, geo.tap_grids):
         Kk = _take_taps(Kt, taps).conj().reshape((g, cog) + shape)
@@ -671,9 +668,13 @@ class ConvND(StructuredOperator):
             real = dtype.kind == "f"
             plan = self._plan(real)
             return plan.adjoint(self._spectrum(dtype), plan.output_spectrum(Y.astype(dtype, copy=False), self.c_out)).astype(dtype, copy=False)
-        lead = geo.max_off * B if _einsum_taps(geo, get_xp(Y), B) else 0
-        ext = geo.to_cells(Y, self.c_out, dtype, batch_last=True, lead=lead)
-        G = _direct_adjoint(geo, self._taps, ext, self.c_in, step=B, lead=lead)
+        if _einsum_taps(geo, get_xp(Y), B):  # a gather from cells after max_off leading zeros
+            lead = geo.max_off * B
+            ext = geo.to_cells(Y, self.c_out, dtype, batch_last=True, lead=lead)
+            G = _gather_adjoint(geo, self._taps, ext.reshape(self.groups, self.c_out // self.groups, -1), B, lead)
+        else:
+            G = _direct_adjoint(geo, self._taps, geo.to_cells(Y, self.c_out, dtype, batch_last=True), self.c_in,
+                                step=B)
         return geo.from_phases(G, self.c_in, B, batch_last=True)
 
     def jacobian(self, x):

@@ -587,20 +587,17 @@ class ConvGeometry:
             if int(np.prod(shape)) != len(taps):
                 grids.append(None)
                 continue
-            unit = [int(np.ravel_multi_index(tuple(int(a == ax) for a in range(self.ndim)), shape)) if shape[ax] > 1
-                    else 0 for ax in range(self.ndim)]
-            strides = tuple(offs[u] - offs[0] if shape[ax] > 1 else 0 for ax, u in enumerate(unit))
+            # grid point e_ax (one step along axis ax) is tap number prod(shape[ax + 1:]) of the phase
+            strides = tuple(offs[int(np.prod(shape[ax + 1:]))] - offs[0] if shape[ax] > 1 else 0
+                            for ax in range(self.ndim))
             k = np.array(np.unravel_index(np.arange(len(taps)), shape)).reshape(self.ndim, -1)
             ok = np.array_equal(offs[0] + np.asarray(strides) @ k, np.asarray(offs))
             grids.append((shape, strides) if ok else None)
         return grids
 
-    def chunks(self, length: int, rows: int, itemsize: int, halo: int | None = None):
-        """Split ``range(length)`` into chunks whose ``rows x (chunk + halo)`` temporaries fit the budget.
-
-        ``halo`` defaults to :attr:`max_off`; chunks are at least four halos long.
-        """
-        size = max(4 * (self.max_off if halo is None else halo), CHUNK_BYTES // max(rows * itemsize, 1), 256)
+    def chunks(self, length: int, rows: int, itemsize: int):
+        """Split ``range(length)`` into chunks whose ``rows x chunk`` temporaries fit the budget (at least 256 long)."""
+        size = max(CHUNK_BYTES // max(rows * itemsize, 1), 256)
         for j0 in range(0, length, size):
             yield j0, min(length, j0 + size)
 
