@@ -10,8 +10,9 @@ each competitor's output is compared with structops' output on the same input
 (relative 2-norm difference); a mismatch is reported and makes the script exit
 with status 1. Times are medians of ``--repeat`` runs after ``--warmup`` runs,
 measured with ``time.perf_counter``; the implementations of one case are timed
-in turn, round after round, so that a drift of the machine reaches them alike
-(calls under 10 ms are repeated within a sample, their mean the sample). The ratio column is
+in turn, round after round, each round in a random order, so that a drift of the
+machine reaches them alike (calls under 10 ms are repeated within a sample,
+their mean the sample). The ratio column is
 ``time(implementation) / time(structops)`` for the same case and operation:
 above 1 means structops is faster.
 
@@ -24,8 +25,9 @@ Sections
 (b) the same on a batch of 32 images (structops ``matmat`` on ``(N, 32)``,
     the PyLops block's ``matmat``, torch with batch 32).
 (c) float32: structops vs torch, one image and a batch of 32.
-(e) depthwise 256 channels (``groups=256``), 3x3, 56x56: structops grouped vs the
-    same layer with a dense ``(256, 256)`` channel kernel vs torch ``groups=256``.
+(e) depthwise 256 channels (``groups=256``), 3x3, 56x56: structops grouped (on
+    ``structops.get_threads()`` threads, and on one) vs the same layer with a
+    dense ``(256, 256)`` channel kernel vs torch ``groups=256``.
 (d) GPU, when CuPy and a CUDA build of torch see a device: 64 -> 64 channels,
     3x3, 64x64, batch 64, float32 and float64, structops on CuPy arrays vs
     cuDNN ``conv2d`` / ``conv_transpose2d``.
@@ -128,7 +130,7 @@ def steady_malloc():
 def environment(torch):
     print("environment")
     print(f"  python      {platform.python_version()} ({platform.machine()}, {platform.system()})")
-    print(f"  structops   {structops.__version__}")
+    print(f"  structops   {structops.__version__} (threads over blocks of groups: {structops.get_threads()})")
     print(f"  numpy       {np.__version__}")
     print(f"  scipy       {scipy.__version__}")
     print(f"  pylops      {pylops.__version__}")
@@ -195,6 +197,18 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng, gr
             ff, fa = (lambda: opf.matmat(x)), (lambda: opf.rmatmat(y))
         check("structops Conv2D, dense-channel kernel", "forward", ff, want_f)
         check("structops Conv2D, dense-channel kernel", "adjoint", fa, want_a)
+
+        def one_thread(f):  # the grouped layer with its blocks of groups on the calling thread only
+            def g():
+                old = structops.set_threads(1)
+                try:
+                    return f()
+                finally:
+                    structops.set_threads(old)
+            return g
+
+        check("structops Conv2D, one thread", "forward", one_thread(fwd), want_f)
+        check("structops Conv2D, one thread", "adjoint", one_thread(adj), want_a)
 
     if with_pylops:
         P = pylops_conv2d_block(kernel, (n, n))

@@ -15,6 +15,7 @@ import sys as _sys
 
 from . import convex, distributed, interop, linalg, nn, operators, solvers, testing
 from ._backend import cupy_available, get_xp, set_blas_threads
+from ._threads import get_threads, set_threads
 from ._validate import MemoryLimitError, get_memory_limit, set_memory_limit
 from .linalg import SpectrumNotConvergedError, cond, opnorm, singular_values, singular_vectors
 from .operators import (
@@ -81,6 +82,8 @@ __all__ = [
     "get_xp",
     "cupy_available",
     "set_blas_threads",
+    "set_threads",
+    "get_threads",
     "testing",
     "parametric",
     "operators",

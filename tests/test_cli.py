@@ -165,6 +165,20 @@ def test_median_times_fills_short_samples_and_keeps_the_order():
     assert 0 < fast_t < 1e-3 <= 3e-3 <= slow_t
 
 
+def test_median_times_vary_which_function_runs_first_and_after_which():
+    from structops.apps.benchtools import median_times
+
+    seq = []
+    funcs = [lambda i=i: seq.append(i) for i in range(4)]
+    median_times(funcs, repeat=12, warmup=0, min_sample=0)
+    rounds = [seq[4 * r : 4 * r + 4] for r in range(12)]
+    assert all(sorted(r) == [0, 1, 2, 3] for r in rounds)  # every function once a round
+    assert len({r[0] for r in rounds}) > 1
+    for f in range(4):  # no function always follows the same one
+        before = {seq[k - 1] for k in range(1, len(seq)) if seq[k] == f}
+        assert len(before) > 1
+
+
 @pytest.mark.parametrize("warmup", [0, 2])
 def test_median_time_calls_once_a_run_after_its_warm_up(warmup):
     from structops.apps.benchtools import median_time

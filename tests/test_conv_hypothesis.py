@@ -16,6 +16,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import structops
+from structops.operators import conv as conv_module
 from structops.testing import assert_adjoint, assert_matches_dense
 
 from dense import as_tuple, dense_conv, out_shape, padding_pairs
@@ -171,11 +172,17 @@ def test_sparse_matrix_is_the_dense_loops(cfg, complex_kernel, sparsity):
 # The direct products keep a batch in the columns' order, (c, *space, B): the tap offsets are B
 # times the one-image ones; a depthwise batch is one einsum a phase (the adjoint a gather), a single
 # depthwise image is written by its first tap, and a polyphase component that no tap reads is zeroed. Each kind of channel product, against the sparse
-# matrix built from the kernel taps, on a batch of 4 and on single columns.
+# matrix built from the kernel taps, on a batch of 4 and on single columns; with threads=3 every product
+# with several groups is split over threads (structops._threads), in passes of one group each.
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("groups, cig, cog", [(3, 1, 1), (2, 1, 3), (1, 2, 5), (1, 4, 4), (2, 3, 1)])
 @pytest.mark.parametrize("k, stride, dilation, padding", [
     (3, 1, 1, 1), (1, 2, 1, 0), (2, 3, 1, (0, 2)), (3, 2, 2, "circular"), (3, (1, 2), 1, "same")])
-def test_direct_batches_in_the_columns_order(groups, cig, cog, k, stride, dilation, padding):
+def test_direct_batches_in_the_columns_order(groups, cig, cog, k, stride, dilation, padding, threads, monkeypatch):
+    monkeypatch.setattr(structops._threads, "MIN_BLOCK_WORK", 1)
+    monkeypatch.setattr(structops._threads, "_threads", threads)
+    if threads > 1:
+        monkeypatch.setattr(conv_module, "GROUP_PASS_BYTES", 1)
     rng = np.random.default_rng(7 * groups + cig + k)
     K = rng.standard_normal((groups * cog, cig, k, k))
     op = structops.Conv2D(K, (9, 8), stride=stride, padding=padding, dilation=dilation, groups=groups,

@@ -25,8 +25,12 @@ def median_times(funcs, repeat: int = 5, warmup: int = 1, sync=None, min_sample:
     Each round times every function once, so a drift of the machine
     (frequency, other load, memory) over the run reaches all of them alike;
     timing one function's runs and then the next's can swing a ratio by half
-    on a small shared machine. Round ``r`` starts with function ``r mod n``,
-    so none always runs first.
+    on a small shared machine. Each round takes the functions in a random
+    order (seeded: the same every run), so none always runs first or always
+    right after the same function: torch's OpenMP workers spin for some
+    milliseconds after a product, and with a fixed cyclic order the function
+    listed after torch's always ran on cores they held (a two-thread product
+    measured 8 ms alone and 10 to 18 ms right after torch's).
 
     A function faster than ``min_sample`` seconds (timed on one call after its
     ``warmup`` calls) is called as many times per sample as fill it and the
@@ -54,9 +58,9 @@ def median_times(funcs, repeat: int = 5, warmup: int = 1, sync=None, min_sample:
         number.append(int(min(1000, max(1, np.ceil(min_sample / max(once, 1e-9))))))
     times = [[] for _ in funcs]
     n = len(funcs)
-    for r in range(repeat):
-        for i in range(n):
-            j = (i + r) % n  # each round starts one function later: no function always runs first
+    order = np.random.default_rng(0)
+    for _ in range(repeat):
+        for j in order.permutation(n):
             t0 = time.perf_counter()
             for _ in range(number[j]):
                 funcs[j]()

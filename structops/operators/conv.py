@@ -32,6 +32,7 @@ import numpy as np
 import scipy.fft as _sp_fft
 
 from .._backend import device_constant, get_fft, get_xp
+from .._threads import block_count, run_blocks
 from .base import StructuredOperator, split_batch
 from .._validate import as_param_array, check_memory, result_dtype
 from . import torch_kernels
@@ -668,14 +669,23 @@ class ConvND(StructuredOperator):
             real = dtype.kind == "f"
             plan = self._plan(real)
             return plan.adjoint(self._spectrum(dtype), plan.output_spectrum(Y.astype(dtype, copy=False), self.c_out)).astype(dtype, copy=False)
-        if _einsum_taps(geo, get_xp(Y), B):  # a gather from cells after max_off leading zeros
-            lead = geo.max_off * B
-            ext = geo.to_cells(Y, self.c_out, dtype, batch_last=True, lead=lead)
-            G = _gather_adjoint(geo, self._taps, ext.reshape(self.groups, self.c_out // self.groups, -1), B, lead)
-        else:
-            G = _direct_adjoint(geo, self._taps, geo.to_cells(Y, self.c_out, dtype, batch_last=True), self.c_in,
-                                step=B)
-        return geo.from_phases(G, self.c_in, B, batch_last=True)
+        xp = get_xp(Y)
+        gather = _einsum_taps(geo, xp, B)  # a gather from cells after max_off leading zeros
+        lead = geo.max_off * B if gather else 0
+        cog, cig = self.c_out // self.groups, self.c_in // self.groups
+        N, M = self.shape[1] // self.c_in, self.shape[0] // self.c_out
+
+        def block(g0, g1, out=None):  # the adjoint of groups g0 <= g < g1
+            Yb, Kb = Y[g0 * cog * M : g1 * cog * M], self._taps[g0 * cog : g1 * cog]
+            ext = geo.to_cells(Yb, (g1 - g0) * cog, dtype, batch_last=True, lead=lead)
+            if gather:
+                G = _gather_adjoint(geo, Kb, ext.reshape(g1 - g0, cog, -1), B, lead)
+            else:
+                G = _direct_adjoint(geo, Kb, ext, (g1 - g0) * cig, step=B)
+            return geo.from_phases(G, (g1 - g0) * cig, B, batch_last=True, out=out)
+
+        return _over_group_blocks(xp, self.groups, self.shape[0] * B * cig * geo.taps,
+                                  (cig * N + cog * M) * B * dtype.itemsize, block, (self.shape[1], B), dtype)
 
     def jacobian(self, x):
         """Jacobian of ``K -> K x``: the operator ``dK -> ConvND(dK, ...) x``.
@@ -707,9 +717,54 @@ def _conv_forward(layer: ConvND, K, X, dtype):
         plan = layer._plan(real)
         H = layer._spectrum(dtype) if K is layer.kernel else plan.kernel_spectrum(K.astype(dtype, copy=False))
         return plan.forward(H, plan.input_spectrum(X.astype(dtype, copy=False), layer.c_in)).astype(dtype, copy=False)
-    phases = geo.to_phases(X, layer.c_in, dtype, batch_last=True)
-    ext = _direct_forward(geo, K.reshape(co, K.shape[1], -1), phases, co, step=B)
-    return geo.from_cells(ext, co, B, batch_last=True)
+    g, cig = layer.groups, K.shape[1]
+    cog = co // g
+    N, M = X.shape[0] // layer.c_in, geo.n_out // geo.c_out
+    Kt = K.reshape(co, cig, -1)
+
+    def block(g0, g1, out=None):  # the outputs of groups g0 <= g < g1
+        phases = geo.to_phases(X[g0 * cig * N : g1 * cig * N], (g1 - g0) * cig, dtype, batch_last=True)
+        ext = _direct_forward(geo, Kt[g0 * cog : g1 * cog], phases, (g1 - g0) * cog, step=B)
+        return geo.from_cells(ext, (g1 - g0) * cog, B, batch_last=True, out=out)
+
+    return _over_group_blocks(get_xp(X, K), g, co * M * B * cig * geo.taps, (cig * N + cog * M) * B * dtype.itemsize,
+                              block, (co * M, B), dtype)
+
+
+# Bytes of input and output rows one pass of a NumPy product over a block of groups handles: each
+# pass allocates its own padded copy and output grid, so a large grouped product never allocates
+# (and page-faults on) whole-size intermediates. 256 depthwise channels on 56x56, float32 batch 8:
+# 10-13 ms a product in passes of 4 MiB against 15-17 ms in one pass (2 threads, fresh pages).
+GROUP_PASS_BYTES = 4 * 2**20
+
+
+def _over_group_blocks(xp, groups: int, work: float, group_bytes: float, block, shape: tuple, dtype):
+    """A grouped product by blocks of channel groups, on threads for large NumPy products.
+
+    ``block(g0, g1, out=None)`` computes the rows of groups ``g0 <= g < g1``
+    (the same number per group), into ``out`` if given, and returns them.
+    ``work``: the product's multiply-adds (how many threads, see
+    :mod:`structops._threads`); ``group_bytes``: a group's input and output
+    rows (how many groups a pass, :data:`GROUP_PASS_BYTES`). A product that
+    is one pass on one thread, or on CuPy, is ``block(0, groups)`` itself (a
+    view where it can be: no copy into a result array).
+    """
+    if xp is not np:
+        return block(0, groups)
+    per_pass = max(1, int(GROUP_PASS_BYTES // max(group_bytes, 1)))
+    blocks = block_count(groups, work)
+    if blocks == 1 and per_pass >= groups:
+        return block(0, groups)
+    out = np.empty(shape, dtype=dtype)
+    rows = shape[0] // groups
+
+    def passes(g0, g1):
+        for p0 in range(g0, g1, per_pass):
+            p1 = min(g1, p0 + per_pass)
+            block(p0, p1, out[p0 * rows : p1 * rows])
+
+    run_blocks(groups, blocks, passes)
+    return out
 
 
 class _ConvKernelJacobian(StructuredOperator):

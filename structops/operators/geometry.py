@@ -159,6 +159,16 @@ def batch_last(a):
 _move_batch_last = batch_last  # for the methods whose ``batch_last`` argument shadows the function
 
 
+def _write(img, B: int, out):
+    """``img`` ``(c, *space, B)`` as ``(c * N, B)``: a reshape (a copy unless contiguous), or copied into ``out``."""
+    if out is None:
+        return img.reshape(-1, B)
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous array")
+    out.reshape(img.shape)[...] = img  # out is C-contiguous: its reshape is a view
+    return out
+
+
 def _embed(xp, img, grid: tuple, box: tuple, dtype, batch_last: bool, lead: int = 0):
     """Zeros of ``(c, *grid, B)`` (``(c, B, *grid)`` unless ``batch_last``) with ``img`` ``(c, *space, B)`` in ``box``.
 
@@ -167,16 +177,31 @@ def _embed(xp, img, grid: tuple, box: tuple, dtype, batch_last: bool, lead: int 
     """
     c, B = img.shape[0], img.shape[-1]
     if lead:
-        flat = xp.zeros((c, lead + int(np.prod(grid)) * B), dtype=dtype)
-        flat[:, lead:].reshape((c,) + tuple(grid) + (B,))[(slice(None),) + box] = img
+        flat = xp.empty((c, lead + int(np.prod(grid)) * B), dtype=dtype)
+        flat[:, :lead] = 0
+        _fill_box(flat[:, lead:].reshape((c,) + tuple(grid) + (B,)), 1, box, img)
         return flat
     if batch_last:
-        buf = xp.zeros((c,) + tuple(grid) + (B,), dtype=dtype)
-        buf[(slice(None),) + box] = img
+        buf = xp.empty((c,) + tuple(grid) + (B,), dtype=dtype)
+        _fill_box(buf, 1, box, img)
     else:
-        buf = xp.zeros((c, B) + tuple(grid), dtype=dtype)
-        buf[(slice(None), slice(None)) + box] = batch_second(img)
+        buf = xp.empty((c, B) + tuple(grid), dtype=dtype)
+        _fill_box(buf, 2, box, batch_second(img))
     return buf
+
+
+def _fill_box(buf, a0: int, box: tuple, img) -> None:
+    """``buf[..., box, ...] = img`` (``box`` on axes ``a0, a0 + 1, ...``) and zeros around it, each entry written once."""
+    inner = [slice(None)] * buf.ndim
+    for ax, sl in enumerate(box):  # the slabs before and after the box along each axis, within the box's earlier axes
+        a = a0 + ax
+        lo, hi = sl.start or 0, buf.shape[a] if sl.stop is None else sl.stop
+        if lo > 0:
+            buf[tuple(inner[:a]) + (slice(0, lo),)] = 0
+        if hi < buf.shape[a]:
+            buf[tuple(inner[:a]) + (slice(hi, None),)] = 0
+        inner[a] = slice(lo, hi)
+    buf[tuple(inner)] = img
 
 
 class ConvGeometry:
@@ -480,11 +505,12 @@ class ConvGeometry:
                     buf[_sl(lo + n, lo + n + hi)] = buf[_sl(lo, lo + hi)]
         return buf
 
-    def unpad(self, buf, B: int, batch_last: bool = False):
+    def unpad(self, buf, B: int, batch_last: bool = False, out=None):
         """Adjoint of :meth:`padded_input`: the padded grid -> ``(c * N, B)``.
 
         Circular padding folds the borders back onto the image; zero padding
-        drops them. ``buf`` is written to in the circular case.
+        drops them. ``buf`` is written to in the circular case. ``out``: a
+        C-contiguous ``(c * N, B)`` array to write the result to (returned).
         """
         if self.circular:
             a0 = 1 if batch_last else 2
@@ -498,8 +524,10 @@ class ConvGeometry:
                     buf[_sl(n, n + lo)] += buf[_sl(0, lo)]
         inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.padding, self.in_shape))
         if batch_last:
-            return buf[(slice(None),) + inner].reshape(-1, B)
-        return _move_batch_last(buf[(slice(None), slice(None)) + inner]).reshape(-1, B)
+            img = buf[(slice(None),) + inner]
+        else:
+            img = _move_batch_last(buf[(slice(None), slice(None)) + inner])
+        return _write(img, B, out)
 
     def to_phases(self, X, c: int, dtype, batch_last: bool = False):
         """``(c * N, B)`` input -> ``(nphase, c, B * cell)`` padded polyphase buffer.
@@ -525,8 +553,8 @@ class ConvGeometry:
         ph = xp.ascontiguousarray(buf.reshape(split).transpose(perm))
         return ph.reshape(self.nphase, c, -1)
 
-    def from_phases(self, G, c: int, B: int, batch_last: bool = False):
-        """Adjoint of :meth:`to_phases`: ``(nphase, c, B * cell)`` -> ``(c * N, B)``."""
+    def from_phases(self, G, c: int, B: int, batch_last: bool = False, out=None):
+        """Adjoint of :meth:`to_phases`: ``(nphase, c, B * cell)`` -> ``(c * N, B)`` (into ``out`` if given)."""
         D = self.ndim
         if self.nphase == 1:
             buf = G.reshape(((c,) + self.P + (B,)) if batch_last else ((c, B) + self.P))
@@ -538,7 +566,7 @@ class ConvGeometry:
             ph = G.reshape(tuple(self.stride) + (c, B) + self.Q)
             perm = (D, D + 1) + tuple(v for ax in range(D) for v in (D + 2 + ax, ax))
             buf = ph.transpose(perm).reshape((c, B) + self.P)
-        return self.unpad(buf, B, batch_last)
+        return self.unpad(buf, B, batch_last, out)
 
     def to_cells(self, Y, c: int, dtype, batch_last: bool = False, lead: int = 0):
         """``(c * M, B)`` output -> ``(c, B * cell)`` zero-filled output grid (``(c, *Q, B)`` with ``batch_last``).
@@ -553,13 +581,14 @@ class ConvGeometry:
         grid = _embed(xp, Y.reshape((c,) + self.out_shape + (B,)), self.Q, valid, dtype, batch_last, lead)
         return grid.reshape(c, -1)
 
-    def from_cells(self, ext, c: int, B: int, batch_last: bool = False):
-        """``(c, B * cell)`` output grid -> ``(c * M, B)`` (valid entries only)."""
+    def from_cells(self, ext, c: int, B: int, batch_last: bool = False, out=None):
+        """``(c, B * cell)`` output grid -> ``(c * M, B)`` (valid entries only; into ``out`` if given)."""
         valid = tuple(slice(0, o) for o in self.out_shape)
         if batch_last:
-            return ext.reshape((c,) + self.Q + (B,))[(slice(None),) + valid].reshape(-1, B)
-        y = ext.reshape((c, B) + self.Q)[(slice(None), slice(None)) + valid]
-        return _move_batch_last(y).reshape(-1, B)
+            y = ext.reshape((c,) + self.Q + (B,))[(slice(None),) + valid]
+        else:
+            y = _move_batch_last(ext.reshape((c, B) + self.Q)[(slice(None), slice(None)) + valid])
+        return _write(y, B, out)
 
     def scaled_phases(self, step: int):
         """:attr:`phases` and :attr:`max_off` with the flat offsets times ``step``.
