@@ -180,3 +180,17 @@ def test_a_forked_child_splits_products_too(split_always):
     child.join(60)
     assert child.exitcode == 0
     np.testing.assert_array_equal(got, want)
+
+
+def test_the_memory_limit_covers_the_output_of_a_product_in_passes(monkeypatch):
+    monkeypatch.setattr(conv_module, "GROUP_PASS_BYTES", 1)  # every pass small, the output not
+    op = structops.Conv2D(np.ones((64, 1, 3, 3)), (16, 16), padding=1, groups=64, method="direct")
+    X = np.ones((op.shape[1], 64))
+    old = structops.get_memory_limit()
+    structops.set_memory_limit(4 * 2**20)
+    try:
+        with pytest.raises(structops.MemoryLimitError, match="output"):
+            op @ X
+        assert (op @ X[:, :4]).shape == (op.shape[0], 4)  # 0.5 MB: within the limit
+    finally:
+        structops.set_memory_limit(old)

@@ -755,6 +755,7 @@ def _over_group_blocks(xp, groups: int, work: float, group_bytes: float, block, 
     blocks = block_count(groups, work)
     if blocks == 1 and per_pass >= groups:
         return block(0, groups)
+    check_memory(float(np.prod(shape)) * np.dtype(dtype).itemsize, "the product's output")
     out = np.empty(shape, dtype=dtype)
     rows = shape[0] // groups
 
