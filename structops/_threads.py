@@ -4,11 +4,12 @@ A grouped layer's product is independent across its channel groups, and its
 passes (padding copies, elementwise ``einsum`` of the taps, crops) are NumPy
 calls that release the GIL. :func:`run_blocks` splits such a product into
 contiguous blocks of groups and runs them on threads started for the call
-and joined before it returns. This is not the BLAS threading the package keeps at one thread
-(:func:`set_blas_threads`): no worker outlives a product, so none spins
-between calls or is alive when a process forks, and a product is split only
-when each block has at least :data:`MIN_BLOCK_WORK` multiply-adds, so small
-products never pay for starting a thread (about 0.1 ms).
+and joined before it returns. This is not the BLAS threading the package
+keeps at one thread (:func:`set_blas_threads`): no worker outlives a product,
+so none spins between calls or is alive when a process forks, and a product
+is split only when each block has at least :data:`MIN_BLOCK_WORK`
+multiply-adds, so small products never pay for starting a thread (about
+0.1 ms).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 
-__all__ = ["set_threads", "get_threads", "block_count", "run_blocks", "MIN_BLOCK_WORK"]
+__all__ = ["set_threads", "get_threads", "usable_cpus", "block_count", "run_blocks", "MIN_BLOCK_WORK"]
 
 # Multiply-adds a block must have before a product is split over threads: about 0.5 ms of
 # one core's work, against the 0.1 ms or so it costs to start a thread and join it here.
@@ -24,6 +25,14 @@ MIN_BLOCK_WORK = 2**21
 
 _threads: int | None = None  # None: OMP_NUM_THREADS if set, else the CPUs this process may run on
 _local = threading.local()  # .inside: this thread is running a block (blocks run nested work serially)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask on Linux, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _default_threads() -> int:
@@ -34,10 +43,7 @@ def _default_threads() -> int:
             return n
     except ValueError:
         pass
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def set_threads(n: int | None) -> int | None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from .._threads import usable_cpus
 from .._validate import as_int, as_real
 from ..operators.conv import ConvND
 
@@ -143,11 +143,7 @@ def select(s, k, which):
 
 
 def workers() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
+    return min(usable_cpus(), 8)
 
 
 def not_converged(msg, opts, values=None, residual=None):

@@ -673,7 +673,7 @@ class ConvND(StructuredOperator):
         gather = _einsum_taps(geo, xp, B)  # a gather from cells after max_off leading zeros
         lead = geo.max_off * B if gather else 0
         cog, cig = self.c_out // self.groups, self.c_in // self.groups
-        N, M = self.shape[1] // self.c_in, self.shape[0] // self.c_out
+        M = self.shape[0] // self.c_out
 
         def block(g0, g1, out=None):  # the adjoint of groups g0 <= g < g1
             Yb, Kb = Y[g0 * cog * M : g1 * cog * M], self._taps[g0 * cog : g1 * cog]
@@ -684,8 +684,7 @@ class ConvND(StructuredOperator):
                 G = _direct_adjoint(geo, Kb, ext, (g1 - g0) * cig, step=B)
             return geo.from_phases(G, (g1 - g0) * cig, B, batch_last=True, out=out)
 
-        return _over_group_blocks(xp, self.groups, self.shape[0] * B * cig * geo.taps,
-                                  (cig * N + cog * M) * B * dtype.itemsize, block, (self.shape[1], B), dtype)
+        return _over_group_blocks(xp, geo, B, block, self.shape[1], dtype)
 
     def jacobian(self, x):
         """Jacobian of ``K -> K x``: the operator ``dK -> ConvND(dK, ...) x``.
@@ -727,8 +726,7 @@ def _conv_forward(layer: ConvND, K, X, dtype):
         ext = _direct_forward(geo, Kt[g0 * cog : g1 * cog], phases, (g1 - g0) * cog, step=B)
         return geo.from_cells(ext, (g1 - g0) * cog, B, batch_last=True, out=out)
 
-    return _over_group_blocks(get_xp(X, K), g, co * M * B * cig * geo.taps, (cig * N + cog * M) * B * dtype.itemsize,
-                              block, (co * M, B), dtype)
+    return _over_group_blocks(get_xp(X, K), geo, B, block, co * M, dtype)
 
 
 # Bytes of input and output rows one pass of a NumPy product over a block of groups handles: each
@@ -738,31 +736,34 @@ def _conv_forward(layer: ConvND, K, X, dtype):
 GROUP_PASS_BYTES = 4 * 2**20
 
 
-def _over_group_blocks(xp, groups: int, work: float, group_bytes: float, block, shape: tuple, dtype):
-    """A grouped product by blocks of channel groups, on threads for large NumPy products.
+def _over_group_blocks(xp, geo: ConvGeometry, B: int, block, rows: int, dtype):
+    """A grouped product of ``B`` columns by blocks of channel groups, on threads for large NumPy products.
 
-    ``block(g0, g1, out=None)`` computes the rows of groups ``g0 <= g < g1``
-    (the same number per group), into ``out`` if given, and returns them.
-    ``work``: the product's multiply-adds (how many threads, see
-    :mod:`structops._threads`); ``group_bytes``: a group's input and output
-    rows (how many groups a pass, :data:`GROUP_PASS_BYTES`). A product that
-    is one pass on one thread, or on CuPy, is ``block(0, groups)`` itself (a
-    view where it can be: no copy into a result array).
+    ``block(g0, g1, out=None)`` computes the result rows of groups ``g0 <= g
+    < g1`` (``rows`` in all, the same number per group), into ``out`` if
+    given, and returns them. The layer's multiply-adds set how many threads
+    (:mod:`structops._threads`), a group's input and output rows how many
+    groups a pass (:data:`GROUP_PASS_BYTES`). A product that is one pass on
+    one thread, or on CuPy, is ``block(0, groups)`` itself (a view where it
+    can be: no copy into a result array).
     """
+    groups = geo.groups
     if xp is not np:
         return block(0, groups)
+    work = geo.n_out * B * (geo.c_in // groups) * geo.taps
+    group_bytes = (geo.n_in + geo.n_out) // groups * B * np.dtype(dtype).itemsize
     per_pass = max(1, int(GROUP_PASS_BYTES // max(group_bytes, 1)))
     blocks = block_count(groups, work)
     if blocks == 1 and per_pass >= groups:
         return block(0, groups)
-    check_memory(float(np.prod(shape)) * np.dtype(dtype).itemsize, "the product's output")
-    out = np.empty(shape, dtype=dtype)
-    rows = shape[0] // groups
+    check_memory(float(rows) * B * np.dtype(dtype).itemsize, "the product's output")
+    out = np.empty((rows, B), dtype=dtype)
+    per_group = rows // groups
 
     def passes(g0, g1):
         for p0 in range(g0, g1, per_pass):
             p1 = min(g1, p0 + per_pass)
-            block(p0, p1, out[p0 * rows : p1 * rows])
+            block(p0, p1, out[p0 * per_group : p1 * per_group])
 
     run_blocks(groups, blocks, passes)
     return out
