@@ -74,6 +74,36 @@ def test_non_numeric_input_is_a_type_error():
         op.matvec(object())
 
 
+class _Subclass(np.ndarray):
+    """An ndarray subclass (it takes pylops' own matvec)."""
+
+
+def test_flat_vector_products_keep_pylops_shapes_counts_and_errors():
+    """matvec / rmatvec of a flat NumPy vector skip pylops' wrappers: the same shapes, counts and errors."""
+    K = np.random.default_rng(0).standard_normal((3, 2, 3, 3))
+    op = structops.Conv2D(K, (5, 4), stride=(2, 1))
+    M, N = op.shape
+    x, y = np.arange(N, dtype=float), np.arange(M, dtype=float)
+    dense = op.todense()
+    assert op.matvec(x).shape == (M,) and op.rmatvec(y).shape == (N,)
+    assert op.matvec(x[:, None]).shape == (M, 1) and op.rmatvec(y[:, None]).shape == (N, 1)
+    np.testing.assert_allclose(op.matvec(x), dense @ x, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(op.rmatvec(y), dense.T @ y, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(op.matvec(np.arange(N)), dense @ x, rtol=1e-13, atol=1e-12)  # integers
+    assert op.matvec(np.arange(N) > 3).shape == (M,)  # booleans, as pylops takes them
+    np.testing.assert_allclose(np.asarray(op.matvec(x.view(_Subclass))), dense @ x, rtol=1e-13, atol=1e-12)
+    op.reset_count()
+    op.matvec(x), op.matvec(x[:, None]), op.rmatvec(y), op.rmatvec(y), op.rmatvec(y[:, None])
+    assert (op.matvec_count, op.rmatvec_count) == (2, 3)
+    for bad in (x[:-1], x.reshape(1, N), np.zeros((N, 2))):
+        with pytest.raises(ValueError):
+            op.matvec(bad)
+    with pytest.raises(ValueError):
+        op.rmatvec(x if N != M else x[:-1])
+    with pytest.raises(TypeError, match="numeric"):
+        op.matvec(np.array(["a"] * N))
+
+
 def test_nn_layers_take_lists():
     from structops.nn import SingleLayer
     from structops.operators.parametric import full

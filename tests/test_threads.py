@@ -160,6 +160,50 @@ def test_threaded_products_equal_the_serial_ones_and_the_matrix(split_always, mo
     np.testing.assert_allclose(got[1], A.conj().T @ Y, rtol=0, atol=atol * np.abs(A).sum())
 
 
+@pytest.mark.parametrize("layer", list(_layers()),
+                         ids=["depthwise", "grouped-strided-dilated", "float32-circular", "complex-1d", "transposed"])
+@pytest.mark.parametrize("B, nd", [(1, 1), (5, 1), (4, 3)])
+def test_threaded_kernel_jacobians_equal_the_serial_ones_and_the_layer(split_always, monkeypatch, layer, B, nd):
+    """The kernel Jacobian's products (directions stacked as channels) in passes and on threads."""
+    names = set()
+    real = conv_module.run_blocks
+
+    def spy(n, blocks, fn):
+        def block(i0, i1):
+            names.add(threading.current_thread().name)
+            fn(i0, i1)
+        real(n, blocks, block)
+
+    monkeypatch.setattr(conv_module, "run_blocks", spy)
+    rng = np.random.default_rng(10 * B + nd)
+    X = rng.standard_normal((layer.shape[1], B)).astype(layer.dtype)
+    K = layer.kernel
+    dK = rng.standard_normal((K.size, nd)).astype(layer.dtype)
+    split_always(1)
+    J = layer.jacobian(X)
+    W = rng.standard_normal((J.shape[0], nd)).astype(layer.dtype)
+    want = J.matmat(dK), J.rmatmat(W)
+    monkeypatch.setattr(conv_module, "GROUP_PASS_BYTES", 1)  # one group a pass
+    passes = J.matmat(dK), J.rmatmat(W)
+    split_always(3)
+    names.clear()
+    threaded = J.matmat(dK), J.rmatmat(W)
+    assert len(names) == 3
+    for got in (passes, threaded):
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
+    # independently: J dK = K(dK) x, the layer's own product with the direction as its kernel
+    scale = np.abs(X).sum() * np.abs(dK).sum()
+    atol = (1e-5 if layer.dtype == np.float32 else 1e-12) * scale
+    for j in range(nd):
+        direct = layer.with_kernel(dK[:, j].reshape(K.shape)) @ X
+        np.testing.assert_allclose(threaded[0][:, j], direct.reshape(-1), rtol=0, atol=atol)
+    lhs = np.vdot(W, threaded[0])  # the adjoint: <J dK, W> = <dK, J^H W>
+    rhs = np.vdot(threaded[1], dK)
+    assert abs(lhs - rhs) <= atol * np.abs(W).sum()
+
+
 def _product_in_child(queue):
     rng = np.random.default_rng(0)
     op = structops.Conv2D(rng.standard_normal((8, 1, 3, 3)), (9, 9), padding=1, groups=8, method="direct")

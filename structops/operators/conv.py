@@ -526,6 +526,7 @@ class ConvND(StructuredOperator):
             method == "auto" and host_real and torch_kernels.AUTO_FLOAT32 and torch_kernels.available())
         self._torch_batches = self.method == "torch" or not (
             geometry.groups > 1 and geometry.c_in == geometry.groups)
+        self._torch_for = {}  # an input's dtype -> the dtype torch multiplies it in, or None (_torch_dtype)
         self._taps = kernel.reshape(self.c_out, self.c_in // self.groups, -1)
         self._plans = {}
         self._H = {}
@@ -624,8 +625,12 @@ class ConvND(StructuredOperator):
         """The product's dtype when torch computes it for ``X``, else ``None`` (cheap: asked on every product)."""
         if not self._torch or type(X) is not np.ndarray or (X.ndim == 2 and X.shape[1] > 1 and not self._torch_batches):
             return None
-        dtype = X.dtype if X.dtype == self.kernel.dtype else result_dtype(self.kernel, X)
-        return dtype if self._torch_takes(dtype) else None  # X is a NumPy array here
+        try:
+            return self._torch_for[X.dtype]
+        except KeyError:  # the first product with this dtype: X is a NumPy array here
+            dtype = result_dtype(self.kernel, X)
+            found = self._torch_for[X.dtype] = dtype if self._torch_takes(dtype) else None
+            return found
 
     def _threads(self, X):
         if self._torch_dtype(X) is not None:
@@ -638,13 +643,13 @@ class ConvND(StructuredOperator):
         dtype = self._torch_dtype(x)
         if dtype is None or x.ndim != 1:
             return super()._matvec(x)
-        return torch_kernels.forward(self, x.astype(dtype, copy=False).reshape(-1, 1)).reshape(-1)
+        return torch_kernels.forward(self, (x if x.dtype == dtype else x.astype(dtype)).reshape(-1, 1)).reshape(-1)
 
     def _rmatvec(self, y):
         dtype = self._torch_dtype(y)
         if dtype is None or y.ndim != 1:
             return super()._rmatvec(y)
-        return torch_kernels.adjoint(self, y.astype(dtype, copy=False).reshape(-1, 1)).reshape(-1)
+        return torch_kernels.adjoint(self, (y if y.dtype == dtype else y.astype(dtype)).reshape(-1, 1)).reshape(-1)
 
     def _forward(self, X):
         dtype = self._torch_dtype(X)
@@ -736,28 +741,30 @@ def _conv_forward(layer: ConvND, K, X, dtype):
 GROUP_PASS_BYTES = 4 * 2**20
 
 
-def _over_group_blocks(xp, geo: ConvGeometry, B: int, block, rows: int, dtype):
+def _over_group_blocks(xp, geo: ConvGeometry, B: int, block, rows: int, dtype, copies: int = 1, cols: int | None = None):
     """A grouped product of ``B`` columns by blocks of channel groups, on threads for large NumPy products.
 
-    ``block(g0, g1, out=None)`` computes the result rows of groups ``g0 <= g
-    < g1`` (``rows`` in all, the same number per group), into ``out`` if
-    given, and returns them. The layer's multiply-adds set how many threads
-    (:mod:`structops._threads`), a group's input and output rows how many
-    groups a pass (:data:`GROUP_PASS_BYTES`). A product that is one pass on
-    one thread, or on CuPy, is ``block(0, groups)`` itself (a view where it
-    can be: no copy into a result array).
+    ``block(g0, g1, out=None)`` computes the ``(rows, cols)`` result's rows of
+    groups ``g0 <= g < g1`` (the same number per group; ``cols = B`` by
+    default), into ``out`` if given, and returns them. The layer's
+    multiply-adds, ``copies`` times (the kernel Jacobian's directions), set
+    how many threads (:mod:`structops._threads`), a group's input and output
+    rows how many groups a pass (:data:`GROUP_PASS_BYTES`). A product that
+    is one pass on one thread, or on CuPy, is ``block(0, groups)`` itself (a
+    view where it can be: no copy into a result array).
     """
     groups = geo.groups
     if xp is not np:
         return block(0, groups)
-    work = geo.n_out * B * (geo.c_in // groups) * geo.taps
-    group_bytes = (geo.n_in + geo.n_out) // groups * B * np.dtype(dtype).itemsize
+    cols = B if cols is None else cols
+    work = geo.n_out * B * (geo.c_in // groups) * geo.taps * copies
+    group_bytes = (geo.n_in + copies * geo.n_out) // groups * B * np.dtype(dtype).itemsize
     per_pass = max(1, int(GROUP_PASS_BYTES // max(group_bytes, 1)))
     blocks = block_count(groups, work)
     if blocks == 1 and per_pass >= groups:
         return block(0, groups)
-    check_memory(float(rows) * B * np.dtype(dtype).itemsize, "the product's output")
-    out = np.empty((rows, B), dtype=dtype)
+    check_memory(float(rows) * cols * np.dtype(dtype).itemsize, "the product's output")
+    out = np.empty((rows, cols), dtype=dtype)
     per_group = rows // groups
 
     def passes(g0, g1):
@@ -802,8 +809,14 @@ class _ConvKernelJacobian(StructuredOperator):
             H = self._plan.kernel_spectrum(Ks.reshape((nd * co, ci) + layer.kernel_size).astype(self._dtype, copy=False))
             Y = self._plan.forward(H, self._Xh)
         else:
-            ext = _direct_forward(geo, Ks, self._phases, nd * co, step=self.B)
-            Y = geo.from_cells(ext, nd * co, self.B, batch_last=True)
+            B, rows = self.B, nd * (co // g)  # output channels of a group, every direction
+
+            def block(g0, g1, out=None):  # the outputs of groups g0 <= g < g1
+                ext = _direct_forward(geo, Ks[g0 * rows : g1 * rows], self._phases[:, g0 * ci : g1 * ci],
+                                      (g1 - g0) * rows, step=B)
+                return geo.from_cells(ext, (g1 - g0) * rows, B, batch_last=True, out=out)
+
+            Y = _over_group_blocks(self.xp, geo, B, block, g * rows * (geo.n_out // co), self._dtype, copies=nd)
         # (g * nd * c_out / g * M, B) -> (c_out * M * B, nd)
         Y = self.xp.moveaxis(Y.reshape(g, nd, -1), 1, 0).reshape(nd, -1)
         return Y.T.astype(self.dtype, copy=False)
@@ -819,8 +832,17 @@ class _ConvKernelJacobian(StructuredOperator):
             Zh = self._plan.output_spectrum(Wc.astype(self._dtype, copy=False), nd * co)
             G = self._plan.kernel_grad(self._Xh, Zh)
         else:
-            ext = geo.to_cells(Wc, nd * co, self._dtype, batch_last=True)
-            G = _direct_kernel_grad(geo, self._phases, ext, nd * co, ci, step=self.B)
+            B, rows, M = self.B, nd * (co // g), geo.n_out // co
+
+            def block(g0, g1, out=None):  # the gradient rows of groups g0 <= g < g1
+                ext = geo.to_cells(Wc[g0 * rows * M : g1 * rows * M], (g1 - g0) * rows, self._dtype, batch_last=True)
+                Gb = _direct_kernel_grad(geo, self._phases[:, g0 * ci : g1 * ci], ext, (g1 - g0) * rows, ci, step=B)
+                if out is None:
+                    return Gb.reshape(-1, 1)
+                out[:, 0] = Gb.reshape(-1)
+                return out
+
+            G = _over_group_blocks(self.xp, geo, B, block, g * rows * ci * geo.taps, self._dtype, copies=nd, cols=1)
         G = self.xp.moveaxis(G.reshape(g, nd, -1), 1, 0).reshape(nd, -1)
         return G.T.astype(self.dtype, copy=False)
 
