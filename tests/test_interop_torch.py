@@ -76,6 +76,58 @@ def test_from_torch_1d_and_3d():
     np.testing.assert_allclose((op @ x.reshape(2, -1).T).T, _linear_part(m3, x).reshape(2, -1), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("model, shape", [
+    (lambda: _bn(3, 4), (3, 4, 5)),  # one diagonal: its own dims are flat
+    (lambda: nn.Sequential(nn.Flatten(), nn.BatchNorm1d(12)), (3, 2, 2)),
+    (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.Flatten()), (2, 5, 4)),
+    (lambda: nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(8, 3)), (2, 2, 2)),
+], ids=["batchnorm", "flatten-batchnorm1d", "conv-flatten", "flatten-linear"])
+def test_one_operator_between_flattenings_keeps_its_own_shapes(model, shape):
+    torch.manual_seed(4)
+    m = model().double().eval()
+    if isinstance(m, nn.Sequential) and isinstance(m[-1], nn.BatchNorm1d):
+        with torch.no_grad():
+            m[-1].running_var.uniform_(0.5, 2.0)
+            m[-1].weight.normal_()
+    op = structops.from_torch(m, shape)
+    x = np.random.default_rng(5).standard_normal((3,) + shape)
+    want = _linear_part(m, x)
+    np.testing.assert_allclose((op @ x.reshape(3, -1).T).T, want.reshape(3, -1), rtol=0, atol=1e-12)
+    assert tuple(op.dims) == shape and tuple(op.dimsd) == want.shape[1:]
+    np.testing.assert_allclose(op @ x[0], want[0].reshape(-1) if len(want.shape) == 2 else want[0], atol=1e-12)
+    assert_adjoint(op)
+
+
+@pytest.mark.parametrize("pool, shape, structured", [
+    (lambda: nn.AdaptiveAvgPool2d(1), (3, 5, 4), True),
+    (lambda: nn.AdaptiveAvgPool2d((2, None)), (2, 6, 3), True),
+    (lambda: nn.AdaptiveAvgPool2d((3, 2)), (2, 7, 5), False),  # windows of varying size that overlap
+    (lambda: nn.AdaptiveAvgPool2d((5, 3)), (1, 3, 4), False),  # more outputs than inputs on an axis
+    (lambda: nn.AdaptiveAvgPool1d(4), (2, 10), False),
+    (lambda: nn.AdaptiveAvgPool3d((2, 1, 3)), (2, 4, 3, 7), False),
+], ids=["global", "none-axis", "overlapping", "upsampling", "1d", "3d"])
+def test_adaptive_average_pools_are_torch_s_windows(pool, shape, structured):
+    m = pool().double()
+    op = structops.from_torch(m, shape)
+    assert isinstance(op, structops.ConvND) == structured
+    x = np.random.default_rng(6).standard_normal((2,) + shape)
+    want = _linear_part(m, x)
+    np.testing.assert_allclose((op @ x.reshape(2, -1).T).T, want.reshape(2, -1), rtol=0, atol=1e-14)
+    assert tuple(op.dimsd) == want.shape[1:]
+    assert_adjoint(op)
+    assert structops.from_torch(m, shape, dtype=np.float32).dtype == np.float32
+
+
+def test_a_classifier_head_with_an_adaptive_pool():
+    torch.manual_seed(7)
+    head = nn.Sequential(nn.Conv2d(2, 4, 3), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(4, 3)).double()
+    op = structops.from_torch(head, (2, 7, 6))
+    x = np.random.default_rng(8).standard_normal((3, 2, 7, 6))
+    np.testing.assert_allclose((op @ x.reshape(3, -1).T).T, _linear_part(head, x), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="output_size"):
+        structops.from_torch(nn.AdaptiveAvgPool2d((1, 1, 1)), (2, 4, 4))
+
+
 def test_every_layer_spectrum_matches_a_dense_svd():
     torch.manual_seed(2)
     model = MODELS["groups-reflect-same"]().double().eval()

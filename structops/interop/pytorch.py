@@ -1,4 +1,4 @@
-"""Layers from PyTorch modules: ``nn.Conv*d``, ``nn.ConvTranspose*d``, ``nn.Linear``, ``nn.BatchNorm*d``, ``nn.AvgPool*d``.
+"""Layers from PyTorch modules: convolutions, transposed ones, ``nn.Linear``, batch norms, average pools.
 
 :func:`layer_operator` turns one module into the structops operator of its
 linear part (biases and batch-norm shifts are offsets, not part of it), for
@@ -24,6 +24,10 @@ Notes
 * ``nn.AvgPool*d``: a depthwise strided convolution with the kernel
   ``1 / prod(k)`` (``count_include_pad=False``: the mean over the entries
   inside the image, a diagonal scaling after it); ``ceil_mode`` is refused.
+* ``nn.AdaptiveAvgPool*d``: the same strided convolution where every
+  output size divides the input size (torch's windows are then the
+  ``n / m`` blocks), else the exact sparse matrix of torch's windows
+  ``[floor(i n / m), ceil((i + 1) n / m))`` (a :class:`pylops.MatrixMult`).
 * ``nn.Flatten`` (all but the batch axis), ``nn.Identity``, ``nn.Dropout``
   in eval mode: the identity.
 """
@@ -38,6 +42,7 @@ __all__ = ["from_torch", "layer_operator", "torch_padding_pairs", "LINEAR_MODULE
 LINEAR_MODULES = (
     "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear",
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d",
     "Flatten", "Identity", "Dropout",
 )
 
@@ -144,6 +149,8 @@ def layer_operator(module, input_shape, *, dtype=np.float64):
         return pylops.Diagonal(d, dtype=d.dtype), shape
     if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
         return _avgpool(module, shape, dtype)
+    if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+        return _adaptive_avgpool(module, shape, dtype)
     raise NotImplementedError(
         f"{name} is not one of the linear modules structops converts ({', '.join(LINEAR_MODULES)}, "
         "nn.Sequential of them)"
@@ -181,6 +188,41 @@ def _avgpool(module, shape, dtype):
         op = pylops.Diagonal(d, dtype=d.dtype) * op
         return op, (c,) + tuple(ones.out_shape)
     return op, tuple(op.dimsd)
+
+
+def _adaptive_windows(n: int, m: int):
+    """torch's adaptive pooling windows of an axis of ``n`` entries into ``m``: ``[floor(i n / m), ceil((i + 1) n / m))``."""
+    return [((i * n) // m, -((-(i + 1) * n) // m)) for i in range(m)]
+
+
+def _adaptive_avgpool(module, shape, dtype):
+    import pylops
+    import scipy.sparse as sp
+
+    from ..operators import ConvND
+
+    c, n = shape[0], shape[1:]
+    D = len(n)
+    size = module.output_size
+    size = (size,) * D if isinstance(size, int) or size is None else tuple(size)
+    if len(size) != D:
+        raise ValueError(f"{type(module).__name__}(output_size={module.output_size}) on an input of shape {shape}")
+    m = tuple(nd if s is None else int(s) for s, nd in zip(size, n))
+    if any(md < 1 for md in m):
+        raise ValueError(f"{type(module).__name__}: output size {m} must be positive")
+    if all(nd % md == 0 for nd, md in zip(n, m)):  # windows of n / m entries, n / m apart: a strided convolution
+        k = tuple(nd // md for nd, md in zip(n, m))
+        op = ConvND(np.full((c, 1) + k, 1.0 / int(np.prod(k)), dtype=dtype), n, stride=k, padding="valid", groups=c)
+        return op, tuple(op.dimsd)
+    A = sp.identity(c, format="csr", dtype=dtype)
+    for nd, md in zip(n, m):  # C order: the channel, then the axes in turn
+        rows, cols, vals = [], [], []
+        for i, (lo, hi) in enumerate(_adaptive_windows(nd, md)):
+            rows += [i] * (hi - lo)
+            cols += range(lo, hi)
+            vals += [1.0 / (hi - lo)] * (hi - lo)
+        A = sp.kron(A, sp.csr_matrix((vals, (rows, cols)), shape=(md, nd), dtype=dtype), format="csr")
+    return pylops.MatrixMult(A, dtype=A.dtype), (c,) + m
 
 
 def from_torch(module, input_shape, *, fuse_batchnorm: bool = False, dtype=np.float64):
@@ -230,10 +272,18 @@ def from_torch(module, input_shape, *, fuse_batchnorm: bool = False, dtype=np.fl
     if not ops:
         n = int(np.prod(input_shape))
         return pylops.Identity(n, dtype=dtype)
+    dims = tuple(int(v) for v in input_shape)
+    if len(ops) == 1:
+        op = ops[0]
+        if (tuple(op.dims), tuple(op.dimsd)) == (dims, shape):
+            return op
+        # one operator between flattenings: the model's shapes on a wrapper, the operator's own kept (a
+        # diagonal multiplies by its dims)
+        return pylops.LinearOperator(Op=op, dims=dims, dimsd=shape)
     chain = ops[0]
     for op in ops[1:]:
         chain = op @ chain
-    chain.dims, chain.dimsd = tuple(int(v) for v in input_shape), shape
+    chain.dims, chain.dimsd = dims, shape  # a product's own attributes: its factors keep theirs
     return chain
 
 
