@@ -150,6 +150,23 @@ def test_unsupported_modules_are_named():
         structops.from_torch(nn.Linear(4, 2), (1, 2, 2))
     with pytest.raises(NotImplementedError, match="ceil_mode"):
         structops.from_torch(nn.AvgPool2d(2, ceil_mode=True), (1, 5, 5))
+    with pytest.raises(NotImplementedError, match="track_running_stats=False"):
+        structops.from_torch(nn.BatchNorm2d(2, track_running_stats=False).eval(), (2, 4, 4))
+
+
+@pytest.mark.parametrize("module, shape, match", [
+    (lambda: nn.Conv2d(3, 2, 3), (4, 6, 6), "Conv2d has in_channels=3; the input shape"),
+    (lambda: nn.Conv2d(3, 2, 3), (3, 6), r"Conv2d takes one sample of shape \(c, h, w\)"),
+    (lambda: nn.Conv1d(2, 2, 3), (2, 6, 6), r"Conv1d takes one sample of shape \(c, n\)"),
+    (lambda: nn.ConvTranspose3d(2, 2, 3), (3, 4, 4, 4), "ConvTranspose3d has in_channels=2"),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(10, 2)), (2, 2, 2), "Linear has in_features=10"),
+    (lambda: nn.BatchNorm2d(3).eval(), (4, 4, 4), "BatchNorm2d has num_features=3"),
+    (lambda: nn.BatchNorm1d(3).eval(), (3, 4, 4), r"BatchNorm1d takes one sample of shape \(c, n\) or \(c,\)"),
+    (lambda: nn.LazyConv2d(2, 3), (3, 6, 6), "lazy module"),
+], ids=["channels", "axes", "axes-1d", "transposed", "features", "batchnorm", "batchnorm1d-axes", "lazy"])
+def test_an_input_shape_that_is_not_the_module_s_is_named(module, shape, match):
+    with pytest.raises(ValueError, match=match):
+        structops.from_torch(module(), shape)
 
 
 def test_layer_spectra_of_a_small_network(tmp_path):

@@ -111,6 +111,8 @@ def layer_operator(module, input_shape, *, dtype=np.float64):
     nn = torch.nn
     name = type(module).__name__
     shape = tuple(int(v) for v in input_shape)
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        raise ValueError(f"{name} has no weights yet (a lazy module): run the model on an input first")
     if isinstance(module, (nn.Identity, nn.Dropout)):
         if isinstance(module, nn.Dropout) and module.training:
             raise NotImplementedError(f"{name} in training mode is random, not a linear map: call model.eval()")
@@ -121,6 +123,7 @@ def layer_operator(module, input_shape, *, dtype=np.float64):
                                       "the flattening of all but the batch axis is supported")
         return None, (int(np.prod(shape)),)
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        _check_input(name, shape, module.in_channels, "in_channels")
         K = _weight(module.weight, dtype)
         spatial = shape[1:]
         pairs = torch_padding_pairs(module.padding, module.kernel_size, module.dilation)
@@ -133,17 +136,23 @@ def layer_operator(module, input_shape, *, dtype=np.float64):
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         if module.padding_mode != "zeros":  # pragma: no cover - torch refuses it too
             raise NotImplementedError(f"{name} with padding_mode={module.padding_mode!r}")
+        _check_input(name, shape, module.in_channels, "in_channels")
         op = ConvTransposeND(_weight(module.weight, dtype), shape[1:], stride=module.stride, padding=module.padding,
                              output_padding=module.output_padding, dilation=module.dilation, groups=module.groups)
         return op, _shape_out(op)
     if isinstance(module, nn.Linear):
         if len(shape) != 1:
             raise NotImplementedError(f"{name} on an input of shape {shape}: put nn.Flatten before it")
+        _check_input(name, shape, module.in_features, "in_features")
         W = _weight(module.weight, dtype)
         return pylops.MatrixMult(W, dtype=W.dtype), (W.shape[0],)
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
         if module.training:
             raise NotImplementedError(f"{name} in training mode normalises by the batch: call model.eval()")
+        if module.running_var is None:
+            raise NotImplementedError(f"{name}(track_running_stats=False) normalises by the batch in eval mode too: "
+                                      "not a linear map of one sample")
+        _check_input(name, shape, module.num_features, "num_features")
         scale = _bn_scale(module, dtype)
         d = np.repeat(scale, int(np.prod(shape[1:])) if len(shape) > 1 else 1)
         return pylops.Diagonal(d, dtype=d.dtype), shape
@@ -155,6 +164,19 @@ def layer_operator(module, input_shape, *, dtype=np.float64):
         f"{name} is not one of the linear modules structops converts ({', '.join(LINEAR_MODULES)}, "
         "nn.Sequential of them)"
     )
+
+
+def _check_input(name: str, shape: tuple, channels: int, what: str):
+    """Refuse, naming the module, an input whose channels (or features) are not the module's."""
+    D = int(name[-2]) if name[-2:-1].isdigit() and name.endswith("d") else None  # Conv2d -> 2, Linear -> None
+    axes = {None: "(features,)", 1: "(c, n) or (c,)" if name.startswith("BatchNorm") else "(c, n)",
+            2: "(c, h, w)", 3: "(c, d, h, w)"}
+    ok_axes = (len(shape) == 1 if D is None else
+               len(shape) in (1, 2) if name == "BatchNorm1d" else len(shape) == D + 1)
+    if not ok_axes:
+        raise ValueError(f"{name} takes one sample of shape {axes[D]}; got input shape {shape}")
+    if shape[0] != channels:
+        raise ValueError(f"{name} has {what}={channels}; the input shape {shape} has {shape[0]}")
 
 
 def _bn_scale(module, dtype):
