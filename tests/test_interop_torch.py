@@ -118,6 +118,25 @@ def test_adaptive_average_pools_are_torch_s_windows(pool, shape, structured):
     assert structops.from_torch(m, shape, dtype=np.float32).dtype == np.float32
 
 
+@pytest.mark.parametrize("pool, shape", [
+    (lambda: nn.AvgPool2d(2, ceil_mode=True), (2, 5, 5)),
+    (lambda: nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True), (2, 6, 7)),
+    (lambda: nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), (2, 6, 7)),
+    (lambda: nn.AvgPool2d((3, 2), stride=(2, 3), padding=(1, 1), ceil_mode=True, divisor_override=5), (1, 8, 7)),
+    (lambda: nn.AvgPool1d(4, stride=3, padding=2, ceil_mode=True), (2, 10)),
+    (lambda: nn.AvgPool3d(2, stride=(2, 1, 3), ceil_mode=True, count_include_pad=False), (2, 3, 4, 5)),
+    (lambda: nn.AvgPool2d(3, stride=3, ceil_mode=True), (1, 3, 3)),  # no partial window: as the convolution
+], ids=["2x2", "padded", "padded-inside-count", "divisor", "1d", "3d", "exact"])
+def test_average_pools_with_ceil_mode_have_torch_s_partial_windows(pool, shape):
+    m = pool().double()
+    op = structops.from_torch(m, shape)
+    x = np.random.default_rng(9).standard_normal((2,) + shape)
+    want = _linear_part(m, x)
+    assert tuple(op.dimsd) == want.shape[1:]
+    np.testing.assert_allclose((op @ x.reshape(2, -1).T).T, want.reshape(2, -1), rtol=0, atol=1e-14)
+    assert_adjoint(op)
+
+
 def test_a_classifier_head_with_an_adaptive_pool():
     torch.manual_seed(7)
     head = nn.Sequential(nn.Conv2d(2, 4, 3), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(4, 3)).double()
@@ -148,8 +167,6 @@ def test_unsupported_modules_are_named():
         structops.from_torch(bn, (2, 4, 4))
     with pytest.raises(NotImplementedError, match="nn.Flatten"):
         structops.from_torch(nn.Linear(4, 2), (1, 2, 2))
-    with pytest.raises(NotImplementedError, match="ceil_mode"):
-        structops.from_torch(nn.AvgPool2d(2, ceil_mode=True), (1, 5, 5))
     with pytest.raises(NotImplementedError, match="track_running_stats=False"):
         structops.from_torch(nn.BatchNorm2d(2, track_running_stats=False).eval(), (2, 4, 4))
 

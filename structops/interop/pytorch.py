@@ -23,7 +23,8 @@ Notes
   into the preceding convolution's kernel (``fuse_batchnorm=True``).
 * ``nn.AvgPool*d``: a depthwise strided convolution with the kernel
   ``1 / prod(k)`` (``count_include_pad=False``: the mean over the entries
-  inside the image, a diagonal scaling after it); ``ceil_mode`` is refused.
+  inside the image, a diagonal scaling after it); with ``ceil_mode=True``
+  the exact sparse matrix of torch's windows (the last ones partial).
 * ``nn.AdaptiveAvgPool*d``: the same strided convolution where every
   output size divides the input size (torch's windows are then the
   ``n / m`` blocks), else the exact sparse matrix of torch's windows
@@ -196,10 +197,12 @@ def _avgpool(module, shape, dtype):
     tup = (lambda v: (v,) * D if isinstance(v, int) else tuple(v))
     k, s, p = tup(module.kernel_size), tup(module.stride if module.stride is not None else module.kernel_size), \
         tup(module.padding)
-    if module.ceil_mode:
-        raise NotImplementedError(f"{type(module).__name__}(ceil_mode=True): partial windows are not supported")
     c = shape[0]
     div = getattr(module, "divisor_override", None)
+    if module.ceil_mode:  # partial windows at the end: torch's windows, exactly
+        windows = [_pool_windows(n, kd, sd, pd, module.count_include_pad or bool(div))
+                   for n, kd, sd, pd in zip(shape[1:], k, s, p)]
+        return _window_average(c, shape[1:], windows, dtype, 1.0 / div if div else None)
     K = np.full((c, 1) + k, 1.0 / (div if div else int(np.prod(k))), dtype=dtype)
     op = ConvND(K, shape[1:], stride=s, padding=tuple((q, q) for q in p), groups=c)
     if not module.count_include_pad and any(p) and not div:
@@ -212,15 +215,59 @@ def _avgpool(module, shape, dtype):
     return op, tuple(op.dimsd)
 
 
+def _pool_windows(n: int, k: int, s: int, p: int, count_padding: bool):
+    """torch's average-pooling windows of an axis with ``ceil_mode=True``: ``(lo, hi, count)`` per output.
+
+    ``[lo, hi)`` is the window clipped to the image; ``count`` the divisor's
+    factor on this axis: the window clipped to the padded axis
+    (``count_include_pad``) or to the image. The last window starts inside
+    the image or its left padding, as torch's output size rule has it.
+    """
+    if n + 2 * p < k:
+        raise ValueError(f"an average pool of window {k} on an axis of {n} entries padded by {p} on each side")
+    m = -(-(n + 2 * p - k) // s) + 1
+    if (m - 1) * s >= n + p:
+        m -= 1
+    out = []
+    for i in range(m):
+        start = i * s - p
+        end = min(start + k, n + p)
+        lo, hi = max(start, 0), min(end, n)
+        out.append((lo, hi, end - start if count_padding else hi - lo))
+    return out
+
+
 def _adaptive_windows(n: int, m: int):
     """torch's adaptive pooling windows of an axis of ``n`` entries into ``m``: ``[floor(i n / m), ceil((i + 1) n / m))``."""
-    return [((i * n) // m, -((-(i + 1) * n) // m)) for i in range(m)]
+    return [((i * n) // m, -((-(i + 1) * n) // m), -((-(i + 1) * n) // m) - (i * n) // m) for i in range(m)]
 
 
-def _adaptive_avgpool(module, shape, dtype):
+def _window_average(c: int, n: tuple, windows, dtype, scale=None):
+    """The sparse matrix of a separable average over windows, per channel: ``(op, out_shape)``.
+
+    ``windows[d]`` lists ``(lo, hi, count)`` per output on axis ``d``: the
+    entries ``lo <= i < hi`` weighted ``1 / count``. With ``scale`` every
+    weight is ``scale`` instead (``divisor_override``).
+    """
     import pylops
     import scipy.sparse as sp
 
+    A = sp.identity(c, format="csr", dtype=dtype)
+    for nd, win in zip(n, windows):  # C order: the channel, then the axes in turn
+        rows, cols, vals = [], [], []
+        for i, (lo, hi, count) in enumerate(win):
+            if hi <= lo:  # a window of padding only: torch writes 0
+                continue
+            rows += [i] * (hi - lo)
+            cols += range(lo, hi)
+            vals += [1.0 if scale is not None else 1.0 / count] * (hi - lo)
+        A = sp.kron(A, sp.csr_matrix((vals, (rows, cols)), shape=(len(win), nd), dtype=dtype), format="csr")
+    if scale is not None:
+        A = (A * scale).astype(dtype)
+    return pylops.MatrixMult(A, dtype=A.dtype), (c,) + tuple(len(w) for w in windows)
+
+
+def _adaptive_avgpool(module, shape, dtype):
     from ..operators import ConvND
 
     c, n = shape[0], shape[1:]
@@ -236,15 +283,7 @@ def _adaptive_avgpool(module, shape, dtype):
         k = tuple(nd // md for nd, md in zip(n, m))
         op = ConvND(np.full((c, 1) + k, 1.0 / int(np.prod(k)), dtype=dtype), n, stride=k, padding="valid", groups=c)
         return op, tuple(op.dimsd)
-    A = sp.identity(c, format="csr", dtype=dtype)
-    for nd, md in zip(n, m):  # C order: the channel, then the axes in turn
-        rows, cols, vals = [], [], []
-        for i, (lo, hi) in enumerate(_adaptive_windows(nd, md)):
-            rows += [i] * (hi - lo)
-            cols += range(lo, hi)
-            vals += [1.0 / (hi - lo)] * (hi - lo)
-        A = sp.kron(A, sp.csr_matrix((vals, (rows, cols)), shape=(md, nd), dtype=dtype), format="csr")
-    return pylops.MatrixMult(A, dtype=A.dtype), (c,) + m
+    return _window_average(c, n, [_adaptive_windows(nd, md) for nd, md in zip(n, m)], dtype)
 
 
 def from_torch(module, input_shape, *, fuse_batchnorm: bool = False, dtype=np.float64):
