@@ -304,6 +304,57 @@ def test_barrier_method_matches_cvxpy_on_a_cone_constrained_group_lasso():
     assert abs(val - ref) <= 1e-7 * ref
 
 
+def test_small_weight_decay_reaches_the_interpolation_regime():
+    """Near beta = 0 the optimum is beta times the least group norm of an interpolating network.
+
+    The barrier's central path at a small parameter ran through norms of
+    1e12 there (the objective grew past that of the zero network, 1e10 at
+    beta = 1e-8, and "converged" was claimed for the restricted programs).
+    """
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 1, 15)), rng.standard_normal(6)
+    A = PatchOperator(X, (3,))
+    gates = sample_gates(A, 20, seed=0)
+    per_beta = []
+    for beta in (1e-6, 1e-8, 1e-10):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fit = relu_cnn(A, y, beta, gates)
+        assert fit.lower_bound <= fit.objective <= 0.5 * float(y @ y)
+        assert fit.relative_gap <= 1e-3  # measured 2e-5 to 3e-4
+        assert fit.max_violation == 0
+        per_beta.append(fit.objective / beta)
+    np.testing.assert_allclose(per_beta, per_beta[0], rtol=1e-3)  # measured 1e-6
+
+
+def test_an_unconverged_barrier_run_is_never_worse_than_its_warm_start():
+    from structops.convex.interior import barrier_group_program, interior_direction
+
+    rng = np.random.default_rng(2)
+    m, n, h, R = 3, 5, 3, 4
+    B = rng.standard_normal((m, n, h))
+    y = rng.standard_normal(n)
+    rows, dirs = [], []
+    for _ in range(m):
+        G = rng.standard_normal((R, h))
+        d = rng.standard_normal(h)
+        G *= np.sign(G @ d)[:, None]
+        rows.append(G)
+        dirs.append(interior_direction(G, d))
+    C0 = 0.5 * np.array(dirs)  # a warm start inside the cones
+
+    def f(C):
+        r = np.einsum("jnh,jh->n", B, C) - y
+        return 0.5 * r @ r + 0.1 * np.linalg.norm(C, axis=1).sum()
+
+    for budget in (1, 3, 10, 600):
+        res = barrier_group_program(B, rows, y, 0.1, C0, np.array(dirs), max_newton=budget)
+        assert f(res.C) <= f(C0) + 1e-15
+        assert all((G @ c >= 0).all() for G, c in zip(rows, res.C))
+        assert res.converged == (budget == 600)
+        assert not res.converged or res.gap <= 1e-10 * f(res.C)
+
+
 def test_interior_direction_finds_one_or_says_there_is_none():
     from structops.convex.interior import interior_direction
 

@@ -307,6 +307,7 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     if G is not None and G.shape[1] == 0:
         G = None  # no cone rows: the gated program
     C = np.array(C0, dtype=float).reshape(m, h)
+    start = C.copy()  # the warm start (in the closed cones): never returned worse
     dirs = np.asarray(directions, dtype=float).reshape(m, h)
     # a scale, not a bound: power iteration (an exact 2-norm was an SVD per call); 1 for empty or zero blocks
     bnorm = np.sqrt(power_norm2(lambda v: ops.matvec(v.reshape(m, h)), lambda w: ops.rmatvec(w).reshape(-1),
@@ -351,10 +352,16 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
 
     if G is not None and not (_batched_matvec(G, C) > 0).all():
         raise ValueError("the start is not strictly inside the cones")
-    tau = N / max(f_of(C), 1e-300)
+    # the first barrier parameter: N / f, and at least 1 / (beta |c|) for the natural size |c| = |y| / |B| of a
+    # group. Below it the norms' barrier is too weak against the cones' logarithms, whose central points run off
+    # to norms ~ R / (tau beta): with beta = 1e-8 the path went through norms of 1e12, where the Newton systems
+    # lose every digit (the objective grew from 0.42 to 6e4)
+    scale = np.linalg.norm(y) / bnorm
+    tau = max(N / max(f_of(C), 1e-300), 1.0 / (beta * scale) if scale > 0 else 0.0)
     g_next = None  # the cone rows at C when the last step computed them
     steps = 0
     converged = False
+    gap = N / tau
     eye = np.eye(h)
     while steps < max_newton:
         # centering (to a Newton decrement far below the barrier's degree: the gap is then N / tau to a few digits)
@@ -381,9 +388,12 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
             try:
                 d = -_newton_solve(tau, ops, BtB, Hb, grad, woodbury, inverse)
             except np.linalg.LinAlgError:  # past what float64 resolves (large systems only): stop here
-                return BarrierResult(C=C, newton_steps=steps, gap=N / tau, converged=False)
-            dec = -float(grad @ d)
-            if not np.isfinite(dec) or dec <= 1e-8:
+                return _safe_result(C, start, f_of, steps, N / tau)
+            dec = -float(grad @ d)  # the squared Newton decrement (the merit is dimensionless)
+            if not np.isfinite(dec) or dec < -1e-6:
+                # not a descent direction: the Newton system is past what float64 resolves here
+                return _safe_result(C, start, f_of, steps, N / tau)
+            if dec <= 1e-8:
                 break
             dC = d.reshape(m, h)
             # the largest step that keeps the cone rows positive, then backtracking
@@ -403,19 +413,34 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
                     if g_next is None or (g_next > 0).all():
                         break
                 step *= 0.5
-            else:
+            else:  # no step makes progress in rounding: as centered as it gets
                 g_next = None
+                if dec > 1e-2:
+                    return _safe_result(C, start, f_of, steps, N / tau)
                 break
             C = Cn
+        # N / tau bounds the gap at central points, and (1 + sqrt(dec)) N / tau near them (Newton decrement
+        # below 0.1); farther out (the 60 steps spent), centre on at this tau
+        if dec > 1e-2:
+            continue
         f = f_of(C)
-        gap = N / tau
+        gap = N / tau * (1.0 + np.sqrt(max(dec, 0.0)))
         if G is None:  # weak duality at the residual (the gated program): often far below N / tau
             gap = min(gap, f - _residual_bound(ops, y, beta, C))
         if gap <= gap_tol * max(f, 1e-300):
             converged = True
             break
         tau *= mu
-    return BarrierResult(C=C, newton_steps=steps, gap=gap if steps else N / tau, converged=converged)
+    if not converged:
+        return _safe_result(C, start, f_of, steps, gap)
+    return BarrierResult(C=C, newton_steps=steps, gap=gap, converged=True)
+
+
+def _safe_result(C, start, f_of, steps, gap) -> BarrierResult:
+    """An unconverged barrier run's result: its last point, or the warm start where that is better."""
+    if not f_of(C) <= f_of(start):
+        return BarrierResult(C=start, newton_steps=steps, gap=np.inf, converged=False)
+    return BarrierResult(C=C, newton_steps=steps, gap=gap, converged=False)
 
 
 def _residual_bound(ops, y, beta, C) -> float:
