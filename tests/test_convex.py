@@ -275,12 +275,11 @@ def test_a_stopped_solve_reports_certified_bounds(monkeypatch):
 # ------------------------------------------------------------------ the barrier method of the restricted programs
 
 
-def test_barrier_method_matches_cvxpy_on_a_cone_constrained_group_lasso():
-    cvxpy = pytest.importorskip("cvxpy")
-    from structops.convex.interior import barrier_group_program, interior_direction
+def _cone_program(seed, m, n, h, R):
+    """``(B, y, rows, dirs)``: random blocks and data, and ``m`` random cones of ``R`` rows with a unit interior direction."""
+    from structops.convex.interior import interior_direction
 
-    rng = np.random.default_rng(5)
-    m, n, h, R = 4, 7, 3, 6
+    rng = np.random.default_rng(seed)
     B = rng.standard_normal((m, n, h))
     y = rng.standard_normal(n)
     rows, dirs = [], []
@@ -290,6 +289,15 @@ def test_barrier_method_matches_cvxpy_on_a_cone_constrained_group_lasso():
         G *= np.sign(G @ d)[:, None]  # d strictly inside
         rows.append(G)
         dirs.append(interior_direction(G, d))
+    return B, y, rows, dirs
+
+
+def test_barrier_method_matches_cvxpy_on_a_cone_constrained_group_lasso():
+    cvxpy = pytest.importorskip("cvxpy")
+    from structops.convex.interior import barrier_group_program
+
+    m, n, h, R = 4, 7, 3, 6
+    B, y, rows, dirs = _cone_program(5, m, n, h, R)
     for G, d in zip(rows, dirs):
         assert (G @ d > 0).all() and abs(np.linalg.norm(d) - 1) < 1e-12
     beta = 0.3
@@ -328,19 +336,9 @@ def test_small_weight_decay_reaches_the_interpolation_regime():
 
 
 def test_an_unconverged_barrier_run_is_never_worse_than_its_warm_start():
-    from structops.convex.interior import barrier_group_program, interior_direction
+    from structops.convex.interior import barrier_group_program
 
-    rng = np.random.default_rng(2)
-    m, n, h, R = 3, 5, 3, 4
-    B = rng.standard_normal((m, n, h))
-    y = rng.standard_normal(n)
-    rows, dirs = [], []
-    for _ in range(m):
-        G = rng.standard_normal((R, h))
-        d = rng.standard_normal(h)
-        G *= np.sign(G @ d)[:, None]
-        rows.append(G)
-        dirs.append(interior_direction(G, d))
+    B, y, rows, dirs = _cone_program(2, 3, 5, 3, 4)
     C0 = 0.5 * np.array(dirs)  # a warm start inside the cones
 
     def f(C):
