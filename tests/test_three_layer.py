@@ -182,3 +182,19 @@ def test_sgd_descends_and_keeps_unit_filters():
     assert hist[-1][1] < hist[0][1]
     assert np.allclose(np.linalg.norm(net.filters, axis=1), 1.0)
     assert net.objective(A, y, 0.1) == pytest.approx(hist[-1][1])
+
+
+@pytest.mark.parametrize("penalty", ["nuclear", "frobenius"])
+def test_small_weight_decay_reaches_the_interpolation_regime(penalty):
+    """Near beta = 0 the relaxation's optimum is beta times the least penalty of an interpolating point.
+
+    The barrier started at ``tau = N / f`` ran, at beta = 1e-7, through
+    groups of enormous norm and stopped at 0.0019 for an optimum of 1.7e-7.
+    """
+    A, y, pat = _problem()
+    per_beta = []
+    for beta in (1e-5, 1e-7):
+        fit = three_layer_cnn(A, y, beta, pat, penalty=penalty, polish=False)
+        assert fit.converged and fit.lower_bound <= fit.objective <= 0.5 * float(y @ y)
+        per_beta.append(fit.objective / beta)
+    np.testing.assert_allclose(per_beta[1], per_beta[0], rtol=1e-4)  # measured 1e-5

@@ -54,6 +54,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._backend import blas_threads, check_finite, to_numpy
+from .fista import power_norm2
 from .interior import DenseBlocks, _batched_matvec, _woodbury_factor
 from .patches import PatchOperator, patch_tensor
 
@@ -439,7 +440,11 @@ def _barrier(B, rows: _ConeRows, y, beta, C0, penalty, tol, mu=10.0, max_newton=
         return t * float(v @ y) - 0.5 * t * t * float(v @ v)
 
     f0 = objective(C)
-    tau = N / max(f0, 1e-300)
+    # at least 1 / (beta |c|), |c| = |y| / |B| the natural size of the groups (as in the two-layer barrier): below,
+    # the central path runs through groups of enormous norm at a small beta
+    bnorm = float(np.sqrt(power_norm2(lambda v: Bf @ v, lambda w: Bf.T @ w, (m * p,), iters=20))) if Bf.size else 0.0
+    scale = np.linalg.norm(y) / bnorm if bnorm > 0 else 0.0
+    tau = max(N / max(f0, 1e-300), 1.0 / (beta * scale) if scale > 0 else 0.0)
     steps = 0
     best_lb = -np.inf
     converged = False
