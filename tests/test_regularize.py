@@ -197,6 +197,19 @@ def test_float32(rng):
     assert np.linalg.norm(g32 - g64) <= 1e-6 * np.linalg.norm(g64)
 
 
+def test_extreme_kernel_scales_overflow_to_inf_not_nan(rng):
+    """Past 2**200 the kernel is scaled by a power of two: the value is exact where it fits, inf where it overflows."""
+    K = rng.standard_normal((2, 2, 3, 3))
+    f0, g0 = frobenius_penalty(K, (6, 6), alpha=0.0)
+    s = 2.0 ** 210
+    f, g = frobenius_penalty(K * s, (6, 6), alpha=1.0)  # alpha^2 N is far below the rounding of s^4 f0
+    assert f == pytest.approx(f0 * s ** 4, rel=1e-13)
+    np.testing.assert_allclose(g, g0 * s ** 3, rtol=1e-13)
+    for s in (2.0 ** 300, 1e300):
+        f, g = frobenius_penalty(K * s, (6, 6), alpha=1.0)
+        assert f == np.inf and not np.isnan(g).any()
+
+
 def test_cost_independent_of_image(rng):
     """Same work for 8x8 and 4096x4096 images: the value scales like n^2, computed in microseconds."""
     import time

@@ -307,8 +307,16 @@ def frobenius_penalty(kernel, in_shape, alpha=1.0, padding="same", stride=1, dil
     if method == "sparse":
         value, grad = _frobenius_sparse(K, geo, alpha, gram)
         return value, xp.asarray(grad.astype(K.dtype, copy=False))
+    K64 = K.astype(np.float64, copy=False)
+    amax = float(xp.abs(K64).max())
+    # entries past 2**200: M^T M's squares overflow in float64 (inf - inf gave NaN); the kernel scaled by a power
+    # of two, the value scales by its fourth power (inf where it overflows), the gradient by its third
+    e = int(np.round(np.log2(amax))) if amax > 2.0 ** 200 else 0
     with blas_threads():
-        value, grad = _frobenius_kernel_space(K.astype(np.float64, copy=False), geo, alpha, gram, xp)
+        value, grad = _frobenius_kernel_space(np.ldexp(K64, -e) if e else K64, geo, alpha * 2.0 ** (-2 * e), gram, xp)
+    if e:
+        with np.errstate(over="ignore"):
+            value, grad = float(np.ldexp(value, 4 * e)), np.ldexp(grad, 3 * e)
     return value, grad.astype(K.dtype, copy=False)
 
 
