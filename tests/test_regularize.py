@@ -210,6 +210,17 @@ def test_extreme_kernel_scales_overflow_to_inf_not_nan(rng):
         assert f == np.inf and not np.isnan(g).any()
 
 
+def test_extreme_singular_values_at_extreme_kernel_scales(rng):
+    """The normal matrix of a kernel past 2**100 (or below 2**-100) is formed from the kernel scaled by a power of two."""
+    K = rng.standard_normal((2, 2, 3, 3))
+    smax, smin = extreme_singular_values(K, (6, 6))
+    for e in (150, 600, -150, -600):
+        got = extreme_singular_values(np.ldexp(K, e), (6, 6))
+        assert got == (np.ldexp(smax, e), np.ldexp(smin, e))  # exactly: powers of two
+        value, grad = spectral_penalty(np.ldexp(K, e), (6, 6), form="max", target=1.0)
+        assert np.isfinite(value) and np.isfinite(grad).all()
+
+
 def test_cost_independent_of_image(rng):
     """Same work for 8x8 and 4096x4096 images: the value scales like n^2, computed in microseconds."""
     import time

@@ -328,6 +328,12 @@ def _extremes(geo: ConvGeometry, K, vectors: bool):
     from ..linalg.spectra import singular_values, singular_vectors
 
     K = np.asarray(to_numpy(K), dtype=np.float64)
+    amax = float(np.abs(K).max()) if K.size else 0.0
+    if amax > 2.0 ** 100 or 0.0 < amax < 2.0 ** -100:
+        # the normal matrix's entries would overflow (or underflow): the kernel scaled by a power of two, exactly
+        e = int(np.round(np.log2(amax)))
+        smax, smin, trip = _extremes(geo, np.ldexp(K, -e), vectors)
+        return float(np.ldexp(smax, e)), float(np.ldexp(smin, e)), trip
     op = ConvND.from_geometry(K, geo)
     small = min(geo.n_out, geo.n_in)
     if not geo.circular and small <= _DENSE_GRAM_MAX:
