@@ -219,6 +219,22 @@ def test_layer_spectra_of_a_small_network(tmp_path):
     assert "sigma_max" in rep.table()
 
 
+def test_a_layer_singular_to_working_precision_reports_a_lower_bound_of_cond():
+    rng = np.random.default_rng(0)
+    U, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    V, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    model = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), nn.Conv2d(3, 3, 1, bias=False)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.from_numpy((U @ np.diag([1.0, 1e-8, 1e-16]) @ V.T).reshape(3, 3, 1, 1)))
+        model[1].weight.zero_()
+    rep = structops.layer_spectra(model, (3, 5, 5), progress=False)
+    r, z = rep.layers
+    assert r.sigma_min_status == "certified" and r.sigma_min <= r.sigma_min_error
+    assert r.cond_status == "lower bound" and 1e15 <= r.cond <= 1e16 * (1 + 1e-6)  # the true cond is 1e16
+    assert z.sigma_max == 0 and z.cond == np.inf and z.cond_status == "certified"  # the zero layer, exactly
+    assert ">=" in rep.table().splitlines()[2]
+
+
 def test_layers_command_on_a_small_resnet(tmp_path, capsys):
     from structops.apps.cli import main
 

@@ -8,6 +8,7 @@ mismatch with ``np.linalg.svd``.
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 import warnings
@@ -430,7 +431,32 @@ def test_argument_errors(rng):
 def test_cond_of_singular_layer_is_inf():
     K = np.zeros((2, 2, 3, 3))
     K[0, 0, 1, 1] = 1.0  # second output channel is zero
-    assert cond(structops.Conv2D(K, (4, 4), padding="circular")) == np.inf
+    with pytest.warns(RuntimeWarning, match="only known to be >="):
+        assert cond(structops.Conv2D(K, (4, 4), padding="circular")) == np.inf
+
+
+@pytest.mark.parametrize("padding", ["same", "circular"])
+def test_cond_of_a_layer_singular_to_working_precision_warns_with_its_lower_bound(padding):
+    """sigma_min below its error bound: the estimate is returned, the certified lower bound said beside it."""
+    rng = np.random.default_rng(0)
+    U, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    V, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    K = np.zeros((3, 3, 3, 3))
+    K[:, :, 1, 1] = U @ np.diag([1.0, 1e-3, 1e-17]) @ V.T  # cond 1e17 and more with the taps below
+    K[:, :, 0, 1] = 0.1 * K[:, :, 1, 1]
+    op = structops.Conv2D(K, (5, 5), padding=padding)
+    with pytest.warns(RuntimeWarning, match="only known to be >=") as rec:
+        cond(op)
+    lower = float(re.search(r">= ([0-9.e+]+)", str(rec[0].message)).group(1))
+    assert 1e13 <= lower <= 1.1e17
+    K[:, :, 1, 1] = U @ np.diag([1.0, 1e-3, 1e-6]) @ V.T  # resolved: no warning
+    K[:, :, 0, 1] = 0.1 * K[:, :, 1, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = cond(structops.Conv2D(K, (5, 5), padding=padding))
+    A = structops.Conv2D(K, (5, 5), padding=padding).todense()
+    s = np.linalg.svd(A, compute_uv=False)
+    assert c == pytest.approx(s[0] / s[-1], rel=1e-6)
 
 
 # ---------------------------------------------------------------- plots

@@ -12,7 +12,9 @@ architectures included). Each layer becomes its structops operator
   with at most 4096 values in all: 1x1 and strided shortcuts), otherwise the certified upper bound
   ``sigma_min <= ||A v||`` at the circular layer's smallest right singular
   vector ``v`` (``||A^H u||`` at its left one for wide layers; so
-  ``cond >= sigma_max / ||A v||``), with the reason;
+  ``cond >= sigma_max / ||A v||``), with the reason; a certified ``sigma_min``
+  within its error bound ``e`` of zero (a layer singular to working
+  precision) leaves ``cond >= (sigma_max - e_max) / (sigma_min + e)`` only;
 * the circular layer's extreme values beside them (same kernel, periodic
   padding, exact per-frequency spectrum), where it exists.
 
@@ -288,6 +290,10 @@ def layer_spectra(model, input_shape, *, smallest_limit: int = 20000, tol=None, 
                 w /= np.linalg.norm(w)
             smin, smin_err = float(np.linalg.norm(op @ w if tall else op.H @ w)), 0.0
         cond = smax / smin if smin > 0 else math.inf
+        cond_status = "certified" if status == "certified" else "lower bound"
+        if status == "certified" and smax > 0 and 0 < smin_err and smin <= smin_err:
+            # sigma_min within its error bound of zero (singular to working precision): only a lower bound
+            cond, cond_status = max(smax - smax_err, 0.0) / (smin + smin_err), "lower bound"
         rows.append(LayerReport(
             name=name, kind=type(module).__name__, in_shape=tuple(shape), out_shape=tuple(out),
             kernel=tuple(getattr(module, "kernel_size", ())), stride=tuple(getattr(module, "stride", ())),
@@ -295,7 +301,7 @@ def layer_spectra(model, input_shape, *, smallest_limit: int = 20000, tol=None, 
                                                           else ""),
             groups=int(getattr(module, "groups", 1)), sigma_max=smax, sigma_max_error=smax_err, sigma_min=smin,
             sigma_min_error=smin_err, sigma_min_status=status,
-            cond=cond, cond_status="certified" if status == "certified" else "lower bound",
+            cond=cond, cond_status=cond_status,
             circular_sigma_max=cmax, circular_sigma_min=cmin, seconds=time.perf_counter() - t0, seconds_sigma_max=t_smax,
             methods=", ".join(sorted(methods)),
         ))

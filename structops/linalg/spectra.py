@@ -680,11 +680,35 @@ def cond(op, **kwargs) -> float:
     whole spectrum once; others compute the two extremes through
     :func:`singular_values`, so a rule registered there serves ``cond`` too.
     ``cond`` is itself a :func:`functools.singledispatch` function.
+
+    Where ``sigma_min`` is within its certified error bound ``e`` of zero
+    (a layer singular to working precision: ``e`` is about ``10 sqrt(n)
+    eps sigma_max``), ``sigma_max / sigma_min`` is an estimate only: a
+    ``RuntimeWarning`` gives the certified lower bound ``(sigma_max -
+    e_max) / (sigma_min + e)`` alongside.
     """
+    kwargs.pop("return_info", None)
     if symbol_of(op) is not None:
-        s = singular_values(op, **kwargs)
-        smax, smin = float(s[0]), float(s[-1])
+        s, err = _values_and_bound(op, None, "largest", kwargs)
+        smax, smin, err_max, err_min = float(s[0]), float(s[-1]), err, err
     else:
-        smax = float(singular_values(op, 1, "largest", **kwargs)[0])
-        smin = float(singular_values(op, 1, "smallest", **kwargs)[0])
-    return math.inf if smin == 0 else smax / smin
+        s, err_max = _values_and_bound(op, 1, "largest", kwargs)
+        smax = float(s[0])
+        s, err_min = _values_and_bound(op, 1, "smallest", kwargs)
+        smin = float(s[0])
+    value = math.inf if smin == 0 else smax / smin
+    if smax > 0 and err_min > 0 and smin <= err_min:
+        import warnings
+
+        lower = max(smax - err_max, 0.0) / (smin + err_min)
+        warnings.warn(f"sigma_min = {smin:.3g} is within its error bound {err_min:.2g} of zero: the condition "
+                      f"number is only known to be >= {lower:.3g} ({value:.3g} returned)", RuntimeWarning, stacklevel=3)
+    return value
+
+
+def _values_and_bound(op, k, which, kwargs):
+    """``singular_values(op, k, which)`` and its certified error bound (0 for a rule that gives none)."""
+    got = singular_values(op, k, which, return_info=True, **kwargs)
+    if isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], SpectrumInfo):
+        return got[0], float(got[1].error_bound)
+    return got, 0.0  # a registered rule without certificates
