@@ -28,6 +28,10 @@ Sections
 (e) depthwise 256 channels (``groups=256``), 3x3, 56x56: structops grouped (on
     ``structops.get_threads()`` threads, and on one) vs the same layer with a
     dense ``(256, 256)`` channel kernel vs torch ``groups=256``.
+(f) the kernel Jacobian of the depthwise layer of (e) at a batch of 8:
+    ``J dK`` (the layer with the kernel ``dK``, applied to the batch) and the
+    weight gradient ``J^T W``, structops ``Conv2D.jacobian(X)`` vs torch
+    ``conv2d(groups=256)`` and ``torch.nn.grad.conv2d_weight``.
 (d) GPU, when CuPy and a CUDA build of torch see a device: 64 -> 64 channels,
     3x3, 64x64, batch 64, float32 and float64, structops on CuPy arrays vs
     cuDNN ``conv2d`` / ``conv_transpose2d``.
@@ -85,7 +89,7 @@ def print_table():
     header = ("case", "operation", "implementation", "median", "ratio", "rel. diff")
     lines = []
     base = {}
-    reference = ("structops Conv2D", "structops Conv2D (CuPy)")
+    reference = ("structops Conv2D", "structops Conv2D (CuPy)", "structops Conv2D.jacobian")
     for r in ROWS:
         if r["impl"] in reference:
             base[(r["case"], r["op"])] = r["t"]
@@ -252,6 +256,42 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng, gr
         record(case, what, name, t, err)
 
 
+def jacobian_case(case, kernel, n, batch, repeat, warmup, torch, rng, groups):
+    """The kernel Jacobian of a grouped layer at a batch: ``J dK`` and ``J^T W`` against torch."""
+    dtype = kernel.dtype
+    c_out = kernel.shape[0]
+    c_in = kernel.shape[1] * groups
+    op = structops.Conv2D(kernel, (n, n), padding="same", groups=groups)
+    X = rng.standard_normal((op.shape[1], batch)).astype(dtype)
+    J = op.jacobian(X)
+    dK = rng.standard_normal(kernel.size).astype(dtype)
+    W = rng.standard_normal(J.shape[0]).astype(dtype)
+    fwd, adj = (lambda: J.matvec(dK)), (lambda: J.rmatvec(W))
+    want_f, want_a = fwd(), adj()
+    timed = [("J dK", "structops Conv2D.jacobian", fwd, None), ("J^T W", "structops Conv2D.jacobian", adj, None)]
+    if torch is not None:
+        F = torch.nn.functional
+        kh, kw = kernel.shape[2:]
+        pad = ((kh - 1) // 2, (kw - 1) // 2)
+        xt = torch.from_numpy(np.ascontiguousarray(X.T.reshape(batch, c_in, n, n)))
+        dKt = torch.from_numpy(dK.reshape(kernel.shape))
+        # structops' outputs are (c_out * n * n, batch) columns flattened: W as torch's (batch, c_out, n, n)
+        Wt = torch.from_numpy(np.ascontiguousarray(W.reshape(c_out * n * n, batch).T.reshape(batch, c_out, n, n)))
+        tf = lambda: F.conv2d(xt, dKt, padding=pad, groups=groups)  # noqa: E731
+        ta = lambda: torch.nn.grad.conv2d_weight(xt, kernel.shape, Wt, padding=pad, groups=groups)  # noqa: E731
+        got_f = tf().numpy().reshape(batch, -1).T.reshape(-1)
+        got_a = ta().numpy().reshape(-1)
+        for what, name, f, got, want in (("J dK", "torch conv2d (CPU)", tf, got_f, want_f),
+                                         ("J^T W", "torch grad.conv2d_weight (CPU)", ta, got_a, want_a)):
+            if agree(case, f"{name} {what}", got, want, dtype):
+                timed.append((what, name, f, rel_diff(got, want)))
+            else:
+                record(case, what, name, float("nan"), rel_diff(got, want))
+    ts = median_times([f for _, _, f, _ in timed], repeat, warmup)
+    for (what, name, _, err), t in zip(timed, ts):
+        record(case, what, name, t, err)
+
+
 def gpu_case(case, dtype, c, n, batch, repeat, warmup, torch):
     import cupy as cp
 
@@ -324,6 +364,9 @@ def main(argv=None) -> int:
     cpu_case("(e) depthwise 256 ch 56x56, float64", dw, 56, 1, repeat, args.warmup, torch, False, rng, groups=256)
     cpu_case("(e) depthwise 256 ch 56x56, float32, batch 8", dw.astype(np.float32), 56, 8, repeat, args.warmup,
              torch, False, rng, groups=256)
+    for dt in (np.float64, np.float32):
+        jacobian_case(f"(f) depthwise kernel Jacobian, {np.dtype(dt).name}, batch 8", dw.astype(dt), 56, 8, repeat,
+                      args.warmup, torch, rng, groups=256)
 
     gpu = structops.cupy_available() and torch is not None and torch.cuda.is_available()
     if gpu:

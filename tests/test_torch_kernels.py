@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import structops
 from structops.testing import assert_adjoint, assert_matches_dense
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 
 @st.composite
@@ -152,3 +152,22 @@ def test_batched_adjoint_as_a_flipped_convolution(shape, g, padding, dilation):
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref.H @ Y, rtol=0, atol=1e-5 * np.abs(ref.H @ Y).max())
     assert_adjoint(op, rng=rng)
+
+
+def test_the_jacobian_benchmark_agrees_with_torch_s_weight_gradient():
+    """bench_conv's section (f) on a small depthwise layer: both products checked against torch, then timed."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_conv
+
+    bench_conv.ROWS.clear()
+    bench_conv.FAILURES.clear()
+    rng = np.random.default_rng(0)
+    for dt in (np.float64, np.float32):
+        bench_conv.jacobian_case("(f) test", rng.standard_normal((6, 1, 3, 3)).astype(dt), 7, 3, 1, 0, torch, rng, 6)
+    assert bench_conv.FAILURES == []
+    rows = [(r["op"], r["impl"]) for r in bench_conv.ROWS]
+    assert rows.count(("J^T W", "torch grad.conv2d_weight (CPU)")) == 2 and len(rows) == 8
+    assert all(r["t"] > 0 for r in bench_conv.ROWS)
