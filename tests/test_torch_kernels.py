@@ -97,6 +97,25 @@ def test_a_used_float32_layer_pickles_without_its_tensor_cache():
     np.testing.assert_array_equal(op2 @ x, y)
 
 
+def test_a_float32_layer_unpickled_where_torch_is_missing_keeps_the_library_s_kernels(monkeypatch):
+    import pickle
+
+    from structops.operators import torch_kernels
+
+    K = np.random.default_rng(3).standard_normal((3, 2, 3, 3)).astype(np.float32)
+    op = structops.Conv2D(K, (6, 6))
+    x = np.random.default_rng(4).standard_normal((op.shape[1], 2)).astype(np.float32)
+    y = op @ x
+    data = pickle.dumps(op)
+    assert pickle.loads(pickle.dumps(structops.Conv2D(K, (6, 6), method="torch"))).method == "torch"
+    monkeypatch.setattr(torch_kernels, "available", lambda: False)  # a worker without torch
+    op2 = pickle.loads(data)
+    assert not op2._uses_torch(x, np.dtype(np.float32))
+    np.testing.assert_allclose(op2 @ x, y, rtol=0, atol=1e-5 * np.abs(y).max())
+    exact = structops.Conv2D(K.astype(np.float64), (6, 6), method="direct") @ x.astype(np.float64)
+    np.testing.assert_allclose(op2 @ x, exact, rtol=0, atol=1e-5 * np.abs(y).max())
+
+
 @pytest.mark.parametrize("shape, g, padding", [((6, 4, 3, 3), 1, "same"), ((6, 4, 3), 2, ((2, 0),)),
                                                ((4, 2, 3, 3), 1, "circular"), ((4, 4, 3, 3), 4, "same")])
 def test_batches_in_any_memory_layout_agree(shape, g, padding):

@@ -613,6 +613,13 @@ class ConvND(StructuredOperator):
         state.pop("_torch_weights", None)  # a cache of torch tensors (see torch_kernels)
         return state
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.method != "torch" and self.__dict__.get("_torch"):
+            # "auto" handed float32 host products to torch where the layer was made: here only if torch is here
+            self._torch = torch_kernels.available()
+            self._torch_for = {}
+
     def _torch_takes(self, dtype) -> bool:
         """Whether torch computes host products of ``dtype``."""
         return self._torch and dtype.kind == "f" and (
