@@ -352,12 +352,7 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
 
     if G is not None and not (_batched_matvec(G, C) > 0).all():
         raise ValueError("the start is not strictly inside the cones")
-    # the first barrier parameter: N / f, and at least 1 / (beta |c|) for the natural size |c| = |y| / |B| of a
-    # group. Below it the norms' barrier is too weak against the cones' logarithms, whose central points run off
-    # to norms ~ R / (tau beta): with beta = 1e-8 the path went through norms of 1e12, where the Newton systems
-    # lose every digit (the objective grew from 0.42 to 6e4)
-    scale = np.linalg.norm(y) / bnorm
-    tau = max(N / max(f_of(C), 1e-300), 1.0 / (beta * scale) if scale > 0 else 0.0)
+    tau = _first_barrier_parameter(N, f_of(C), beta, y, bnorm)
     g_next = None  # the cone rows at C when the last step computed them
     steps = 0
     converged = False
@@ -434,6 +429,20 @@ def barrier_group_program(blocks, rows, y, beta, C0, directions, gap_tol=1e-10, 
     if not converged:
         return _safe_result(C, start, f_of, steps, gap)
     return BarrierResult(C=C, newton_steps=steps, gap=gap, converged=True)
+
+
+def _first_barrier_parameter(N: int, f: float, beta: float, y, bnorm: float) -> float:
+    """The first ``tau`` of a barrier method of degree ``N`` started where the objective is ``f``.
+
+    ``N / f``, and at least ``1 / (beta |c|)`` for the natural size ``|c| =
+    |y| / |B|`` of a group (``bnorm = |B|``). Below it the norms' barrier is
+    too weak against the cones' logarithms, whose central points run off to
+    norms ``~ R / (tau beta)``: with ``beta = 1e-8`` the two-layer path went
+    through norms of ``1e12``, where the Newton systems lose every digit (the
+    objective grew from 0.42 to 6e4).
+    """
+    scale = np.linalg.norm(y) / bnorm if bnorm > 0 else 0.0
+    return max(N / max(f, 1e-300), 1.0 / (beta * scale) if scale > 0 else 0.0)
 
 
 def _safe_result(C, start, f_of, steps, gap) -> BarrierResult:

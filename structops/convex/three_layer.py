@@ -55,7 +55,7 @@ import scipy.sparse as sp
 
 from .._backend import blas_threads, check_finite, to_numpy
 from .fista import power_norm2
-from .interior import DenseBlocks, _batched_matvec, _woodbury_factor
+from .interior import DenseBlocks, _batched_matvec, _woodbury_factor, _first_barrier_parameter
 from .patches import PatchOperator, patch_tensor
 
 __all__ = ["ThreeLayerPatterns", "sample_three_layer_patterns", "ThreeLayerCNN", "ThreeLayerFit",
@@ -440,11 +440,8 @@ def _barrier(B, rows: _ConeRows, y, beta, C0, penalty, tol, mu=10.0, max_newton=
         return t * float(v @ y) - 0.5 * t * t * float(v @ v)
 
     f0 = objective(C)
-    # at least 1 / (beta |c|), |c| = |y| / |B| the natural size of the groups (as in the two-layer barrier): below,
-    # the central path runs through groups of enormous norm at a small beta
     bnorm = float(np.sqrt(power_norm2(lambda v: Bf @ v, lambda w: Bf.T @ w, (m * p,), iters=20))) if Bf.size else 0.0
-    scale = np.linalg.norm(y) / bnorm if bnorm > 0 else 0.0
-    tau = max(N / max(f0, 1e-300), 1.0 / (beta * scale) if scale > 0 else 0.0)
+    tau = _first_barrier_parameter(N, f0, beta, y, bnorm)
     steps = 0
     best_lb = -np.inf
     converged = False

@@ -239,7 +239,8 @@ def _pool_windows(n: int, k: int, s: int, p: int, count_padding: bool):
 
 def _adaptive_windows(n: int, m: int):
     """torch's adaptive pooling windows of an axis of ``n`` entries into ``m``: ``[floor(i n / m), ceil((i + 1) n / m))``."""
-    return [((i * n) // m, -((-(i + 1) * n) // m), -((-(i + 1) * n) // m) - (i * n) // m) for i in range(m)]
+    bounds = [((i * n) // m, -((-(i + 1) * n) // m)) for i in range(m)]
+    return [(lo, hi, hi - lo) for lo, hi in bounds]
 
 
 def _window_average(c: int, n: tuple, windows, dtype, scale=None):

@@ -153,6 +153,18 @@ def not_converged(msg, opts, values=None, residual=None):
     warnings.warn(msg + " (strict=False: the values are returned as they are)", SpectrumNotConvergedWarning, stacklevel=3)
 
 
+def scale_exponent(K, limit: float, small: bool = True) -> int:
+    """``e`` with ``max |K| / 2**e`` in ``[1, 2)`` where ``max |K|`` is past ``2**limit`` (or, with ``small``,
+    nonzero below ``2**-limit``), else 0: the kernel ``np.ldexp(K, -e)`` is ``K`` scaled exactly.
+
+    ``K``: a NumPy or CuPy array (real or complex).
+    """
+    a = float(abs(K).max()) if K.size else 0.0
+    if a == 0.0 or a <= 2.0**limit and (a >= 2.0**-limit or not small):
+        return 0
+    return math.frexp(a)[1] - 1
+
+
 def conv64(op: ConvND) -> ConvND:
     """The same layer with a double-precision kernel (the layer itself if it has one)."""
     K = op.kernel

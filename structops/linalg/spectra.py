@@ -90,6 +90,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 
 import numpy as np
 
@@ -106,6 +107,7 @@ from ._common import (
     conv64,
     not_converged,
     rounding_floor,
+    scale_exponent,
     select,
     shape_of,
 )
@@ -339,10 +341,9 @@ def _finish(s, opts, t0):
 def _scaled(op: ConvND):
     """``(op', scale)`` with ``op = scale op'`` and ``max |K'|`` in ``[1, 2)`` (exact: a power of two)."""
     K = to_numpy(op.kernel)
-    a = float(np.abs(K).max()) if K.size else 0.0
-    if a == 0.0 or 2.0**-20 <= a <= 2.0**20:
+    e = scale_exponent(K, 20)
+    if e == 0:
         return op, 1.0
-    e = math.frexp(a)[1] - 1
     if K.dtype.kind == "c":  # ldexp is exact (no overflow of 2**-e for subnormal kernels); real and imaginary parts
         K = np.ldexp(K.real.astype(np.float64), -e) + 1j * np.ldexp(K.imag.astype(np.float64), -e)
     else:
@@ -698,8 +699,6 @@ def cond(op, **kwargs) -> float:
         smin = float(s[0])
     value = math.inf if smin == 0 else smax / smin
     if smax > 0 and err_min > 0 and smin <= err_min:
-        import warnings
-
         lower = max(smax - err_max, 0.0) / (smin + err_min)
         warnings.warn(f"sigma_min = {smin:.3g} is within its error bound {err_min:.2g} of zero: the condition "
                       f"number is only known to be >= {lower:.3g} ({value:.3g} returned)", RuntimeWarning, stacklevel=3)

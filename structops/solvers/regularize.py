@@ -93,6 +93,7 @@ import numpy as np
 
 from .._backend import blas_threads, get_fft, to_numpy
 from .._validate import as_int, as_real, as_real_kernel
+from ..linalg._common import scale_exponent
 from ..operators.conv import ConvND
 from ..operators.geometry import ConvGeometry
 from ._optim import Result, check_callback, gd, lbfgs
@@ -308,10 +309,9 @@ def frobenius_penalty(kernel, in_shape, alpha=1.0, padding="same", stride=1, dil
         value, grad = _frobenius_sparse(K, geo, alpha, gram)
         return value, xp.asarray(grad.astype(K.dtype, copy=False))
     K64 = K.astype(np.float64, copy=False)
-    amax = float(xp.abs(K64).max())
     # entries past 2**200: M^T M's squares overflow in float64 (inf - inf gave NaN); the kernel scaled by a power
     # of two, the value scales by its fourth power (inf where it overflows), the gradient by its third
-    e = int(np.round(np.log2(amax))) if amax > 2.0 ** 200 else 0
+    e = scale_exponent(K64, 200, small=False)
     with blas_threads():
         value, grad = _frobenius_kernel_space(np.ldexp(K64, -e) if e else K64, geo, alpha * 2.0 ** (-2 * e), gram, xp)
     if e:
@@ -328,10 +328,8 @@ def _extremes(geo: ConvGeometry, K, vectors: bool):
     from ..linalg.spectra import singular_values, singular_vectors
 
     K = np.asarray(to_numpy(K), dtype=np.float64)
-    amax = float(np.abs(K).max()) if K.size else 0.0
-    if amax > 2.0 ** 100 or 0.0 < amax < 2.0 ** -100:
-        # the normal matrix's entries would overflow (or underflow): the kernel scaled by a power of two, exactly
-        e = int(np.round(np.log2(amax)))
+    e = scale_exponent(K, 100)
+    if e:  # the normal matrix's entries would overflow (or underflow): the kernel scaled by a power of two, exactly
         smax, smin, trip = _extremes(geo, np.ldexp(K, -e), vectors)
         return float(np.ldexp(smax, e)), float(np.ldexp(smin, e)), trip
     op = ConvND.from_geometry(K, geo)
