@@ -211,6 +211,35 @@ def test_operators_pickle_and_deepcopy(name, dtype):
         np.testing.assert_array_equal(other @ x, y)
 
 
+@pytest.mark.parametrize("shape, groups", [((6, 4, 3, 3), 1), ((4, 6, 3, 2), 1), ((6, 4, 3, 3), 2), ((4, 1, 3, 3), 4)])
+def test_a_layer_lays_out_its_kernel_once_and_not_into_its_pickle(monkeypatch, shape, groups):
+    """The kernel laid out for the products is made on the first product each way, kept, and not pickled."""
+    from structops.operators import conv
+
+    made = []
+    real = conv._tap_matrices
+    monkeypatch.setattr(conv, "_tap_matrices", lambda *a, **k: made.append(k["adjoint"]) or real(*a, **k))
+    rng = np.random.default_rng(8)
+    K = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)  # the adjoint's layout is conjugated
+    op = structops.Conv2D(K, (7, 6), stride=(2, 1), padding=1, groups=groups, method="direct")
+    dense = op.tosparse().toarray()
+    x, y = rng.standard_normal(op.shape[1]), rng.standard_normal((op.shape[0], 2))
+    for _ in range(3):
+        np.testing.assert_allclose(op @ x, dense @ x, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(op.H @ y, dense.conj().T @ y, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(op.H @ y[:, 0], dense.conj().T @ y[:, 0], rtol=0, atol=1e-13)
+    assert sorted(made) == [False, True]
+    data = pickle.dumps(op)
+    assert len(data) < 4 * K.nbytes + 4096
+    for other in (pickle.loads(data), copy.deepcopy(op)):
+        np.testing.assert_array_equal(other @ x, op @ x)
+    state = op.__getstate__()
+    del state["_tap_mats"]  # a layer pickled before the layouts were kept
+    old = conv.ConvND.__new__(conv.ConvND)
+    old.__setstate__(state)
+    np.testing.assert_array_equal(old.H @ y, op.H @ y)
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_operators_go_through_multiprocessing(method):
     if method not in mp.get_all_start_methods():

@@ -190,3 +190,81 @@ def test_the_jacobian_benchmark_agrees_with_torch_s_weight_gradient():
     rows = [(r["op"], r["impl"]) for r in bench_conv.ROWS]
     assert rows.count(("J^T W", "torch grad.conv2d_weight (CPU)")) == 2 and len(rows) == 8
     assert all(r["t"] > 0 for r in bench_conv.ROWS)
+
+
+def _spy_torch(monkeypatch):
+    """Count the products torch_kernels computes."""
+    from structops.operators import torch_kernels
+
+    calls = []
+    for name in ("forward", "adjoint"):
+        real = getattr(torch_kernels, name)
+        monkeypatch.setattr(torch_kernels, name, lambda layer, X, real=real, name=name: calls.append(name) or real(layer, X))
+    return calls
+
+
+@pytest.mark.parametrize("kw, in_shape", [
+    (dict(), (6, 5)), (dict(stride=2), (7, 6)), (dict(stride=(2, 1), padding=((0, 2), (1, 0))), (7, 6)),
+    (dict(padding="circular"), (56, 48)), (dict(dilation=2, padding=2), (7, 7)), (dict(padding=0), (3, 4))])
+def test_float64_single_vectors_of_wide_layers_go_to_torch_and_agree(monkeypatch, kw, in_shape):
+    rng = np.random.default_rng(5)
+    K = rng.standard_normal((32, 33, 3, 3))
+    op = structops.Conv2D(K, in_shape, **kw)
+    ref = structops.Conv2D(K, in_shape, method="direct", **kw)
+    calls = _spy_torch(monkeypatch)
+    x, y = rng.standard_normal(op.shape[1]), rng.standard_normal(op.shape[0])
+    for got, want in ((op.matvec(x), ref.matvec(x)), (op.rmatvec(y), ref.rmatvec(y)), (op @ x, ref @ x),
+                      (op.H @ y, ref.H @ y), (op @ x[:, None], ref @ x[:, None])):
+        assert got.dtype == np.float64 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+    assert len(calls) == 5
+    # batches keep the library's algorithms (float64 batches measured faster there)
+    X = rng.standard_normal((op.shape[1], 3))
+    np.testing.assert_array_equal(op @ X, ref @ X)
+    assert len(calls) == 5
+    # a float32 vector on a float64 layer is a float64 product; a float32 layer with a float64 vector too
+    np.testing.assert_allclose(op @ x.astype(np.float32), ref @ x.astype(np.float32), rtol=0, atol=1e-12 * np.abs(ref @ x).max())
+    op32 = structops.Conv2D(K.astype(np.float32), in_shape, **kw)
+    ref32 = structops.Conv2D(K.astype(np.float32), in_shape, method="direct", **kw)
+    assert (op32 @ x).dtype == np.float64
+    np.testing.assert_allclose(op32 @ x, ref32 @ x, rtol=0, atol=1e-12 * np.abs(ref32 @ x).max())
+    assert len(calls) == 8
+    assert_adjoint(op, rng=rng)
+
+
+def test_float64_vectors_stay_with_the_library_where_it_measured_faster():
+    from structops.operators import torch_kernels
+
+    c = torch_kernels.AUTO_FLOAT64_VECTOR_CHANNELS
+    rng = np.random.default_rng(6)
+    routed = lambda op: op._torch_dtype(np.zeros((op.shape[1], 1))) is not None  # noqa: E731
+    assert routed(structops.Conv2D(rng.standard_normal((c, c, 3, 3)), (6, 6)))
+    assert not routed(structops.Conv2D(rng.standard_normal((c - 1, c, 3, 3)), (6, 6)))  # few outputs
+    assert not routed(structops.Conv2D(rng.standard_normal((c, c - 1, 3, 3)), (6, 6)))  # few inputs
+    assert not routed(structops.Conv2D(rng.standard_normal((2 * c, 1, 3, 3)), (6, 6), groups=2 * c))  # depthwise
+    assert not routed(structops.Conv2D(rng.standard_normal((2 * c, c, 3, 3)), (6, 6), groups=2))  # grouped
+    assert not routed(structops.Conv1D(rng.standard_normal((c, c, 3)), 9))
+    assert not routed(structops.Conv3D(rng.standard_normal((c, c, 1, 1, 1)), (2, 2, 2)))
+    assert not routed(structops.Conv2D(rng.standard_normal((c, c, 3, 3)), (6, 6), method="direct"))
+    assert not routed(structops.Conv2D(rng.standard_normal((c, c, 3, 3)), (6, 6), method="fft"))
+    wide = structops.Conv2D(rng.standard_normal((c, c, 3, 3)) * (1 + 1j), (6, 6))
+    assert wide._torch_dtype(np.zeros((wide.shape[1], 1))) is None  # complex products
+
+
+def test_a_float64_wide_layer_pickles_with_its_route(monkeypatch):
+    import pickle
+
+    from structops.operators import torch_kernels
+
+    rng = np.random.default_rng(7)
+    c = torch_kernels.AUTO_FLOAT64_VECTOR_CHANNELS
+    op = structops.Conv2D(rng.standard_normal((c, c, 3, 3)), (5, 5))
+    x = rng.standard_normal(op.shape[1])
+    y = op @ x
+    op2 = pickle.loads(pickle.dumps(op))
+    assert op2._torch_dtype(x[:, None]) == np.float64
+    np.testing.assert_array_equal(op2 @ x, y)
+    monkeypatch.setattr(torch_kernels, "available", lambda: False)  # a worker without torch
+    op3 = pickle.loads(pickle.dumps(op))
+    assert op3._torch_dtype(x[:, None]) is None
+    np.testing.assert_allclose(op3 @ x, y, rtol=0, atol=1e-12 * np.abs(y).max())

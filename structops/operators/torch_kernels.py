@@ -36,6 +36,9 @@ __all__ = ["available", "forward", "adjoint"]
 
 # "auto" hands float32 host products to torch when it is installed
 AUTO_FLOAT32 = True
+# ... and the float64 single-vector products of ungrouped 2-D layers with at least this many input and output
+# channels (torch's im2col and GEMM on its threads; see ConvND._setup)
+AUTO_FLOAT64_VECTOR_CHANNELS = 32
 
 
 @functools.lru_cache(maxsize=None)
