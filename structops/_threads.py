@@ -2,9 +2,10 @@
 
 A grouped layer's product is independent across its channel groups, and its
 passes (padding copies, elementwise ``einsum`` of the taps, crops) are NumPy
-calls that release the GIL. :func:`run_blocks` splits such a product into
-contiguous blocks of groups and runs them on threads started for the call
-and joined before it returns. This is not the BLAS threading the package
+calls that release the GIL; so is an ungrouped layer's across the channels it
+writes. :func:`run_blocks` splits such a product into contiguous blocks of
+groups (or channels) and runs them on threads started for the call and
+joined before it returns. This is not the BLAS threading the package
 keeps at one thread (:func:`set_blas_threads`): no worker outlives a product,
 so none spins between calls or is alive when a process forks, and a product
 is split only when each block has at least :data:`MIN_BLOCK_WORK`
@@ -92,15 +93,16 @@ def _run_inside(fn, i0, i1, errors, b):
         _local.inside = False
 
 
-def block_count(n: int, work: float) -> int:
+def block_count(n: int, work: float, min_work: float | None = None) -> int:
     """Blocks :func:`run_blocks` should split ``n`` items of ``work`` multiply-adds in all into.
 
-    At most :func:`get_threads` and ``n``, each of at least
-    :data:`MIN_BLOCK_WORK`; 1 on a thread that is running a block already.
+    At most :func:`get_threads` and ``n``, each of at least ``min_work``
+    (default :data:`MIN_BLOCK_WORK`); 1 on a thread that is running a block already.
     """
     if getattr(_local, "inside", False):
         return 1
-    return max(1, min(get_threads(), n, int(work // MIN_BLOCK_WORK)))
+    min_work = MIN_BLOCK_WORK if min_work is None else min_work
+    return max(1, min(get_threads(), n, int(work // max(min_work, 1))))
 
 
 def run_blocks(n: int, blocks: int, fn) -> None:

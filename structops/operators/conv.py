@@ -32,6 +32,7 @@ import numpy as np
 import scipy.fft as _sp_fft
 
 from .._backend import device_constant, get_fft, get_xp
+from .. import _threads
 from .._threads import block_count, run_blocks
 from .base import StructuredOperator, split_batch
 from .._validate import as_param_array, check_memory, result_dtype
@@ -98,32 +99,29 @@ def _tap_view(a, start: int, shape: tuple, strides, length: int):
 
 
 def _tap_matrices(geo: ConvGeometry, Kt, g: int, adjoint: bool) -> list:
-    """Per phase, the taps of ``Kt`` (``(c_out, c_in / g, T)``) laid out as the products of
-    :func:`_direct_forward` (or, ``adjoint``, :func:`_direct_adjoint`) multiply them.
+    """Per phase, the taps of ``Kt`` (``(c_out, c_in / g, T)``) laid out for :func:`_direct_forward`'s
+    products: ``(g, c_out / g, T_ph, c_in / g)``; or, ``adjoint``, conjugated for
+    :func:`_direct_adjoint`'s: ``(g, c_in / g, T_ph, c_out / g)``.
 
-    Each entry has the groups first, so ``m[g0:g1]`` (a view) serves a block of
-    groups. With one input channel per group it is ``(g, c_out / g, 1, T_ph)``;
-    otherwise the forward's ``(g, c_out / g, T_ph c_in / g)`` (fewer inputs
-    than outputs) or ``(g, T_ph c_out / g, c_in / g)``, and the adjoint's
-    conjugated ``(g, T_ph c_in / g, c_out / g)``. A layer keeps its own
-    (:meth:`ConvND._prepared_taps`): laying out the kernel is a copy of it, and
-    on small images it was most of a product (512 -> 512 channels, 3x3, on 2x2:
-    the forward 10.3 ms a product, the layout of the kernel about 10 of them).
+    Contiguous, groups first and then the channels a product writes, so that
+    ``m[g0:g1]`` serves a block of groups and ``m[:, c0:c1]`` a block of an
+    ungrouped layer's output (forward) or input (adjoint) channels, both views.
+    A layer keeps its own (:meth:`ConvND._prepared_taps`): laying out the
+    kernel is a copy of it, and on small images it was most of a product (512 ->
+    512 channels, 3x3, on 2x2: the forward 10.3 ms a product, 4.6 ms with the
+    layout kept).
     """
+    xp = get_xp(Kt)
     co, cig = Kt.shape[0], Kt.shape[1]
     cog = co // g
     mats = []
     for ph, taps, offs in geo.scaled_phases(1)[0]:
-        Kg = _take_taps(Kt, taps)
-        Kg = (Kg.conj() if adjoint and Kg.dtype.kind == "c" else Kg).reshape(g, cog, cig, len(taps))
-        if cig == 1:
-            mats.append(Kg)
-        elif adjoint:
-            mats.append(Kg.transpose(0, 3, 2, 1).reshape(g, len(taps) * cig, cog))
-        elif cig < cog:
-            mats.append(Kg.transpose(0, 1, 3, 2).reshape(g, cog, len(taps) * cig))
+        Kg = _take_taps(Kt, taps).reshape(g, cog, cig, len(taps))
+        if adjoint:
+            Kg = Kg.conj() if Kg.dtype.kind == "c" else Kg
+            mats.append(xp.ascontiguousarray(Kg.transpose(0, 2, 3, 1)))
         else:
-            mats.append(Kg.transpose(0, 3, 1, 2).reshape(g, len(taps) * cog, cig))
+            mats.append(xp.ascontiguousarray(Kg.transpose(0, 1, 3, 2)))
     return mats
 
 
@@ -150,7 +148,7 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1, mats=
     if mats is None:
         mats = _tap_matrices(geo, Kt, g, adjoint=False)
     for n_ph, (ph, taps, offs) in enumerate(tap_phases):
-        Kg = mats[n_ph]
+        Kg = mats[n_ph]  # (g, cog, T_ph, cig)
         x = phases[ph].reshape(g, cig, L)
         if einsum:  # y[o, j] = sum_k K[o, k] x[start + k . strides + j], groups in cache-sized blocks
             shape, strides = geo.tap_grids[n_ph]
@@ -173,9 +171,9 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1, mats=
                 b, o = buf[: i1 - i0], og[i0:i1, :, :n_valid]
                 for t, off in enumerate(offs):
                     if n_ph == 0 and t == 0:
-                        xp.multiply(Kg[i0:i1, :, 0, t, None], x[i0:i1, :, off : off + n_valid], out=o)
+                        xp.multiply(Kg[i0:i1, :, t], x[i0:i1, :, off : off + n_valid], out=o)
                         continue
-                    xp.multiply(Kg[i0:i1, :, 0, t, None], x[i0:i1, :, off : off + n_valid], out=b)
+                    xp.multiply(Kg[i0:i1, :, t], x[i0:i1, :, off : off + n_valid], out=b)
                     o += b
             continue
         if cig < cog:
@@ -185,15 +183,16 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1, mats=
                 cols = xp.empty((g, len(taps), cig, j1 - j0), dtype=x.dtype)
                 for t, off in enumerate(offs):
                     cols[:, t] = x[:, :, j0 + off : j1 + off]
-                og[:, :, j0:j1] += xp.matmul(Kg, cols.reshape(g, len(taps) * cig, j1 - j0))
+                og[:, :, j0:j1] += xp.matmul(Kg.reshape(g, cog, len(taps) * cig), cols.reshape(g, len(taps) * cig, j1 - j0))
             continue
         # every tap's product of a chunk of inputs at once, added to the outputs it reaches (p = j - off)
-        for j0, j1 in geo.chunks(L, g * Kg.shape[1], dtype.itemsize):
-            Z = xp.matmul(Kg, x[:, :, j0:j1]).reshape(g, len(taps), cog, -1)
+        Kr = Kg.reshape(g, cog * len(taps), cig)
+        for j0, j1 in geo.chunks(L, g * Kr.shape[1], dtype.itemsize):
+            Z = xp.matmul(Kr, x[:, :, j0:j1]).reshape(g, cog, len(taps), -1)
             for t, off in enumerate(offs):
                 p0, p1 = max(j0 - off, 0), min(j1 - off, n_valid)
                 if p0 < p1:
-                    og[:, :, p0:p1] += Z[:, t, :, p0 + off - j0 : p1 + off - j0]
+                    og[:, :, p0:p1] += Z[:, :, t, p0 + off - j0 : p1 + off - j0]
     return out
 
 
@@ -207,10 +206,14 @@ def _phase_buffer(xp, geo: ConvGeometry, tap_phases, ci: int, L: int, dtype):
     return G
 
 
-def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, mats=None):
+def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, mats=None, elementwise=None):
     """Adjoint of :func:`_direct_forward`: ``(c_out, L)`` -> ``(nphase, c_in, L)``.
 
-    ``mats``: :func:`_tap_matrices` of ``Kt`` (``adjoint=True``) if the caller keeps them.
+    ``mats``: :func:`_tap_matrices` of ``Kt`` (``adjoint=True``) if the caller keeps them;
+    ``elementwise``: multiply elementwise, for one input channel per group (the
+    default when ``Kt`` has one): not for a block of one input channel of an
+    ungrouped layer, whose taps and outputs are many (64 -> 3 channels, 7x7:
+    2.8x slower elementwise).
     """
     xp = get_xp(ext, Kt)
     L = ext.shape[1]
@@ -221,15 +224,16 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, mats=Non
     g = ci // cig
     cog = Kt.shape[0] // g
     eg = ext.reshape(g, cog, L)
-    if cig == 1:  # each phase's first tap writes its window, with zeros around it
+    elementwise = cig == 1 if elementwise is None else elementwise
+    if elementwise:  # each phase's first tap writes its window, with zeros around it
         G = _phase_buffer(xp, geo, tap_phases, ci, L, dtype)
     else:
         G = xp.zeros((geo.nphase, ci, L), dtype=dtype)
     if mats is None:
         mats = _tap_matrices(geo, Kt, g, adjoint=True)
-    for (ph, taps, offs), Kg in zip(tap_phases, mats):
+    for (ph, taps, offs), Kg in zip(tap_phases, mats):  # Kg: (g, cig, T_ph, cog)
         gg = G[ph].reshape(g, cig, L)
-        if cig == 1:
+        if elementwise:
             gg[:, :, : offs[0]] = 0
             gg[:, :, offs[0] + n_valid :] = 0
             r = _group_block(L * cog, dtype.itemsize, g)
@@ -240,18 +244,19 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, mats=Non
                 for t, off in enumerate(offs):
                     o = gg[i0:i1, 0, off : off + n_valid]
                     if t == 0 and cog == 1:
-                        xp.multiply(Kg[i0:i1, 0, 0, t, None], eg[i0:i1, 0, :n_valid], out=o)
+                        xp.multiply(Kg[i0:i1, 0, t], eg[i0:i1, 0, :n_valid], out=o)
                         continue
-                    xp.multiply(Kg[i0:i1, :, 0, t, None], eg[i0:i1, :, :n_valid], out=b)
+                    xp.multiply(Kg[i0:i1, 0, t, :, None], eg[i0:i1, :, :n_valid], out=b)
                     if t == 0:
                         xp.sum(b, axis=1, out=o)
                     else:
                         o += b.sum(axis=1) if cog > 1 else b[:, 0]
             continue
-        for j0, j1 in geo.chunks(n_valid, g * Kg.shape[1], dtype.itemsize):  # products land shifted
-            Z = xp.matmul(Kg, eg[:, :, j0:j1]).reshape(g, len(taps), cig, -1)
+        KrH = Kg.reshape(g, cig * len(taps), cog)
+        for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize):  # products land shifted
+            Z = xp.matmul(KrH, eg[:, :, j0:j1]).reshape(g, cig, len(taps), -1)
             for t, off in enumerate(offs):
-                gg[:, :, j0 + off : j1 + off] += Z[:, t]
+                gg[:, :, j0 + off : j1 + off] += Z[:, :, t]
     return G
 
 
@@ -748,6 +753,15 @@ class ConvND(StructuredOperator):
         M = self.shape[0] // self.c_out
 
         mats = None if gather else self._prepared_taps(adjoint=True)
+        if self.groups == 1 and not gather:  # blocks of input channels, from one output grid
+            ext = geo.to_cells(Y, self.c_out, dtype, batch_last=True)
+
+            def block(i0, i1, out=None):  # input channels i0 <= i < i1
+                G = _direct_adjoint(geo, self._taps[:, i0:i1], ext, i1 - i0, step=B, mats=[m[:, i0:i1] for m in mats],
+                                    elementwise=self.c_in == 1)
+                return geo.from_phases(G, i1 - i0, B, batch_last=True, out=out)
+
+            return _over_group_blocks(xp, geo, B, block, self.shape[1], dtype, units=self.c_in)
 
         def block(g0, g1, out=None):  # the adjoint of groups g0 <= g < g1
             Yb, Kb = Y[g0 * cog * M : g1 * cog * M], self._taps[g0 * cog : g1 * cog]
@@ -795,6 +809,15 @@ def _conv_forward(layer: ConvND, K, X, dtype):
     N, M = X.shape[0] // layer.c_in, geo.n_out // geo.c_out
     Kt = K.reshape(co, cig, -1)
     mats = layer._prepared_taps(adjoint=False) if K is layer.kernel else _tap_matrices(geo, Kt, g, adjoint=False)
+    xp = get_xp(X, K)
+    if g == 1:  # blocks of output channels, from one padded input
+        phases = geo.to_phases(X, cig, dtype, batch_last=True)
+
+        def block(o0, o1, out=None):  # output channels o0 <= o < o1
+            ext = _direct_forward(geo, Kt[o0:o1], phases, o1 - o0, step=B, mats=[m[:, o0:o1] for m in mats])
+            return geo.from_cells(ext, o1 - o0, B, batch_last=True, out=out)
+
+        return _over_group_blocks(xp, geo, B, block, co * M, dtype, units=co)
 
     def block(g0, g1, out=None):  # the outputs of groups g0 <= g < g1
         phases = geo.to_phases(X[g0 * cig * N : g1 * cig * N], (g1 - g0) * cig, dtype, batch_last=True)
@@ -802,7 +825,16 @@ def _conv_forward(layer: ConvND, K, X, dtype):
                               mats=[m[g0:g1] for m in mats])
         return geo.from_cells(ext, (g1 - g0) * cog, B, batch_last=True, out=out)
 
-    return _over_group_blocks(get_xp(X, K), geo, B, block, co * M, dtype)
+    return _over_group_blocks(xp, geo, B, block, co * M, dtype)
+
+
+# Multiply-adds a block of an ungrouped layer's channels must have before its product is split over
+# threads: its matrix products and shifted adds run at several times the rate of the elementwise
+# passes of grouped layers, and both threads read the whole input. With freed memory reused, 16 -> 16
+# channels 3x3 on 64x64 took 1.3 ms on two threads against 1.0 on one for one image (9.4M
+# multiply-adds), 3.4 against 3.8 ms for four (37.7M); 128 -> 128 on 28x28, one image (116M), 5.5
+# against 9.2 ms. Scaled by the tests like MIN_BLOCK_WORK.
+CHANNEL_BLOCK_WORK_FACTOR = 8
 
 
 # Bytes of input and output rows one pass of a NumPy product over a block of groups handles: each
@@ -812,26 +844,30 @@ def _conv_forward(layer: ConvND, K, X, dtype):
 GROUP_PASS_BYTES = 4 * 2**20
 
 
-def _over_group_blocks(xp, geo: ConvGeometry, B: int, block, rows: int, dtype, copies: int = 1, cols: int | None = None):
+def _over_group_blocks(xp, geo: ConvGeometry, B: int, block, rows: int, dtype, copies: int = 1, cols: int | None = None,
+                       units: int | None = None):
     """A grouped product of ``B`` columns by blocks of channel groups, on threads for large NumPy products.
 
     ``block(g0, g1, out=None)`` computes the ``(rows, cols)`` result's rows of
     groups ``g0 <= g < g1`` (the same number per group; ``cols = B`` by
-    default), into ``out`` if given, and returns them. The layer's
+    default), into ``out`` if given, and returns them. ``units`` other than
+    the groups (an ungrouped product's output or input channels, read from
+    one shared padded copy) are split over threads the same way, in one pass
+    each. The layer's
     multiply-adds, ``copies`` times (the kernel Jacobian's directions), set
     how many threads (:mod:`structops._threads`), a group's input and output
     rows how many groups a pass (:data:`GROUP_PASS_BYTES`). A product that
     is one pass on one thread, or on CuPy, is ``block(0, groups)`` itself (a
     view where it can be: no copy into a result array).
     """
-    groups = geo.groups
+    groups = geo.groups if units is None else units
     if xp is not np:
         return block(0, groups)
     cols = B if cols is None else cols
-    work = geo.n_out * B * (geo.c_in // groups) * geo.taps * copies
+    work = geo.n_out * B * (geo.c_in // geo.groups) * geo.taps * copies
     group_bytes = (geo.n_in + copies * geo.n_out) // groups * B * np.dtype(dtype).itemsize
-    per_pass = max(1, int(GROUP_PASS_BYTES // max(group_bytes, 1)))
-    blocks = block_count(groups, work)
+    per_pass = max(1, int(GROUP_PASS_BYTES // max(group_bytes, 1))) if units is None else groups
+    blocks = block_count(groups, work, None if units is None else CHANNEL_BLOCK_WORK_FACTOR * _threads.MIN_BLOCK_WORK)
     if blocks == 1 and per_pass >= groups:
         return block(0, groups)
     check_memory(float(rows) * cols * np.dtype(dtype).itemsize, "the product's output")
