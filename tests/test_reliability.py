@@ -240,6 +240,24 @@ def test_a_layer_lays_out_its_kernel_once_and_not_into_its_pickle(monkeypatch, s
     np.testing.assert_array_equal(old.H @ y, op.H @ y)
 
 
+@pytest.mark.parametrize("shape, groups, stride", [((6, 4, 3, 3), 1, 1), ((4, 6, 3, 2), 1, 2), ((6, 4, 3, 3), 2, (2, 1)),
+                                                   ((3, 5, 2, 3), 1, 1)])
+@pytest.mark.parametrize("B", [1, 3])
+def test_direct_products_in_many_column_chunks_equal_the_matrix(monkeypatch, shape, groups, stride, B):
+    """The matrix products of the direct algorithm in chunks of 256 columns, one buffer reused for all of them."""
+    from structops.operators import geometry
+
+    monkeypatch.setattr(geometry, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(9)
+    K = rng.standard_normal(shape)
+    op = structops.Conv2D(K, (50, 41), stride=stride, padding=1, groups=groups, method="direct")
+    assert len(list(op.geometry.chunks(B * op.geometry.cell - op.geometry.max_off, 1, 8))) > 2
+    S = op.tosparse()  # assembled from the taps, not by the products
+    x, y = rng.standard_normal((op.shape[1], B)), rng.standard_normal((op.shape[0], B))
+    np.testing.assert_allclose(op @ x, S @ x, rtol=0, atol=1e-13 * abs(S).sum())
+    np.testing.assert_allclose(op.H @ y, S.T @ y, rtol=0, atol=1e-13 * abs(S).sum())
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_operators_go_through_multiprocessing(method):
     if method not in mp.get_all_start_methods():

@@ -187,8 +187,12 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1, mats=
             continue
         # every tap's product of a chunk of inputs at once, added to the outputs it reaches (p = j - off)
         Kr = Kg.reshape(g, cog * len(taps), cig)
+        buf = None
         for j0, j1 in geo.chunks(L, g * Kr.shape[1], dtype.itemsize):
-            Z = xp.matmul(Kr, x[:, :, j0:j1]).reshape(g, cog, len(taps), -1)
+            if buf is None:  # one buffer for every chunk's products
+                buf = xp.empty(g * Kr.shape[1] * (j1 - j0), dtype=dtype)
+            Z = xp.matmul(Kr, x[:, :, j0:j1], out=buf[: g * Kr.shape[1] * (j1 - j0)].reshape(g, Kr.shape[1], j1 - j0))
+            Z = Z.reshape(g, cog, len(taps), -1)
             for t, off in enumerate(offs):
                 p0, p1 = max(j0 - off, 0), min(j1 - off, n_valid)
                 if p0 < p1:
@@ -253,8 +257,12 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, mats=Non
                         o += b.sum(axis=1) if cog > 1 else b[:, 0]
             continue
         KrH = Kg.reshape(g, cig * len(taps), cog)
+        buf = None
         for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize):  # products land shifted
-            Z = xp.matmul(KrH, eg[:, :, j0:j1]).reshape(g, cig, len(taps), -1)
+            if buf is None:  # one buffer for every chunk's products
+                buf = xp.empty(g * KrH.shape[1] * (j1 - j0), dtype=dtype)
+            Z = xp.matmul(KrH, eg[:, :, j0:j1], out=buf[: g * KrH.shape[1] * (j1 - j0)].reshape(g, KrH.shape[1], j1 - j0))
+            Z = Z.reshape(g, cig, len(taps), -1)
             for t, off in enumerate(offs):
                 gg[:, :, j0 + off : j1 + off] += Z[:, :, t]
     return G
