@@ -183,6 +183,43 @@ def test_toeplitz_and_circulant_do_not_alias():
     np.testing.assert_array_equal(C @ x, yC)
 
 
+def _operators_with_fixed_parameters():
+    rng = np.random.default_rng(11)
+    K = rng.standard_normal((2, 3, 3, 3))
+    conv = structops.Conv2D(K, (6, 5))
+    yield conv, "kernel"
+    yield structops.Conv2D(K, (6, 5), method="fft"), "kernel"
+    yield structops.ConvTranspose2D(rng.standard_normal((3, 2, 3, 3)), (4, 5), stride=2), "kernel"
+    yield structops.Circulant(rng.standard_normal(5)), "c"
+    toeplitz = structops.Toeplitz(rng.standard_normal(5), rng.standard_normal(4))
+    yield toeplitz, "c"
+    yield toeplitz, "r"
+    yield structops.ExtendedConv2D.from_conv(conv), "weights"
+    from structops.operators.parametric import ConvModel, ParametricConvND
+
+    model = ConvModel((2, 3, 3, 3), (6, 5))
+    yield ParametricConvND(model, rng.standard_normal(model.num_params)), "theta"
+
+
+@pytest.mark.parametrize("op, name", list(_operators_with_fixed_parameters()),
+                         ids=["conv", "conv-fft", "transposed", "circulant", "toeplitz-c", "toeplitz-r", "extended",
+                              "parametric"])
+def test_a_parameter_cannot_be_reassigned_after_the_products_kept_data_from_it(op, name):
+    """Assigning a new kernel to a made layer would reach some products and not others: it raises."""
+    x = np.random.default_rng(12).standard_normal(op.shape[1])
+    y = op @ x
+    old = getattr(op, name)
+    with pytest.raises(AttributeError, match=f"{name} is fixed"):
+        setattr(op, name, np.zeros_like(old))
+    with pytest.raises(AttributeError, match="fixed"):
+        delattr(op, name)
+    assert getattr(op, name) is old
+    np.testing.assert_array_equal(op @ x, y)
+    for other in (pickle.loads(pickle.dumps(op)), copy.deepcopy(op), copy.copy(op)):
+        np.testing.assert_array_equal(getattr(other, name), old)
+        np.testing.assert_array_equal(other @ x, y)
+
+
 def test_with_kernel_gives_the_same_layer_with_another_kernel():
     rng = np.random.default_rng(2)
     K = rng.standard_normal((2, 3, 3, 3))

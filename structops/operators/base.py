@@ -18,7 +18,48 @@ from scipy.sparse import issparse
 from .._backend import blas_threads, get_xp
 from .._validate import as_data_array, result_dtype
 
-__all__ = ["StructuredOperator", "FunctionOperator", "split_batch"]
+__all__ = ["StructuredOperator", "FunctionOperator", "FixedParameter", "split_batch"]
+
+
+class FixedParameter:
+    """An operator's parameter (a layer's kernel, a circulant's column), set once, when the operator is made.
+
+    Operators keep data derived from their parameters (the kernel laid out for
+    the products, spectra, torch tensors), so a later assignment would reach
+    some products and not others: it raises ``AttributeError`` instead. A new
+    operator takes the new value (``op.with_kernel(K)`` for a layer).
+
+    Examples
+    --------
+    >>> import numpy as np, structops
+    >>> op = structops.Circulant(np.array([1.0, 2.0, 3.0]))
+    >>> op.c = np.zeros(3)
+    Traceback (most recent call last):
+    ...
+    AttributeError: Circulant.c is fixed when the operator is made (its products keep data derived from it); make a new operator with the new value (a layer: op.with_kernel(K))
+    """
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}") from None
+
+    def __set__(self, obj, value):
+        if self.name in obj.__dict__:
+            raise AttributeError(
+                f"{type(obj).__name__}.{self.name} is fixed when the operator is made (its products keep data "
+                "derived from it); make a new operator with the new value (a layer: op.with_kernel(K))"
+            )
+        obj.__dict__[self.name] = value
+
+    def __delete__(self, obj):
+        raise AttributeError(f"{type(obj).__name__}.{self.name} is fixed when the operator is made")
 
 
 def split_batch(x, dims, n: int, what: str = "x"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import get_fft, get_xp
-from .base import StructuredOperator, split_batch
+from .base import FixedParameter, StructuredOperator, split_batch
 from .._validate import as_data_array, as_param_array, result_dtype
 
 __all__ = ["Circulant", "periodic_convolve"]
@@ -91,6 +91,8 @@ class Circulant(StructuredOperator):
     >>> np.allclose(C @ C.solve(x), x)
     True
     """
+
+    c = FixedParameter()
 
     def __init__(self, c):
         c = as_param_array(c, "c")

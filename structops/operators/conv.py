@@ -34,7 +34,7 @@ import scipy.fft as _sp_fft
 from .._backend import device_constant, get_fft, get_xp
 from .. import _threads
 from .._threads import block_count, run_blocks
-from .base import StructuredOperator, split_batch
+from .base import FixedParameter, StructuredOperator, split_batch
 from .._validate import as_param_array, check_memory, result_dtype
 from . import torch_kernels
 from .geometry import ConvGeometry, batch_last, batch_second
@@ -544,6 +544,8 @@ class ConvND(StructuredOperator):
     >>> (op @ X).shape
     (256, 5)
     """
+
+    kernel = FixedParameter()
 
     def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto", groups=1):
         kernel = as_param_array(kernel, "kernel", min_ndim=3)

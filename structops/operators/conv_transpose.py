@@ -21,7 +21,7 @@ import numpy as np
 
 from .._backend import get_xp
 from .._validate import as_int, as_param_array, int_tuple, result_dtype
-from .base import StructuredOperator, split_batch
+from .base import FixedParameter, StructuredOperator, split_batch
 from .conv import ConvND
 
 __all__ = ["ConvTransposeND", "ConvTranspose1D", "ConvTranspose2D", "ConvTranspose3D"]
@@ -69,6 +69,8 @@ class ConvTransposeND(StructuredOperator):
     >>> op.dims, op.dimsd
     ((4, 8, 8), (2, 16, 16))
     """
+
+    kernel = FixedParameter()
 
     def __init__(self, kernel, in_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
                  method="auto"):

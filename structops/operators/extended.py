@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import device_constant, get_xp
-from .base import StructuredOperator, split_batch
+from .base import FixedParameter, StructuredOperator, split_batch
 from .._validate import as_param_array, result_dtype
 from .conv import ConvND, require_ungrouped
 from .geometry import ConvGeometry
@@ -64,6 +64,8 @@ class ExtendedConvND(StructuredOperator):
     >>> np.allclose(ext @ x, conv @ x)
     True
     """
+
+    weights = FixedParameter()
 
     def __init__(self, weights, in_shape, *, padding="same", stride=1, dilation=1):
         weights = as_param_array(weights, "weights", min_ndim=4)

@@ -54,7 +54,7 @@ from pylops import LinearOperator
 
 from .._backend import get_xp
 from .._validate import as_int, as_param_array, result_dtype
-from .base import FunctionOperator, StructuredOperator, split_batch
+from .base import FixedParameter, FunctionOperator, StructuredOperator, split_batch
 from .conv import ConvND, resolve_method
 from .geometry import ConvGeometry
 
@@ -233,6 +233,9 @@ class MatrixModelOperator(StructuredOperator):
     The dense ``(m, n)`` matrix ``K`` is stored (except for diagonal models,
     which store the diagonal); ``Q`` is not.
     """
+
+    model = FixedParameter()
+    theta = FixedParameter()
 
     def __init__(self, model: MatrixModel, theta):
         self.model, self.theta = model, theta
@@ -626,6 +629,9 @@ class ParametricConvND(ConvND):
     With ``basis=None`` and no offset the Jacobian is the layer's kernel
     Jacobian itself.
     """
+
+    model = FixedParameter()
+    theta = FixedParameter()
 
     def __init__(self, model: ConvModel, theta):
         self.model, self.theta = model, theta

@@ -5,7 +5,7 @@ from __future__ import annotations
 import scipy.fft as _sp_fft
 
 from .._backend import get_fft, get_xp
-from .base import StructuredOperator, split_batch
+from .base import FixedParameter, StructuredOperator, split_batch
 from .._validate import as_param_array, result_dtype
 
 __all__ = ["Toeplitz", "linear_convolve_segment"]
@@ -86,6 +86,9 @@ class Toeplitz(StructuredOperator):
     >>> np.allclose(T @ x, scipy.linalg.toeplitz(c, r) @ x)
     True
     """
+
+    c = FixedParameter()
+    r = FixedParameter()
 
     def __init__(self, c, r=None):
         c = as_param_array(c, "c", ndim=1)
