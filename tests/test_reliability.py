@@ -215,6 +215,11 @@ def test_a_parameter_cannot_be_reassigned_after_the_products_kept_data_from_it(o
         delattr(op, name)
     assert getattr(op, name) is old
     np.testing.assert_array_equal(op @ x, y)
+    if hasattr(op, "geometry"):  # the geometry too
+        with pytest.raises(AttributeError, match="stride is fixed"):
+            op.stride = (3, 3)
+        with pytest.raises(AttributeError, match="in_shape is fixed"):
+            op.in_shape = (9, 9)
     for other in (pickle.loads(pickle.dumps(op)), copy.deepcopy(op), copy.copy(op)):
         np.testing.assert_array_equal(getattr(other, name), old)
         np.testing.assert_array_equal(other @ x, y)

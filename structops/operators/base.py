@@ -36,7 +36,7 @@ class FixedParameter:
     >>> op.c = np.zeros(3)
     Traceback (most recent call last):
     ...
-    AttributeError: Circulant.c is fixed when the operator is made (its products keep data derived from it); make a new operator with the new value (a layer: op.with_kernel(K))
+    AttributeError: Circulant.c is fixed when the operator is made (its products keep data derived from it): make a new operator with the new value
     """
 
     def __set_name__(self, owner, name):
@@ -52,9 +52,10 @@ class FixedParameter:
 
     def __set__(self, obj, value):
         if self.name in obj.__dict__:
+            hint = "; op.with_kernel(K) gives the layer with another kernel" if self.name == "kernel" else ""
             raise AttributeError(
                 f"{type(obj).__name__}.{self.name} is fixed when the operator is made (its products keep data "
-                "derived from it); make a new operator with the new value (a layer: op.with_kernel(K))"
+                f"derived from it): make a new operator with the new value{hint}"
             )
         obj.__dict__[self.name] = value
 

@@ -545,7 +545,20 @@ class ConvND(StructuredOperator):
     (256, 5)
     """
 
+    # the kernel and the geometry: the products keep data derived from them
     kernel = FixedParameter()
+    geometry = FixedParameter()
+    method = FixedParameter()
+    c_in = FixedParameter()
+    c_out = FixedParameter()
+    groups = FixedParameter()
+    kernel_size = FixedParameter()
+    in_shape = FixedParameter()
+    out_shape = FixedParameter()
+    stride = FixedParameter()
+    dilation = FixedParameter()
+    padding = FixedParameter()
+    circular = FixedParameter()
 
     def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto", groups=1):
         kernel = as_param_array(kernel, "kernel", min_ndim=3)

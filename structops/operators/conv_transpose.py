@@ -70,7 +70,18 @@ class ConvTransposeND(StructuredOperator):
     ((4, 8, 8), (2, 16, 16))
     """
 
+    # the kernel and the geometry: the products keep data derived from them
     kernel = FixedParameter()
+    c_in = FixedParameter()
+    c_out = FixedParameter()
+    groups = FixedParameter()
+    kernel_size = FixedParameter()
+    in_shape = FixedParameter()
+    out_shape = FixedParameter()
+    stride = FixedParameter()
+    dilation = FixedParameter()
+    padding = FixedParameter()
+    output_padding = FixedParameter()
 
     def __init__(self, kernel, in_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
                  method="auto"):

@@ -65,7 +65,18 @@ class ExtendedConvND(StructuredOperator):
     True
     """
 
+    # the weights and the geometry: the products keep data derived from them
     weights = FixedParameter()
+    geometry = FixedParameter()
+    c_in = FixedParameter()
+    c_out = FixedParameter()
+    kernel_size = FixedParameter()
+    in_shape = FixedParameter()
+    out_shape = FixedParameter()
+    stride = FixedParameter()
+    dilation = FixedParameter()
+    padding = FixedParameter()
+    circular = FixedParameter()
 
     def __init__(self, weights, in_shape, *, padding="same", stride=1, dilation=1):
         weights = as_param_array(weights, "weights", min_ndim=4)
