@@ -18,7 +18,7 @@ from scipy.sparse import issparse
 from .._backend import blas_threads, get_xp
 from .._validate import as_data_array, result_dtype
 
-__all__ = ["StructuredOperator", "FunctionOperator", "FixedParameter", "split_batch"]
+__all__ = ["StructuredOperator", "FunctionOperator", "FixedParameter", "fixed_parameters", "split_batch"]
 
 
 class FixedParameter:
@@ -61,6 +61,19 @@ class FixedParameter:
 
     def __delete__(self, obj):
         raise AttributeError(f"{type(obj).__name__}.{self.name} is fixed when the operator is made")
+
+
+def fixed_parameters(*names: str):
+    """Class decorator: the attributes ``names`` are :class:`FixedParameter` s of the class."""
+
+    def decorate(cls):
+        for name in names:
+            descriptor = FixedParameter()
+            descriptor.__set_name__(cls, name)
+            setattr(cls, name, descriptor)
+        return cls
+
+    return decorate
 
 
 def split_batch(x, dims, n: int, what: str = "x"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import get_fft, get_xp
-from .base import FixedParameter, StructuredOperator, split_batch
+from .base import StructuredOperator, fixed_parameters, split_batch
 from .._validate import as_data_array, as_param_array, result_dtype
 
 __all__ = ["Circulant", "periodic_convolve"]
@@ -51,6 +51,7 @@ def periodic_convolve(c_hat, X, shape, real: bool, conj: bool = False, inverse: 
     return Y.reshape(X.shape)
 
 
+@fixed_parameters("c")
 class Circulant(StructuredOperator):
     r"""Circulant (1-D) or multilevel circulant (N-D) operator.
 
@@ -92,7 +93,6 @@ class Circulant(StructuredOperator):
     True
     """
 
-    c = FixedParameter()
 
     def __init__(self, c):
         c = as_param_array(c, "c")

@@ -34,7 +34,7 @@ import scipy.fft as _sp_fft
 from .._backend import device_constant, get_fft, get_xp
 from .. import _threads
 from .._threads import block_count, run_blocks
-from .base import FixedParameter, StructuredOperator, split_batch
+from .base import StructuredOperator, fixed_parameters, split_batch
 from .._validate import as_param_array, check_memory, result_dtype
 from . import torch_kernels
 from .geometry import ConvGeometry, batch_last, batch_second
@@ -480,6 +480,8 @@ def resolve_method(geometry: ConvGeometry, method: str = "auto") -> str:
     return method
 
 
+@fixed_parameters("kernel", "geometry", "method", "c_in", "c_out", "groups", "kernel_size", "in_shape",
+                  "out_shape", "stride", "dilation", "padding", "circular")
 class ConvND(StructuredOperator):
     r"""N-D multi-channel convolution layer (cross-correlation, as in PyTorch).
 
@@ -545,20 +547,6 @@ class ConvND(StructuredOperator):
     (256, 5)
     """
 
-    # the kernel and the geometry: the products keep data derived from them
-    kernel = FixedParameter()
-    geometry = FixedParameter()
-    method = FixedParameter()
-    c_in = FixedParameter()
-    c_out = FixedParameter()
-    groups = FixedParameter()
-    kernel_size = FixedParameter()
-    in_shape = FixedParameter()
-    out_shape = FixedParameter()
-    stride = FixedParameter()
-    dilation = FixedParameter()
-    padding = FixedParameter()
-    circular = FixedParameter()
 
     def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto", groups=1):
         kernel = as_param_array(kernel, "kernel", min_ndim=3)

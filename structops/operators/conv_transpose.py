@@ -21,12 +21,14 @@ import numpy as np
 
 from .._backend import get_xp
 from .._validate import as_int, as_param_array, int_tuple, result_dtype
-from .base import FixedParameter, StructuredOperator, split_batch
+from .base import StructuredOperator, fixed_parameters, split_batch
 from .conv import ConvND
 
 __all__ = ["ConvTransposeND", "ConvTranspose1D", "ConvTranspose2D", "ConvTranspose3D"]
 
 
+@fixed_parameters("kernel", "c_in", "c_out", "groups", "kernel_size", "in_shape", "out_shape", "stride",
+                  "dilation", "padding", "output_padding")
 class ConvTransposeND(StructuredOperator):
     r"""N-D transposed convolution layer, as ``torch.nn.ConvTranspose{1,2,3}d``.
 
@@ -70,18 +72,6 @@ class ConvTransposeND(StructuredOperator):
     ((4, 8, 8), (2, 16, 16))
     """
 
-    # the kernel and the geometry: the products keep data derived from them
-    kernel = FixedParameter()
-    c_in = FixedParameter()
-    c_out = FixedParameter()
-    groups = FixedParameter()
-    kernel_size = FixedParameter()
-    in_shape = FixedParameter()
-    out_shape = FixedParameter()
-    stride = FixedParameter()
-    dilation = FixedParameter()
-    padding = FixedParameter()
-    output_padding = FixedParameter()
 
     def __init__(self, kernel, in_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
                  method="auto"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import device_constant, get_xp
-from .base import FixedParameter, StructuredOperator, split_batch
+from .base import StructuredOperator, fixed_parameters, split_batch
 from .._validate import as_param_array, result_dtype
 from .conv import ConvND, require_ungrouped
 from .geometry import ConvGeometry
@@ -22,6 +22,8 @@ from .geometry import ConvGeometry
 __all__ = ["ExtendedConvND", "ExtendedConv1D", "ExtendedConv2D", "extension_penalty"]
 
 
+@fixed_parameters("weights", "geometry", "c_in", "c_out", "kernel_size", "in_shape", "out_shape", "stride",
+                  "dilation", "padding", "circular")
 class ExtendedConvND(StructuredOperator):
     r"""N-D extended convolution: a ``(c_out, c_in)`` kernel for every output pixel.
 
@@ -65,18 +67,6 @@ class ExtendedConvND(StructuredOperator):
     True
     """
 
-    # the weights and the geometry: the products keep data derived from them
-    weights = FixedParameter()
-    geometry = FixedParameter()
-    c_in = FixedParameter()
-    c_out = FixedParameter()
-    kernel_size = FixedParameter()
-    in_shape = FixedParameter()
-    out_shape = FixedParameter()
-    stride = FixedParameter()
-    dilation = FixedParameter()
-    padding = FixedParameter()
-    circular = FixedParameter()
 
     def __init__(self, weights, in_shape, *, padding="same", stride=1, dilation=1):
         weights = as_param_array(weights, "weights", min_ndim=4)

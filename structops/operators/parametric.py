@@ -54,7 +54,7 @@ from pylops import LinearOperator
 
 from .._backend import get_xp
 from .._validate import as_int, as_param_array, result_dtype
-from .base import FixedParameter, FunctionOperator, StructuredOperator, split_batch
+from .base import FunctionOperator, StructuredOperator, fixed_parameters, split_batch
 from .conv import ConvND, resolve_method
 from .geometry import ConvGeometry
 
@@ -227,6 +227,7 @@ class MatrixModel(ParametricModel):
         return self.contract(G)
 
 
+@fixed_parameters("model", "theta")
 class MatrixModelOperator(StructuredOperator):
     """``K(theta)`` of a :class:`MatrixModel`: ``(n,)`` or ``(n, B)`` in, ``(m,)`` or ``(m, B)`` out.
 
@@ -234,8 +235,6 @@ class MatrixModelOperator(StructuredOperator):
     which store the diagonal); ``Q`` is not.
     """
 
-    model = FixedParameter()
-    theta = FixedParameter()
 
     def __init__(self, model: MatrixModel, theta):
         self.model, self.theta = model, theta
@@ -623,6 +622,7 @@ class ConvModel(ParametricModel):
         return np.asarray(B @ np.eye(self.num_params, dtype=dtype)).astype(dtype)
 
 
+@fixed_parameters("model", "theta")
 class ParametricConvND(ConvND):
     """A :class:`~structops.ConvND` whose :meth:`jacobian` is with respect to ``theta``.
 
@@ -630,8 +630,6 @@ class ParametricConvND(ConvND):
     Jacobian itself.
     """
 
-    model = FixedParameter()
-    theta = FixedParameter()
 
     def __init__(self, model: ConvModel, theta):
         self.model, self.theta = model, theta

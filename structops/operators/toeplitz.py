@@ -5,7 +5,7 @@ from __future__ import annotations
 import scipy.fft as _sp_fft
 
 from .._backend import get_fft, get_xp
-from .base import FixedParameter, StructuredOperator, split_batch
+from .base import StructuredOperator, fixed_parameters, split_batch
 from .._validate import as_param_array, result_dtype
 
 __all__ = ["Toeplitz", "linear_convolve_segment"]
@@ -49,6 +49,7 @@ def linear_convolve_segment(a, B, start: int, length: int, a_hat=None, nfft: int
     return full[start : start + length]
 
 
+@fixed_parameters("c", "r")
 class Toeplitz(StructuredOperator):
     r"""Toeplitz operator, the matrix ``scipy.linalg.toeplitz(c, r)``.
 
@@ -87,8 +88,6 @@ class Toeplitz(StructuredOperator):
     True
     """
 
-    c = FixedParameter()
-    r = FixedParameter()
 
     def __init__(self, c, r=None):
         c = as_param_array(c, "c", ndim=1)
