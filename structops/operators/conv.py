@@ -498,9 +498,11 @@ class ConvND(StructuredOperator):
     dilation : int or tuple of int
     method : {"auto", "direct", "fft", "torch"}
         Algorithm for the products; ``"auto"`` picks the cheaper of direct
-        and fft, and hands float32 host products to PyTorch's CPU kernels
-        when torch is installed (:mod:`structops.operators.torch_kernels`);
-        ``"torch"`` uses them for every host product.
+        and fft, and hands float32 host products, and the float64 single
+        vectors of ungrouped 2-D layers of 32 channels and more each way, to
+        PyTorch's CPU kernels when torch is installed
+        (:mod:`structops.operators.torch_kernels`); ``"torch"`` uses them for
+        every host product.
     groups : int
         Channel groups, as ``torch.nn.functional.conv2d(groups=)``: the
         kernel is ``(c_out, c_in / groups, *k)``, output channel ``o`` reads

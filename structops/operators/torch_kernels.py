@@ -3,9 +3,11 @@
 With torch installed, ``ConvND(method="torch")`` computes its products with
 ``torch.nn.functional.conv{1,2,3}d`` (forward) and ``conv_transpose{1,2,3}d``
 (adjoint) on zero-copy ``torch.from_numpy`` views of the NumPy columns;
-``method="auto"`` does so for float32 products on the host, where torch's
-kernels measured faster than the library's own (see
-``benchmarks/bench_conv.py``). Zero padding (asymmetric too, by ``F.pad``) and
+``method="auto"`` does so for float32 products on the host, and for float64
+single vectors of ungrouped 2-D layers with at least
+:data:`AUTO_FLOAT64_VECTOR_CHANNELS` channels each way, where torch's kernels
+measured faster than the library's own (see ``benchmarks/bench_conv.py`` and
+:class:`~structops.ConvND`). Zero padding (asymmetric too, by ``F.pad``) and
 circular padding (``F.pad(mode="circular")``, the adjoint folding the borders
 back) are covered; the kernel Jacobians keep the library's algorithms.
 
