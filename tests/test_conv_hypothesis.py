@@ -114,6 +114,32 @@ def test_conv_matches_dense_or_rejects(cfg, method):
                                atol=1e-12 * max(1.0, np.abs(want).max()))
 
 
+@given(cfg=conv_configs(), B=st.sampled_from([1, 3]))
+def test_conv_split_over_threads_matches_dense(cfg, B):
+    """Every direct product split over three threads (output channels forward, input channels adjoint)."""
+    from structops import _threads
+
+    layout = expected_layout(cfg)
+    if layout is None:
+        return
+    pairs, out = layout
+    rng = np.random.default_rng(cfg["seed"])
+    K = rng.standard_normal((cfg["c_out"], cfg["c_in"], *cfg["k"]))
+    D = cfg["D"]
+    s, dil = as_tuple(cfg["stride"], D), as_tuple(cfg["dilation"], D)
+    dense = dense_conv(K, cfg["in_shape"], s, pairs, dil, cfg["padding"] == "circular")
+    X = rng.standard_normal((dense.shape[1], B))
+    Y = rng.standard_normal((dense.shape[0], B))
+    atol = 1e-12 * max(1.0, np.abs(K).sum()) * 10
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_threads, "MIN_BLOCK_WORK", 1)
+        mp.setattr(_threads, "_threads", 3)
+        op = structops.ConvND(K, cfg["in_shape"], stride=cfg["stride"], padding=cfg["padding"],
+                              dilation=cfg["dilation"], method="direct")
+        np.testing.assert_allclose(op.matmat(X), dense @ X, rtol=0, atol=atol * np.abs(X).max())
+        np.testing.assert_allclose(op.rmatmat(Y), dense.T @ Y, rtol=0, atol=atol * np.abs(Y).max())
+
+
 @given(cfg=conv_configs())
 def test_conv_wrappers_agree_with_convnd(cfg):
     """Conv1D / Conv2D are ConvND with one / two spatial axes."""
