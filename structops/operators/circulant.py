@@ -93,7 +93,6 @@ class Circulant(StructuredOperator):
     True
     """
 
-
     def __init__(self, c):
         c = as_param_array(c, "c")
         self.c = c

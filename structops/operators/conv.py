@@ -125,6 +125,21 @@ def _tap_matrices(geo: ConvGeometry, Kt, g: int, adjoint: bool) -> list:
     return mats
 
 
+def _chunk_products(xp, A, X, chunks, dtype):
+    """``(j0, j1, A @ X[:, :, j0:j1])`` for each chunk, all written into one buffer made for the first.
+
+    ``A``: ``(g, r, k)``; ``X``: ``(g, k, L)``. A fresh temporary a chunk was a
+    fresh mapping a chunk (16 -> 16 channels 3x3 on 64x64, float64 batch 2:
+    2000 page faults and 6.5 to 7.3 ms a product, 1.8 ms with the buffer).
+    """
+    buf = None
+    for j0, j1 in chunks:
+        n = A.shape[0] * A.shape[1] * (j1 - j0)
+        if buf is None:  # the first chunk is the longest
+            buf = xp.empty(n, dtype=dtype)
+        yield j0, j1, xp.matmul(A, X[:, :, j0:j1], out=buf[:n].reshape(A.shape[0], A.shape[1], j1 - j0))
+
+
 def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1, mats=None):
     """``Kt``: ``(c_out, c_in / g, T)`` taps; ``phases``: ``(nphase, c_in, L)`` -> ``(c_out, L)``.
 
@@ -187,11 +202,7 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1, mats=
             continue
         # every tap's product of a chunk of inputs at once, added to the outputs it reaches (p = j - off)
         Kr = Kg.reshape(g, cog * len(taps), cig)
-        buf = None
-        for j0, j1 in geo.chunks(L, g * Kr.shape[1], dtype.itemsize):
-            if buf is None:  # one buffer for every chunk's products
-                buf = xp.empty(g * Kr.shape[1] * (j1 - j0), dtype=dtype)
-            Z = xp.matmul(Kr, x[:, :, j0:j1], out=buf[: g * Kr.shape[1] * (j1 - j0)].reshape(g, Kr.shape[1], j1 - j0))
+        for j0, j1, Z in _chunk_products(xp, Kr, x, geo.chunks(L, g * Kr.shape[1], dtype.itemsize), dtype):
             Z = Z.reshape(g, cog, len(taps), -1)
             for t, off in enumerate(offs):
                 p0, p1 = max(j0 - off, 0), min(j1 - off, n_valid)
@@ -257,11 +268,8 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, mats=Non
                         o += b.sum(axis=1) if cog > 1 else b[:, 0]
             continue
         KrH = Kg.reshape(g, cig * len(taps), cog)
-        buf = None
-        for j0, j1 in geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize):  # products land shifted
-            if buf is None:  # one buffer for every chunk's products
-                buf = xp.empty(g * KrH.shape[1] * (j1 - j0), dtype=dtype)
-            Z = xp.matmul(KrH, eg[:, :, j0:j1], out=buf[: g * KrH.shape[1] * (j1 - j0)].reshape(g, KrH.shape[1], j1 - j0))
+        chunks = geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize)
+        for j0, j1, Z in _chunk_products(xp, KrH, eg, chunks, dtype):  # products land shifted
             Z = Z.reshape(g, cig, len(taps), -1)
             for t, off in enumerate(offs):
                 gg[:, :, j0 + off : j1 + off] += Z[:, :, t]
@@ -548,7 +556,6 @@ class ConvND(StructuredOperator):
     >>> (op @ X).shape
     (256, 5)
     """
-
 
     def __init__(self, kernel, in_shape, stride=1, padding="same", dilation=1, method="auto", groups=1):
         kernel = as_param_array(kernel, "kernel", min_ndim=3)
@@ -878,9 +885,13 @@ def _over_group_blocks(xp, geo: ConvGeometry, B: int, block, rows: int, dtype, c
         return block(0, groups)
     cols = B if cols is None else cols
     work = geo.n_out * B * (geo.c_in // geo.groups) * geo.taps * copies
-    group_bytes = (geo.n_in + copies * geo.n_out) // groups * B * np.dtype(dtype).itemsize
-    per_pass = max(1, int(GROUP_PASS_BYTES // max(group_bytes, 1))) if units is None else groups
-    blocks = block_count(groups, work, None if units is None else CHANNEL_BLOCK_WORK_FACTOR * _threads.MIN_BLOCK_WORK)
+    if units is None:
+        group_bytes = (geo.n_in + copies * geo.n_out) // groups * B * np.dtype(dtype).itemsize
+        per_pass = max(1, int(GROUP_PASS_BYTES // max(group_bytes, 1)))
+        blocks = block_count(groups, work)
+    else:  # the channels share one padded copy: one pass
+        per_pass = groups
+        blocks = block_count(groups, work, CHANNEL_BLOCK_WORK_FACTOR * _threads.MIN_BLOCK_WORK)
     if blocks == 1 and per_pass >= groups:
         return block(0, groups)
     check_memory(float(rows) * cols * np.dtype(dtype).itemsize, "the product's output")

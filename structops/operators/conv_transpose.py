@@ -72,7 +72,6 @@ class ConvTransposeND(StructuredOperator):
     ((4, 8, 8), (2, 16, 16))
     """
 
-
     def __init__(self, kernel, in_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
                  method="auto"):
         kernel = as_param_array(kernel, "kernel", min_ndim=3)

@@ -67,7 +67,6 @@ class ExtendedConvND(StructuredOperator):
     True
     """
 
-
     def __init__(self, weights, in_shape, *, padding="same", stride=1, dilation=1):
         weights = as_param_array(weights, "weights", min_ndim=4)
         D = (weights.ndim - 2) // 2

@@ -235,7 +235,6 @@ class MatrixModelOperator(StructuredOperator):
     which store the diagonal); ``Q`` is not.
     """
 
-
     def __init__(self, model: MatrixModel, theta):
         self.model, self.theta = model, theta
         self.xp = get_xp(theta)
@@ -629,7 +628,6 @@ class ParametricConvND(ConvND):
     With ``basis=None`` and no offset the Jacobian is the layer's kernel
     Jacobian itself.
     """
-
 
     def __init__(self, model: ConvModel, theta):
         self.model, self.theta = model, theta

@@ -88,7 +88,6 @@ class Toeplitz(StructuredOperator):
     True
     """
 
-
     def __init__(self, c, r=None):
         c = as_param_array(c, "c", ndim=1)
         self.symmetric = r is None
