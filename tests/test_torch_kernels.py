@@ -154,17 +154,23 @@ def test_depthwise_float32_auto_sends_single_vectors_to_torch_and_keeps_batches(
 @pytest.mark.parametrize("shape, g, padding, dilation", [
     ((6, 4, 3, 3), 1, 1, 1), ((6, 2, 3, 5), 2, (1, 2), 1), ((4, 3, 3, 3), 1, 2, 2), ((6, 4, 2, 3), 2, (0, 1), 1),
     ((4, 4, 5), 2, 1, 2), ((3, 2, 1, 1), 1, 0, 1), ((1, 2, 1), 1, 0, 1)])
-def test_batched_adjoint_as_a_flipped_convolution(shape, g, padding, dilation):
-    """Stride 1, zero padding with lo = hi <= e - 1: the batch adjoint is a convolution with the flipped kernel."""
+@pytest.mark.parametrize("batch", [1, 4])
+def test_adjoint_as_a_flipped_convolution(shape, g, padding, dilation, batch):
+    """Stride 1, zero padding with lo = hi <= e - 1: the adjoint is a convolution with the flipped kernel."""
     from structops.operators import torch_kernels
 
     rng = np.random.default_rng(len(shape) + g)
     K = rng.standard_normal(shape)
     in_shape = (7, 6)[: len(shape) - 2]
     op = structops.ConvND(K, in_shape, padding=padding, dilation=dilation, groups=g, method="torch")
-    assert torch_kernels.adjoint_is_a_conv(op.geometry) and torch_kernels.batch_as_axis(op.geometry, 4)
+    axis = torch_kernels.batch_as_axis(op.geometry, batch)
+    assert torch_kernels.adjoint_is_a_conv(op.geometry) and axis == (batch > 1 and shape[1] > 1)
+    conv = torch_kernels._adjoint_call(op.geometry, axis)[0]
+    assert conv.__name__ == f"conv{len(shape) - 2 + axis}d"
     ref = structops.ConvND(K, in_shape, padding=padding, dilation=dilation, groups=g, method="direct")
-    Y = rng.standard_normal((op.shape[0], 4))
+    Y = rng.standard_normal((op.shape[0], batch))
+    if batch == 1:
+        Y = Y[:, 0]
     np.testing.assert_allclose(op.H @ Y, ref.H @ Y, rtol=0, atol=1e-12 * np.abs(ref.H @ Y).max())
     op32 = structops.ConvND(K.astype(np.float32), in_shape, padding=padding, dilation=dilation, groups=g)
     got = op32.H @ Y.astype(np.float32)
