@@ -283,7 +283,7 @@ def test_a_layer_lays_out_its_kernel_once_and_not_into_its_pickle(monkeypatch, s
 
 
 @pytest.mark.parametrize("shape, groups, stride", [((6, 4, 3, 3), 1, 1), ((4, 6, 3, 2), 1, 2), ((6, 4, 3, 3), 2, (2, 1)),
-                                                   ((3, 5, 2, 3), 1, 1)])
+                                                   ((3, 5, 2, 3), 1, 1), ((2, 4, 3, 3), 2, 1)])
 @pytest.mark.parametrize("B", [1, 3])
 def test_direct_products_in_many_column_chunks_equal_the_matrix(monkeypatch, shape, groups, stride, B):
     """The matrix products of the direct algorithm in chunks of 256 columns, one buffer reused for all of them."""

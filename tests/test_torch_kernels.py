@@ -165,7 +165,7 @@ def test_adjoint_as_a_flipped_convolution(shape, g, padding, dilation, batch):
     op = structops.ConvND(K, in_shape, padding=padding, dilation=dilation, groups=g, method="torch")
     axis = torch_kernels.batch_as_axis(op.geometry, batch)
     assert torch_kernels.adjoint_is_a_conv(op.geometry) and axis == (batch > 1 and shape[1] > 1)
-    conv = torch_kernels._adjoint_call(op.geometry, axis)[0]
+    conv = torch_kernels._adjoint_call(op.geometry, axis, np.dtype(np.float64))[0]
     assert conv.__name__ == f"conv{len(shape) - 2 + axis}d"
     ref = structops.ConvND(K, in_shape, padding=padding, dilation=dilation, groups=g, method="direct")
     Y = rng.standard_normal((op.shape[0], batch))
@@ -238,23 +238,48 @@ def test_float64_single_vectors_of_wide_layers_go_to_torch_and_agree(monkeypatch
     assert_adjoint(op, rng=rng)
 
 
-def test_float64_vectors_stay_with_the_library_where_it_measured_faster():
+@pytest.mark.parametrize("shape, in_shape, kw, routes, flipped", [
+    ((64, 64, 3, 3), (56, 56), {}, (True, True), True),  # a ResNet-18 layer
+    ((64, 3, 7, 7), (224, 224), dict(stride=2, padding=3), (True, True), False),  # its first layer
+    ((16, 96, 1, 1), (112, 112), dict(padding=0), (True, True), True),  # 1x1: nothing unfolded
+    ((16, 16, 3, 3), (32, 32), {}, (True, True), True),  # few unfolded entries
+    ((16, 16, 3, 3), (64, 64), {}, (False, False), True),  # many, for 16 outputs
+    ((1, 64, 3, 3), (64, 64), {}, (False, True), True),  # one output channel: the adjoint has 64
+    ((64, 3, 3, 3), (64, 64), {}, (True, True), False),  # the transposed adjoint unfolds 3 channels
+    ((64, 16, 3, 3), (64, 64), {}, (True, True), False),
+    ((32, 16, 3, 3), (32, 32), dict(groups=2), (True, True), True),  # grouped
+    ((64, 1, 3, 3), (64, 64), dict(groups=64), (False, False), True),  # depthwise stays here
+])
+def test_float64_single_vectors_go_where_torch_s_unfolding_pays(monkeypatch, shape, in_shape, kw, routes, flipped):
+    """The cost model of torch_kernels.float64_vectors_faster, per direction, and products that agree."""
     from structops.operators import torch_kernels
 
-    c = torch_kernels.AUTO_FLOAT64_VECTOR_CHANNELS
     rng = np.random.default_rng(6)
-    routed = lambda op: op._torch_dtype(np.zeros((op.shape[1], 1))) is not None  # noqa: E731
+    K = rng.standard_normal(shape)
+    op = structops.Conv2D(K, in_shape, **kw)
+    assert op._torch_vectors == routes
+    assert torch_kernels.flipped_adjoint(op.geometry, np.float64) == flipped
+    calls = _spy_torch(monkeypatch)
+    ref = structops.Conv2D(K, in_shape, method="direct", **kw)
+    x, y = rng.standard_normal(op.shape[1]), rng.standard_normal(op.shape[0])
+    np.testing.assert_allclose(op @ x, ref @ x, rtol=0, atol=1e-12 * np.abs(ref @ x).max())
+    np.testing.assert_allclose(op.H @ y, ref.H @ y, rtol=0, atol=1e-12 * np.abs(ref.H @ y).max())
+    assert calls == [name for name, r in zip(("forward", "adjoint"), routes) if r]
+
+
+def test_float64_vectors_stay_with_the_library_where_it_measured_faster():
+    rng = np.random.default_rng(6)
+    routed = lambda op: any(op._torch_vectors)  # noqa: E731
+    c = 32
     assert routed(structops.Conv2D(rng.standard_normal((c, c, 3, 3)), (6, 6)))
-    assert not routed(structops.Conv2D(rng.standard_normal((c - 1, c, 3, 3)), (6, 6)))  # few outputs
-    assert not routed(structops.Conv2D(rng.standard_normal((c, c - 1, 3, 3)), (6, 6)))  # few inputs
     assert not routed(structops.Conv2D(rng.standard_normal((2 * c, 1, 3, 3)), (6, 6), groups=2 * c))  # depthwise
-    assert not routed(structops.Conv2D(rng.standard_normal((2 * c, c, 3, 3)), (6, 6), groups=2))  # grouped
     assert not routed(structops.Conv1D(rng.standard_normal((c, c, 3)), 9))
     assert not routed(structops.Conv3D(rng.standard_normal((c, c, 1, 1, 1)), (2, 2, 2)))
     assert not routed(structops.Conv2D(rng.standard_normal((c, c, 3, 3)), (6, 6), method="direct"))
     assert not routed(structops.Conv2D(rng.standard_normal((c, c, 3, 3)), (6, 6), method="fft"))
     wide = structops.Conv2D(rng.standard_normal((c, c, 3, 3)) * (1 + 1j), (6, 6))
     assert wide._torch_dtype(np.zeros((wide.shape[1], 1))) is None  # complex products
+    assert wide._torch_dtype(np.zeros((wide.shape[0], 1)), adjoint=True) is None
 
 
 def test_a_float64_wide_layer_pickles_with_its_route(monkeypatch):
@@ -263,7 +288,7 @@ def test_a_float64_wide_layer_pickles_with_its_route(monkeypatch):
     from structops.operators import torch_kernels
 
     rng = np.random.default_rng(7)
-    c = torch_kernels.AUTO_FLOAT64_VECTOR_CHANNELS
+    c = 32
     op = structops.Conv2D(rng.standard_normal((c, c, 3, 3)), (5, 5))
     x = rng.standard_normal(op.shape[1])
     y = op @ x

@@ -133,8 +133,9 @@ class StructuredOperator(LinearOperator):
         raise NotImplementedError
 
     # -- pylops plumbing ----------------------------------------------------
-    def _threads(self, X):
-        """The context a product with ``X`` runs in: the package's BLAS thread count (:func:`set_blas_threads`).
+    def _threads(self, X, adjoint: bool = False):
+        """The context a product (``adjoint``: the adjoint) with ``X`` runs in: the package's BLAS thread count
+        (:func:`set_blas_threads`).
 
         Subclasses whose product does not call BLAS for ``X`` may return a
         ``contextlib.nullcontext()`` (setting the count costs about 15 us).
@@ -146,7 +147,7 @@ class StructuredOperator(LinearOperator):
             return self._forward(x.reshape(-1, 1)).reshape(-1)
 
     def _rmatvec(self, y):
-        with self._threads(y):
+        with self._threads(y, True):
             return self._backward(y.reshape(-1, 1)).reshape(-1)
 
     def _matmat(self, X):
@@ -160,7 +161,7 @@ class StructuredOperator(LinearOperator):
         Y = _dense(Y)
         if Y.shape[1] == 0:
             return self._empty(Y, self.shape[1])
-        with self._threads(Y):
+        with self._threads(Y, True):
             return self._backward(Y)
 
     def _empty(self, X, rows: int):

@@ -267,6 +267,27 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, mats=Non
                     else:
                         o += b.sum(axis=1) if cog > 1 else b[:, 0]
             continue
+        if len(taps) > 1 and 4 * cog <= cig:
+            # a quarter as many outputs as inputs or fewer: copy the shifted outputs (taps x c_out rows) and mix
+            # them in one product, instead of taps x c_in rows of products shifted and added (float64 on
+            # 64x64: 1 <- 64 channels 3x3, 6 to 10 ms a product that way and 0.4 to 0.6 ms this way; 3 <- 64
+            # 7x7, 21 to 28 and 4 to 6 ms; 16 <- 64 about the same, 4 to 6 ms). At half as many (32 <- 64 on
+            # 32x32, batch 8: 8.3 against 11.2 ms) and for single taps the shifted adds were faster
+            T = len(taps)
+            KH = Kg.reshape(g, cig, T * cog)
+            buf = None
+            for j0, j1 in geo.chunks(L, g * T * cog, eg.dtype.itemsize):
+                if buf is None:  # one buffer for every chunk (the first is the longest): no fresh pages
+                    buf = xp.empty(g * T * cog * (j1 - j0), dtype=eg.dtype)
+                cols = buf[: g * T * cog * (j1 - j0)].reshape(g, T, cog, j1 - j0)
+                for t, off in enumerate(offs):  # cols[:, t, :, q - j0] = y[:, :, q - off], zero elsewhere
+                    a, b = min(max(off - j0, 0), j1 - j0), max(min(n_valid + off - j0, j1 - j0), 0)
+                    cols[:, t, :, :a] = 0
+                    cols[:, t, :, b:] = 0
+                    if a < b:
+                        cols[:, t, :, a:b] = eg[:, :, a + j0 - off : b + j0 - off]
+                xp.matmul(KH, cols.reshape(g, T * cog, j1 - j0), out=gg[:, :, j0:j1])
+            continue
         KrH = Kg.reshape(g, cig * len(taps), cog)
         chunks = geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize)
         for j0, j1, Z in _chunk_products(xp, KrH, eg, chunks, dtype):  # products land shifted
@@ -507,7 +528,7 @@ class ConvND(StructuredOperator):
     method : {"auto", "direct", "fft", "torch"}
         Algorithm for the products; ``"auto"`` picks the cheaper of direct
         and fft, and hands float32 host products, and the float64 single
-        vectors of ungrouped 2-D layers of 32 channels and more each way, to
+        vectors of 2-D layers where torch's kernels measured faster, to
         PyTorch's CPU kernels when torch is installed
         (:mod:`structops.operators.torch_kernels`); ``"torch"`` uses them for
         every host product.
@@ -585,14 +606,10 @@ class ConvND(StructuredOperator):
             method == "auto" and host_real and torch_kernels.AUTO_FLOAT32 and torch_kernels.available())
         self._torch_batches = self.method == "torch" or not (
             geometry.groups > 1 and geometry.c_in == geometry.groups)
-        # float64 single vectors (the Lanczos products of the spectra) too, for ungrouped 2-D layers of 32 channels
-        # and more each way: the 19 such layers of ResNet-18, one forward and one adjoint product of each, took
-        # 131 ms against the library's 231 ms at 224x224 and 9 ms against 28 ms at 32x32 (2 threads; at one
-        # thread each 235 against 238 ms and 14 against 28 ms). Depthwise layers and few channels with large
-        # kernels (64 -> 3, 7x7: 7x) are faster here, and so are float64 batches (16 -> 16 on 64x64, batch 32: 2.3x)
-        self._torch_vectors = self._torch and self.method == "direct" and geometry.groups == 1 and (
-            geometry.ndim == 2 and min(geometry.c_in, geometry.c_out) >= torch_kernels.AUTO_FLOAT64_VECTOR_CHANNELS)
-        self._torch_for = {}  # an input's dtype -> (the dtype torch multiplies it in, or None; whether batches too)
+        self._torch_vectors = self._float64_vector_routes()
+        # an input's dtype -> (the dtype torch multiplies it in, or None; whether batches, whether single
+        # vectors go to torch, each (forward, adjoint))
+        self._torch_for = {}
         self._taps = kernel.reshape(self.c_out, self.c_in // self.groups, -1)
         self._plans = {}
         self._H = {}
@@ -694,8 +711,23 @@ class ConvND(StructuredOperator):
         if self.method != "torch" and self.__dict__.get("_torch"):
             # "auto" handed float32 host products to torch where the layer was made: here only if torch is here
             self._torch = torch_kernels.available()
-            self._torch_vectors = self.__dict__.get("_torch_vectors", False) and self._torch
+            self._torch_vectors = self._float64_vector_routes()
             self._torch_for = {}
+
+    def _float64_vector_routes(self):
+        """``(forward, adjoint)``: whether ``"auto"`` hands float64 single vectors to torch.
+
+        These are the Lanczos products of the spectra. Torch goes where its
+        unfolding pays (:func:`~structops.operators.torch_kernels.float64_vectors_faster`):
+        the 20 conv layers of ResNet-18 at 224x224, one forward and one adjoint
+        product each, took 155 to 199 ms this way against 220 to 245 ms in the
+        library's kernel (24 against 45 to 53 ms at 32x32). Depthwise layers
+        and float64 batches stay with the library (16 -> 16 on 64x64, batch 32:
+        2.3x faster here).
+        """
+        if not (self._torch and self.method == "direct"):
+            return (False, False)
+        return tuple(torch_kernels.float64_vectors_faster(self._geo, adjoint) for adjoint in (False, True))
 
     def _torch_takes(self, dtype) -> bool:
         """Whether torch computes host products of ``dtype``."""
@@ -705,7 +737,7 @@ class ConvND(StructuredOperator):
     def _uses_torch(self, X, dtype) -> bool:
         return get_xp(X) is np and self._torch_takes(dtype)
 
-    def _torch_dtype(self, X):
+    def _torch_dtype(self, X, adjoint: bool = False):
         """The product's dtype when torch computes it for ``X``, else ``None`` (cheap: asked on every product)."""
         if not self._torch or type(X) is not np.ndarray:
             return None
@@ -713,21 +745,21 @@ class ConvND(StructuredOperator):
         if found is None:  # the first product with this dtype: X is a NumPy array here
             dtype = result_dtype(self.kernel, X)
             if self._torch_takes(dtype):
-                found = (dtype, self._torch_batches)
-            elif self._torch_vectors and dtype == np.float64:
-                found = (dtype, False)
+                found = (dtype, (self._torch_batches,) * 2, (True, True))
+            elif dtype == np.float64 and any(self._torch_vectors):
+                found = (dtype, (False, False), self._torch_vectors)
             else:
-                found = (None, False)
+                found = (None, None, None)
             self._torch_for[X.dtype] = found
-        dtype, batches = found
-        if X.ndim == 2 and X.shape[1] > 1 and not batches:
+        dtype, batches, vectors = found
+        if dtype is None or not (batches if X.ndim == 2 and X.shape[1] > 1 else vectors)[adjoint]:
             return None
         return dtype
 
-    def _threads(self, X):
-        if self._torch_dtype(X) is not None:
+    def _threads(self, X, adjoint: bool = False):
+        if self._torch_dtype(X, adjoint) is not None:
             return contextlib.nullcontext()  # torch's kernels run on torch's own threads
-        return super()._threads(X)
+        return super()._threads(X, adjoint)
 
     def _matvec(self, x):
         # a single image through torch's kernels skips the threads context and the second dtype check
@@ -738,7 +770,7 @@ class ConvND(StructuredOperator):
         return torch_kernels.forward(self, (x if x.dtype == dtype else x.astype(dtype)).reshape(-1, 1)).reshape(-1)
 
     def _rmatvec(self, y):
-        dtype = self._torch_dtype(y)
+        dtype = self._torch_dtype(y, True)
         if dtype is None or y.ndim != 1:
             return super()._rmatvec(y)
         return torch_kernels.adjoint(self, (y if y.dtype == dtype else y.astype(dtype)).reshape(-1, 1)).reshape(-1)
@@ -753,7 +785,7 @@ class ConvND(StructuredOperator):
         return _conv_forward(self, self.kernel, X, result_dtype(self.kernel, X))
 
     def _backward(self, Y):
-        dtype = self._torch_dtype(Y)
+        dtype = self._torch_dtype(Y, True)
         if dtype is not None:
             if Y.ndim != 2 or Y.shape[0] != self.shape[0]:
                 self._check_input(Y, self.shape[0], self.kernel)

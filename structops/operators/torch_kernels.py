@@ -3,14 +3,16 @@
 With torch installed, ``ConvND(method="torch")`` computes its products with
 ``torch.nn.functional.conv{1,2,3}d`` (forward) and ``conv_transpose{1,2,3}d``
 (adjoint; a ``conv{1,2,3}d`` with the flipped kernel for stride 1 and zero
-padding with ``lo = hi <= e - 1``, which ran faster) on zero-copy ``torch.from_numpy`` views of the NumPy columns;
+padding with ``lo = hi <= e - 1``, which ran faster: :func:`flipped_adjoint`)
+on zero-copy ``torch.from_numpy`` views of the NumPy columns;
 ``method="auto"`` does so for float32 products on the host, and for float64
-single vectors of ungrouped 2-D layers with at least
-:data:`AUTO_FLOAT64_VECTOR_CHANNELS` channels each way, where torch's kernels
-measured faster than the library's own (see ``benchmarks/bench_conv.py`` and
-:class:`~structops.ConvND`). Zero padding (asymmetric too, by ``F.pad``) and
-circular padding (``F.pad(mode="circular")``, the adjoint folding the borders
-back) are covered; the kernel Jacobians keep the library's algorithms.
+single vectors of 2-D layers (not depthwise) where torch's unfolding of the
+input pays (:func:`float64_vectors_faster`, each direction on its own): there
+torch's kernels measured faster than the library's own (see
+``benchmarks/bench_conv.py`` and :class:`~structops.ConvND`). Zero padding
+(asymmetric too, by ``F.pad``) and circular padding
+(``F.pad(mode="circular")``, the adjoint folding the borders back) are
+covered; the kernel Jacobians keep the library's algorithms.
 
 Notes
 -----
@@ -40,9 +42,11 @@ __all__ = ["available", "forward", "adjoint"]
 
 # "auto" hands float32 host products to torch when it is installed
 AUTO_FLOAT32 = True
-# ... and the float64 single-vector products of ungrouped 2-D layers with at least this many input and output
-# channels (torch's im2col and GEMM on its threads; see ConvND._setup)
-AUTO_FLOAT64_VECTOR_CHANNELS = 32
+# ... and the float64 single-vector products of 2-D layers (not depthwise) where torch's unfolding pays
+# (float64_vectors_faster): at least this many outputs per group of its matrix product ...
+FLOAT64_OUTPUTS_PER_GROUP = 32
+# ... or at most this many entries of the unfolded input
+FLOAT64_SMALL_UNFOLD = 2**19
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,13 +73,68 @@ def _tensor(torch, a):
         return torch.from_numpy(a)
 
 
+def _unfolding(geo, adjoint: bool, flipped: bool):
+    """``(outputs per group, unfolded entries)`` of torch's float64 product for one vector.
+
+    Torch's float64 kernels unfold their input (im2col: ``c_in prod(k)``
+    entries per output pixel; none for a 1x1 stride-1 convolution, read as it
+    is) and multiply it by the kernel once. The forward is a convolution, the
+    adjoint one with the flipped kernel (``flipped``) or a transposed
+    convolution, which unfolds the same ``c_in prod(k)`` entries per output
+    pixel of the layer, multiplied from its ``c_out / g`` channels.
+    """
+    taps, g = int(np.prod(geo.kernel_size)), geo.groups
+    P_in, P_out = int(np.prod(geo.in_shape)), int(np.prod(geo.out_shape))
+    if adjoint and flipped:
+        return geo.c_in // g, (0 if taps == 1 else geo.c_out * taps * P_in)
+    one = taps == 1 and all(s == 1 for s in geo.stride) and not any(lo or hi for lo, hi in geo.padding)
+    return geo.c_out // g, (0 if one and not adjoint else geo.c_in * taps * P_out)
+
+
+def _unfolding_pays(q: int, entries: int) -> bool:
+    return q >= FLOAT64_OUTPUTS_PER_GROUP or entries <= FLOAT64_SMALL_UNFOLD
+
+
+def flipped_adjoint(geo, dtype) -> bool:
+    """Whether torch computes the adjoint as a convolution with the flipped kernel (else transposed).
+
+    Where :func:`adjoint_is_a_conv`; in float64 not where only the
+    transposed convolution's unfolding pays (64 -> 3 channels 3x3 on 64x64:
+    9.5 ms flipped, 0.8 ms transposed).
+    """
+    if not adjoint_is_a_conv(geo):
+        return False
+    if np.dtype(dtype) != np.float64:
+        return True
+    return _unfolding_pays(*_unfolding(geo, True, True)) or not _unfolding_pays(*_unfolding(geo, True, False))
+
+
+def float64_vectors_faster(geo, adjoint: bool) -> bool:
+    """Whether torch's kernels beat the library's for a float64 single vector of a 2-D layer, not depthwise.
+
+    Where the unfolding pays (:func:`_unfolding`): at least
+    :data:`FLOAT64_OUTPUTS_PER_GROUP` outputs per group of torch's matrix
+    product, or at most :data:`FLOAT64_SMALL_UNFOLD` unfolded entries.
+    Measured one product at a time on 2 threads (library / torch): the ResNet-18
+    layers at 224x224 1.0x to 2.7x, its 3 -> 64 7x7 layer 1.5x and 1.3x; the
+    ungrouped 1x1 layers of MobileNetV2 1.2x to 3.1x; 16 -> 16 channels 3x3
+    on 32x32 2.2x, on 64x64 (590k unfolded entries, 16 outputs) 0.96x and
+    0.84x; 64 -> 16 on 64x64 forward 0.8x; 64 -> 1 forward 0.3x.
+    """
+    if geo.ndim != 2 or (geo.groups > 1 and geo.c_in == geo.groups):
+        return False
+    if not adjoint:
+        return _unfolding_pays(*_unfolding(geo, False, False))
+    return _unfolding_pays(*_unfolding(geo, True, flipped_adjoint(geo, np.float64)))
+
+
 def batch_as_axis(geo, B: int) -> bool:
     """Whether a batch of ``B`` columns is multiplied as one more spatial axis (see the Notes above)."""
     return B > 1 and geo.ndim < 3 and geo.c_in // geo.groups > 1
 
 
 def _call(layer, make, dtype, batch_axis: bool):
-    """``make(layer.geometry, batch_axis)[:-1] + (weight,)``, worked out once and kept on the layer.
+    """``make(layer.geometry, batch_axis, dtype)[:-1] + (weight,)``, worked out once and kept on the layer.
 
     ``weight`` is the layer's kernel as a tensor of ``dtype`` (with a trailing
     axis of size 1 for the batch axis), mapped by the last entry of what
@@ -92,7 +151,7 @@ def _call(layer, make, dtype, batch_axis: bool):
     found = cache.get(key)
     if found is None:
         torch, _ = _F()
-        *call, kernel_map = make(layer.geometry, batch_axis)
+        *call, kernel_map = make(layer.geometry, batch_axis, dtype)
         K = layer.kernel if kernel_map is None else kernel_map(layer.kernel)
         w = _tensor(torch, np.ascontiguousarray(K, dtype=dtype))
         found = cache[key] = tuple(call) + (w[..., None] if batch_axis else w,)
@@ -106,7 +165,7 @@ def _flat(pairs):
     return out
 
 
-def _forward_call(geo, batch_axis: bool):
+def _forward_call(geo, batch_axis: bool, dtype=None):
     """``(conv, (pre_pad, mode), kwargs)`` of the forward product for a geometry, worked out once.
 
     ``pre_pad`` is the ``F.pad`` argument applied first (``None`` when torch's
@@ -157,15 +216,15 @@ def adjoint_is_a_conv(geo) -> bool:
             and all(lo == hi <= d * (k - 1) for (lo, hi), d, k in zip(geo.padding, geo.dilation, geo.kernel_size)))
 
 
-def _adjoint_call(geo, batch_axis: bool):
+def _adjoint_call(geo, batch_axis: bool, dtype):
     """``(conv, kwargs, cut, kernel_map)`` of the adjoint product for a geometry, worked out once.
 
-    A convolution with the flipped kernel where :func:`adjoint_is_a_conv`
+    A convolution with the flipped kernel where :func:`flipped_adjoint`
     (:func:`_adjoint_conv_call`), else a transposed convolution
     (:func:`_adjoint_transposed_call`); ``cut`` (or ``None``) takes the image
     out of the grid the call returns.
     """
-    if adjoint_is_a_conv(geo):
+    if flipped_adjoint(geo, dtype):
         return _adjoint_conv_call(geo, batch_axis)
     return _adjoint_transposed_call(geo, batch_axis)
 
