@@ -478,3 +478,33 @@ def test_no_warnings_on_the_exact_path(rng):
         warnings.simplefilter("error")
         singular_values(op)
         singular_vectors(op, k=2)
+
+
+def test_a_periodic_layer_s_values_per_frequency_are_computed_once_and_not_pickled(monkeypatch):
+    """singular_values then singular_vectors of one circular layer: one pass of per-frequency SVDs."""
+    import pickle
+
+    from structops.linalg import circular
+
+    calls = []
+    real = circular.Symbol._values_per_frequency
+    monkeypatch.setattr(circular.Symbol, "_values_per_frequency",
+                        lambda self, pf: calls.append(pf) or real(self, pf))
+    rng = np.random.default_rng(3)
+    op = structops.Conv2D(rng.standard_normal((4, 3, 3, 3)), (8, 6), stride=2, padding="circular")
+    s = structops.singular_values(op)
+    s_small, U, V = structops.singular_vectors(op, k=1, which="smallest")
+    s_large, _, _ = structops.singular_vectors(op, k=2)
+    assert calls == ["auto"]
+    dense = np.linalg.svd(op.todense(), compute_uv=False)
+    np.testing.assert_allclose(s, dense, rtol=0, atol=1e-13 * dense[0])
+    np.testing.assert_allclose(s_small, dense[-1:], rtol=0, atol=1e-13 * dense[0])
+    np.testing.assert_allclose(s_large, dense[:2], rtol=0, atol=1e-13 * dense[0])
+    np.testing.assert_allclose(np.linalg.norm(op @ V[:, 0]), dense[-1], rtol=1e-12)
+    structops.singular_values(op, per_frequency="svd")  # another mode: computed for it
+    assert calls == ["auto", "svd"]
+    assert "_symbol_values" in op.__dict__
+    op2 = pickle.loads(pickle.dumps(op))
+    assert "_symbol_values" not in op2.__dict__
+    np.testing.assert_array_equal(structops.singular_values(op2), s)
+    assert calls == ["auto", "svd", "auto"]

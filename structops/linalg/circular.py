@@ -41,6 +41,7 @@ class Symbol:
         self.c_out, self.c_in, self.nphase = c.shape[:3]
         self._P = None
         self.error_bound = math.nan  # of the last values computed
+        self._memo = None  # per_frequency -> (values per frequency, error bound), kept by the operator
 
     @classmethod
     def from_conv(cls, op: ConvND):
@@ -136,7 +137,24 @@ class Symbol:
 
     # -- singular values -------------------------------------------------------------
     def values_per_frequency(self, per_frequency="auto"):
-        """``(n_freq, r)`` singular values per frequency, each row descending; host float64."""
+        """``(n_freq, r)`` singular values per frequency, each row descending; host float64 (read-only).
+
+        With a memo (:func:`symbol_of` with ``memo=True``) the values are
+        computed once per operator: the values and then the vectors of a
+        512 -> 512 channel layer on 7x7 are two passes of per-frequency SVDs
+        otherwise (3.6 s and 1.4 s).
+        """
+        found = self._memo.get(per_frequency) if self._memo is not None else None
+        if found is None:
+            S = self._values_per_frequency(per_frequency)
+            S.flags.writeable = False
+            found = (S, self.error_bound)
+            if self._memo is not None:
+                self._memo[per_frequency] = found
+        S, self.error_bound = found
+        return S
+
+    def _values_per_frequency(self, per_frequency):
         P = self.matrices()
         xp = self.xp
         F, a, b = P.shape
@@ -281,15 +299,24 @@ def _batched(xp, fn, P):
     return np.concatenate(parts, axis=0).astype(np.float64, copy=False)
 
 
-def symbol_of(op):
-    """The exact periodic symbol of ``op``, or None when it has none (or is grouped: see ``group_layers``)."""
+def symbol_of(op, memo: bool = False):
+    """The exact periodic symbol of ``op``, or None when it has none (or is grouped: see ``group_layers``).
+
+    ``memo``: the symbol's values per frequency are kept by ``op`` (its
+    parameters are read-only and cannot be reassigned) and shared by every
+    symbol made from it this way; they are not pickled.
+    """
     if getattr(op, "groups", 1) > 1:
         return None
     if isinstance(op, Circulant):
-        return Symbol.from_circulant(op)
-    if isinstance(op, ConvND) and op.circular and all(n % s == 0 for n, s in zip(op.in_shape, op.stride)):
-        return Symbol.from_conv(op)
-    return None
+        sym = Symbol.from_circulant(op)
+    elif isinstance(op, ConvND) and op.circular and all(n % s == 0 for n, s in zip(op.in_shape, op.stride)):
+        sym = Symbol.from_conv(op)
+    else:
+        return None
+    if memo:
+        sym._memo = op.__dict__.setdefault("_symbol_values", {})
+    return sym
 
 
 def circular_start_vector(op: ConvND):

@@ -355,7 +355,7 @@ def _conv_values(op, k, which, opts):
     """Singular values of an irreducible layer, computed on its kernel scaled to unit size."""
     op, scale = _scaled(op)
     inner = opts.replace(log=[] if opts.log is not None else None)
-    sym = symbol_of(op)
+    sym = symbol_of(op, memo=True)
     if sym is not None:
         s = select(sym.values(inner.per_frequency), k, which)
         inner.note("exact per-frequency symbol", sym.error_bound)
@@ -603,7 +603,7 @@ def _checked_vectors(op, k, which, opts):
 
 
 def _vectors_of_part(op, k, which, opts):
-    sym = symbol_of(op)
+    sym = symbol_of(op, memo=True)
     if sym is not None:
         return sym.vectors(k, which, opts.per_frequency)
     M, N = op.shape

@@ -215,6 +215,7 @@ class StructuredOperator(LinearOperator):
     # -- pickling: array modules travel by name --------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
+        state.pop("_symbol_values", None)  # the spectra's memo (structops.linalg.circular.symbol_of)
         for k, v in state.items():
             if isinstance(v, types.ModuleType):
                 state[k] = _ModuleRef(v.__name__)
