@@ -140,12 +140,13 @@ _CONV2D = [
     dict(k=(6, 5, 3, 3), n=(5, 5), kw=dict(padding="valid")),  # enough channels for batched GEMMs
     dict(k=(6, 2, 3, 3), n=(6, 5), kw=dict(groups=2)),  # grouped: batched channel products
     dict(k=(8, 1, 3, 3), n=(6, 6), kw=dict(groups=4, stride=2)),  # depthwise with a channel multiplier
+    dict(k=(1, 5, 3, 3), n=(6, 5), kw={}),  # few outputs: the adjoint mixes shifted copies of them
 ]
 
 
 @pytest.mark.parametrize("method", ["direct", "fft"])
 @pytest.mark.parametrize("geo", _CONV2D, ids=["same", "mixed", "circular", "full-stride2", "channels", "groups",
-                                                "depthwise"])
+                                                "depthwise", "few-outputs"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128], ids=["f64", "f32", "c128"])
 def test_conv2d_methods_on_device(device, method, geo, dtype):
     rng = np.random.default_rng(3)
@@ -167,8 +168,9 @@ def test_conv2d_methods_on_device(device, method, geo, dtype):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("kshape, groups", [((2, 2, 3, 3), 1), ((4, 1, 3, 3), 1), ((4, 2, 3, 3), 2)],
-                         ids=["square", "few-inputs", "grouped"])
+@pytest.mark.parametrize("kshape, groups", [((2, 2, 3, 3), 1), ((4, 1, 3, 3), 1), ((4, 2, 3, 3), 2),
+                                            ((1, 4, 3, 3), 1)],
+                         ids=["square", "few-inputs", "grouped", "few-outputs"])
 def test_conv2d_direct_chunked_on_device(device, monkeypatch, stride, kshape, groups):
     """The direct algorithm split into several column chunks (a tiny temporary budget)."""
     from structops.operators import geometry as conv

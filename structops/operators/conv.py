@@ -286,7 +286,10 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, mats=Non
                     cols[:, t, :, b:] = 0
                     if a < b:
                         cols[:, t, :, a:b] = eg[:, :, a + j0 - off : b + j0 - off]
-                xp.matmul(KH, cols.reshape(g, T * cog, j1 - j0), out=gg[:, :, j0:j1])
+                if xp is np:  # BLAS writes the strided rows in place
+                    np.matmul(KH, cols.reshape(g, T * cog, j1 - j0), out=gg[:, :, j0:j1])
+                else:  # CuPy's matmul takes no strided out (its copy-back is not documented)
+                    gg[:, :, j0:j1] = xp.matmul(KH, cols.reshape(g, T * cog, j1 - j0))
             continue
         KrH = Kg.reshape(g, cig * len(taps), cog)
         chunks = geo.chunks(n_valid, g * KrH.shape[1], dtype.itemsize)
