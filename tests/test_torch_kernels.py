@@ -299,3 +299,24 @@ def test_a_float64_wide_layer_pickles_with_its_route(monkeypatch):
     op3 = pickle.loads(pickle.dumps(op))
     assert op3._torch_dtype(x[:, None]) is None
     np.testing.assert_allclose(op3 @ x, y, rtol=0, atol=1e-12 * np.abs(y).max())
+
+
+@pytest.mark.parametrize("method", ["auto", "torch"])
+def test_a_layer_pickled_by_an_older_version_works_out_its_torch_routes_again(method):
+    """Routes and their per-dtype cache kept in an older layout (a bool, 2-tuples) are rebuilt on loading."""
+    from structops.operators import conv
+
+    rng = np.random.default_rng(8)
+    K = rng.standard_normal((32, 32, 3, 3))
+    op = structops.Conv2D(K, (6, 5), method=method)
+    x = rng.standard_normal(op.shape[1])
+    y = op @ x
+    state = op.__getstate__()
+    assert state["_torch_for"] == {}
+    state["_torch_vectors"] = True  # as an older version kept them
+    state["_torch_for"] = {np.dtype(np.float64): (np.dtype(np.float64), False)}
+    old = conv.ConvND.__new__(conv.ConvND)
+    old.__setstate__(state)
+    assert old._torch_vectors == op._torch_vectors and old._torch_for == {}
+    np.testing.assert_allclose(old @ x, y, rtol=0, atol=1e-12 * np.abs(y).max())
+    np.testing.assert_allclose(old.H @ y, op.H @ y, rtol=0, atol=1e-12 * np.abs(op.H @ y).max())

@@ -706,6 +706,7 @@ class ConvND(StructuredOperator):
         state = super().__getstate__()
         state.pop("_torch_weights", None)  # a cache of torch tensors (see torch_kernels)
         state["_tap_mats"] = {}  # the kernel laid out for the products: made again on the first one
+        state["_torch_for"] = {}  # the routes per input dtype: worked out again on the first product
         return state
 
     def __setstate__(self, state):
@@ -714,8 +715,9 @@ class ConvND(StructuredOperator):
         if self.method != "torch" and self.__dict__.get("_torch"):
             # "auto" handed float32 host products to torch where the layer was made: here only if torch is here
             self._torch = torch_kernels.available()
-            self._torch_vectors = self._float64_vector_routes()
-            self._torch_for = {}
+        # worked out here, with this version's rules (a pickle from an older one may hold others)
+        self._torch_vectors = self._float64_vector_routes()
+        self._torch_for = {}
 
     def _float64_vector_routes(self):
         """``(forward, adjoint)``: whether ``"auto"`` hands float64 single vectors to torch.
@@ -728,7 +730,7 @@ class ConvND(StructuredOperator):
         and float64 batches stay with the library (16 -> 16 on 64x64, batch 32:
         2.3x faster here).
         """
-        if not (self._torch and self.method == "direct"):
+        if not (self.__dict__.get("_torch") and self.method == "direct"):
             return (False, False)
         return tuple(torch_kernels.float64_vectors_faster(self._geo, adjoint) for adjoint in (False, True))
 
