@@ -125,19 +125,28 @@ def _tap_matrices(geo: ConvGeometry, Kt, g: int, adjoint: bool) -> list:
     return mats
 
 
-def _chunk_products(xp, A, X, chunks, dtype):
-    """``(j0, j1, A @ X[:, :, j0:j1])`` for each chunk, all written into one buffer made for the first.
+def _chunk_buffers(xp, chunks, shape: tuple, dtype):
+    """``(j0, j1, b)`` for each chunk, ``b`` a ``shape + (j1 - j0,)`` view of one buffer made for the first.
 
-    ``A``: ``(g, r, k)``; ``X``: ``(g, k, L)``. A fresh temporary a chunk was a
-    fresh mapping a chunk (16 -> 16 channels 3x3 on 64x64, float64 batch 2:
-    2000 page faults and 6.5 to 7.3 ms a product, 1.8 ms with the buffer).
+    A fresh temporary a chunk was a fresh mapping a chunk (16 -> 16 channels
+    3x3 on 64x64, float64 batch 2: 2000 page faults and 6.5 to 7.3 ms a
+    product, 1.8 ms with the buffer). Uninitialised.
     """
     buf = None
+    rows = int(np.prod(shape))
     for j0, j1 in chunks:
-        n = A.shape[0] * A.shape[1] * (j1 - j0)
         if buf is None:  # the first chunk is the longest
-            buf = xp.empty(n, dtype=dtype)
-        yield j0, j1, xp.matmul(A, X[:, :, j0:j1], out=buf[:n].reshape(A.shape[0], A.shape[1], j1 - j0))
+            buf = xp.empty(rows * (j1 - j0), dtype=dtype)
+        yield j0, j1, buf[: rows * (j1 - j0)].reshape(tuple(shape) + (j1 - j0,))
+
+
+def _chunk_products(xp, A, X, chunks, dtype):
+    """``(j0, j1, A @ X[:, :, j0:j1])`` for each chunk, all written into one buffer (:func:`_chunk_buffers`).
+
+    ``A``: ``(g, r, k)``; ``X``: ``(g, k, L)``.
+    """
+    for j0, j1, b in _chunk_buffers(xp, chunks, A.shape[:2], dtype):
+        yield j0, j1, xp.matmul(A, X[:, :, j0:j1], out=b)
 
 
 def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1, mats=None):
@@ -194,8 +203,8 @@ def _direct_forward(geo: ConvGeometry, Kt, phases, co: int, step: int = 1, mats=
         if cig < cog:
             # fewer inputs than outputs: copy the shifted inputs (taps x c_in rows) and mix them in one
             # product, instead of shifting and adding taps x c_out rows of products
-            for j0, j1 in geo.chunks(n_valid, g * len(taps) * cig, dtype.itemsize):
-                cols = xp.empty((g, len(taps), cig, j1 - j0), dtype=x.dtype)
+            chunks = geo.chunks(n_valid, g * len(taps) * cig, dtype.itemsize)
+            for j0, j1, cols in _chunk_buffers(xp, chunks, (g, len(taps), cig), x.dtype):  # written whole
                 for t, off in enumerate(offs):
                     cols[:, t] = x[:, :, j0 + off : j1 + off]
                 og[:, :, j0:j1] += xp.matmul(Kg.reshape(g, cog, len(taps) * cig), cols.reshape(g, len(taps) * cig, j1 - j0))
@@ -275,11 +284,8 @@ def _direct_adjoint(geo: ConvGeometry, Kt, ext, ci: int, step: int = 1, mats=Non
             # 32x32, batch 8: 8.3 against 11.2 ms) and for single taps the shifted adds were faster
             T = len(taps)
             KH = Kg.reshape(g, cig, T * cog)
-            buf = None
-            for j0, j1 in geo.chunks(L, g * T * cog, eg.dtype.itemsize):
-                if buf is None:  # one buffer for every chunk (the first is the longest): no fresh pages
-                    buf = xp.empty(g * T * cog * (j1 - j0), dtype=eg.dtype)
-                cols = buf[: g * T * cog * (j1 - j0)].reshape(g, T, cog, j1 - j0)
+            chunks = geo.chunks(L, g * T * cog, eg.dtype.itemsize)
+            for j0, j1, cols in _chunk_buffers(xp, chunks, (g, T, cog), eg.dtype):
                 for t, off in enumerate(offs):  # cols[:, t, :, q - j0] = y[:, :, q - off], zero elsewhere
                     a, b = min(max(off - j0, 0), j1 - j0), max(min(n_valid + off - j0, j1 - j0), 0)
                     cols[:, t, :, :a] = 0

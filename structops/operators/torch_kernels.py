@@ -211,7 +211,8 @@ def forward(layer, X):
 
 
 def adjoint_is_a_conv(geo) -> bool:
-    """Whether the adjoint runs as a convolution with the flipped kernel (see :func:`_adjoint_conv_call`)."""
+    """Whether the adjoint can run as a convolution with the flipped kernel (:func:`_adjoint_conv_call`;
+    :func:`flipped_adjoint` says whether it does)."""
     return (not geo.circular and all(s == 1 for s in geo.stride)
             and all(lo == hi <= d * (k - 1) for (lo, hi), d, k in zip(geo.padding, geo.dilation, geo.kernel_size)))
 
