@@ -97,6 +97,63 @@ def test_a_used_float32_layer_pickles_without_its_tensor_cache():
     np.testing.assert_array_equal(op2 @ x, y)
 
 
+@pytest.mark.parametrize("padding, lean", [(1, (True, True)), (((0, 2), (1, 0)), (False, False)),
+                                            ("circular", (False, False)), (0, (True, True))])
+def test_single_float32_vectors_go_straight_to_torch_and_agree_with_the_batch_path(monkeypatch, padding, lean):
+    """matvec, rmatvec, ``@`` and ``dot`` of one flat vector call torch_kernels.vector (its layout worked out
+    once per dtype and direction) where torch needs no padding or border of its own, else the general path."""
+    import pickle
+    import warnings
+
+    rng = np.random.default_rng(12)
+    K = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    op = structops.Conv2D(K, (7, 6), padding=padding)
+    ref = structops.Conv2D(K, (7, 6), padding=padding, method="direct")
+    calls = _spy_torch(monkeypatch)
+    x, y = rng.standard_normal(op.shape[1]).astype(np.float32), rng.standard_normal(op.shape[0]).astype(np.float32)
+    want_x, want_y = op @ x[:, None], op.H @ y[:, None]  # the batch path, as one column
+    calls.clear()
+    counts = op.matvec_count, op.rmatvec_count
+    for got in (op.matvec(x), op @ x, op.dot(x), op._matvec(x)):
+        assert got.dtype == np.float32 and got.shape == (op.shape[0],)
+        np.testing.assert_array_equal(got, want_x[:, 0])
+    for got in (op.rmatvec(y), op.H @ y, op._rmatvec(y)):
+        assert got.dtype == np.float32 and got.shape == (op.shape[1],)
+        np.testing.assert_array_equal(got, want_y[:, 0])
+    # counted as pylops counts them (op.H @ y on the adjoint operator, _matvec not at all)
+    assert (op.matvec_count, op.rmatvec_count) == (counts[0] + 3, counts[1] + 1)
+    np.testing.assert_allclose(want_x[:, 0], ref @ x, rtol=0, atol=1e-5 * np.abs(ref @ x).max())
+    assert calls == ["forward"] * 4 + ["adjoint"] * 3
+    assert [op._vector_call(v, a) is not None for v, a in ((x, False), (y, True))] == list(lean)
+    # a read-only vector: the same numbers, no warning from torch
+    ro = x.copy()
+    ro.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(op.matvec(ro), want_x[:, 0])
+    # another dtype, a wrong length, a 2-D column: not the vector path
+    assert op._vector_call(x.astype(np.float64)) is None
+    np.testing.assert_allclose(op.matvec(x.astype(np.float64)), ref @ x.astype(np.float64), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError):
+        op.matvec(x[:-1])
+    assert op._vector_call(x[:-1]) is None and op._vector_call(x[:, None]) is None
+    # the calls hold torch tensors: never pickled, worked out again after loading
+    op2 = pickle.loads(pickle.dumps(op))
+    assert op2._vector_calls == ({}, {})
+    np.testing.assert_array_equal(op2.matvec(x), want_x[:, 0])
+    np.testing.assert_array_equal(op2.rmatvec(y), want_y[:, 0])
+
+
+def test_a_complex_layer_s_real_vectors_never_take_torch_s_vector_path():
+    """``np.dtype(...) == None`` is True (None reads as float64): the route check must not compare that way."""
+    rng = np.random.default_rng(13)
+    K = rng.standard_normal((3, 2, 3, 3)) * (1 + 1j)
+    op = structops.Conv2D(K, (5, 5), method="direct")
+    x = rng.standard_normal(op.shape[1])
+    assert op._vector_call(x) is None
+    np.testing.assert_allclose(op.matvec(x), op.tosparse() @ x, rtol=0, atol=1e-12)
+
+
 def test_a_float32_layer_unpickled_where_torch_is_missing_keeps_the_library_s_kernels(monkeypatch):
     import pickle
 
@@ -202,10 +259,24 @@ def _spy_torch(monkeypatch):
     """Count the products torch_kernels computes."""
     from structops.operators import torch_kernels
 
-    calls = []
+    calls, direction = [], {}
     for name in ("forward", "adjoint"):
         real = getattr(torch_kernels, name)
         monkeypatch.setattr(torch_kernels, name, lambda layer, X, real=real, name=name: calls.append(name) or real(layer, X))
+    # a single vector's product: vector(call, x), with the call worked out once by vector_call
+    real_call, real_vector = torch_kernels.vector_call, torch_kernels.vector
+
+    def vector_call(layer, dtype, adjoint=False):
+        call = real_call(layer, dtype, adjoint)
+        direction[id(call)] = "adjoint" if adjoint else "forward"
+        return call
+
+    def vector(call, x):
+        calls.append(direction[id(call)])
+        return real_vector(call, x)
+
+    monkeypatch.setattr(torch_kernels, "vector_call", vector_call)
+    monkeypatch.setattr(torch_kernels, "vector", vector)
     return calls
 
 
@@ -315,6 +386,7 @@ def test_a_layer_pickled_by_an_older_version_works_out_its_torch_routes_again(me
     assert state["_torch_for"] == {}
     state["_torch_vectors"] = True  # as an older version kept them
     state["_torch_for"] = {np.dtype(np.float64): (np.dtype(np.float64), False)}
+    del state["_vector_calls"]  # an older version had none
     old = conv.ConvND.__new__(conv.ConvND)
     old.__setstate__(state)
     assert old._torch_vectors == op._torch_vectors and old._torch_for == {}

@@ -619,6 +619,7 @@ class ConvND(StructuredOperator):
         # an input's dtype -> (the dtype torch multiplies it in, or None; whether batches, whether single
         # vectors go to torch, each (forward, adjoint))
         self._torch_for = {}
+        self._vector_calls = ({}, {})  # (forward, adjoint): an input's dtype -> torch_kernels.vector_call or None
         self._taps = kernel.reshape(self.c_out, self.c_in // self.groups, -1)
         self._plans = {}
         self._H = {}
@@ -713,6 +714,7 @@ class ConvND(StructuredOperator):
         state.pop("_torch_weights", None)  # a cache of torch tensors (see torch_kernels)
         state["_tap_mats"] = {}  # the kernel laid out for the products: made again on the first one
         state["_torch_for"] = {}  # the routes per input dtype: worked out again on the first product
+        state["_vector_calls"] = ({}, {})  # and the single vectors' torch calls
         return state
 
     def __setstate__(self, state):
@@ -724,6 +726,7 @@ class ConvND(StructuredOperator):
         # worked out here, with this version's rules (a pickle from an older one may hold others)
         self._torch_vectors = self._float64_vector_routes()
         self._torch_for = {}
+        self._vector_calls = ({}, {})
 
     def _float64_vector_routes(self):
         """``(forward, adjoint)``: whether ``"auto"`` hands float64 single vectors to torch.
@@ -772,19 +775,52 @@ class ConvND(StructuredOperator):
             return contextlib.nullcontext()  # torch's kernels run on torch's own threads
         return super()._threads(X, adjoint)
 
+    def _vector_call(self, x, adjoint: bool = False):
+        """:func:`~structops.operators.torch_kernels.vector_call` for ``x`` when it is a flat NumPy vector of
+        the right length that torch multiplies in its own dtype, else ``None`` (cheap: asked on every one)."""
+        if type(x) is not np.ndarray or x.ndim != 1:
+            return None
+        calls = self._vector_calls[adjoint]
+        call = calls.get(x.dtype, False)
+        if call is False:
+            dtype = self._torch_dtype(x, adjoint)  # (never compared with ==: a dtype equals None, read as float64)
+            call = calls[x.dtype] = (torch_kernels.vector_call(self, x.dtype, adjoint)
+                                     if dtype is not None and dtype == x.dtype else None)
+        return call if call is not None and x.shape == call[0] else None
+
+    # one flat NumPy vector through torch's kernels: straight there, without pylops' or the package's wrappers
+    # or the threads context (torch's kernels run on torch's threads); see torch_kernels.vector
+    def matvec(self, x):
+        call = self._vector_call(x)
+        if call is None:
+            return super().matvec(x)
+        self.matvec_count += 1
+        return torch_kernels.vector(call, x)
+
+    def rmatvec(self, y):
+        call = self._vector_call(y, True)
+        if call is None:
+            return super().rmatvec(y)
+        self.rmatvec_count += 1
+        return torch_kernels.vector(call, y)
+
     def _matvec(self, x):
-        # a single image through torch's kernels skips the threads context and the second dtype check
-        # (about 3 us of the 15 to 20 a call costs around a product of 150 us: 16->16 3x3 64x64 float32)
+        call = self._vector_call(x)
+        if call is not None:
+            return torch_kernels.vector(call, x)
         dtype = self._torch_dtype(x)
         if dtype is None or x.ndim != 1:
             return super()._matvec(x)
-        return torch_kernels.forward(self, (x if x.dtype == dtype else x.astype(dtype)).reshape(-1, 1)).reshape(-1)
+        return torch_kernels.forward(self, x.astype(dtype).reshape(-1, 1)).reshape(-1)
 
     def _rmatvec(self, y):
+        call = self._vector_call(y, True)
+        if call is not None:
+            return torch_kernels.vector(call, y)
         dtype = self._torch_dtype(y, True)
         if dtype is None or y.ndim != 1:
             return super()._rmatvec(y)
-        return torch_kernels.adjoint(self, (y if y.dtype == dtype else y.astype(dtype)).reshape(-1, 1)).reshape(-1)
+        return torch_kernels.adjoint(self, y.astype(dtype).reshape(-1, 1)).reshape(-1)
 
     def _forward(self, X):
         dtype = self._torch_dtype(X)

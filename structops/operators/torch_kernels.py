@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["available", "forward", "adjoint"]
+__all__ = ["available", "forward", "adjoint", "vector_call", "vector"]
 
 # "auto" hands float32 host products to torch when it is installed
 AUTO_FLOAT32 = True
@@ -208,6 +208,39 @@ def forward(layer, X):
         x = F.pad(x, pre, mode=mode)
     y = conv(x, weight, **kwargs).numpy()
     return y.reshape(-1, B) if axis else y.reshape(B, -1).T
+
+
+def vector_call(layer, dtype, adjoint: bool = False):
+    """What :func:`vector` needs for flat vectors of ``dtype``, worked out once; ``None`` where they take
+    :func:`forward` / :func:`adjoint` (a padding or border of its own before or after torch's call)."""
+    torch, _ = _F()
+    geo = layer.geometry
+    if adjoint:
+        conv, kwargs, cut, weight = _call(layer, _adjoint_call, dtype, False)
+        if cut is not None or geo.circular:
+            return None
+        return (layer.shape[0],), (1, geo.c_out) + geo.out_shape, torch.from_numpy, conv, weight, kwargs
+    conv, (pre, _), kwargs, weight = _call(layer, _forward_call, dtype, False)
+    if pre is not None:
+        return None
+    return (layer.shape[1],), (1, geo.c_in) + geo.in_shape, torch.from_numpy, conv, weight, kwargs
+
+
+def vector(call, x):
+    """The product of one flat host vector ``x`` (of the dtype of ``call``, from :func:`vector_call`).
+
+    :func:`forward` and :func:`adjoint` for ``B = 1`` with their layout worked
+    out once. A single image of 16 -> 16 channels 3x3 on 64x64 in float32 is
+    about 170 us in torch's kernel, and each Python step around it costs three
+    to four times what it does after a tiny product (the kernel has had the
+    caches): measured call by call, interleaved, ``op.matvec`` took 9.5 us
+    more than torch's call with its ``from_numpy`` and ``.numpy()`` through
+    the general path, and 3 to 5 us more this way.
+    """
+    _, shape, from_numpy, conv, weight, kwargs = call
+    x = x.reshape(shape)
+    t = from_numpy(x) if x.flags.writeable else _tensor(_F()[0], x)
+    return conv(t, weight, **kwargs).numpy().reshape(-1)
 
 
 def adjoint_is_a_conv(geo) -> bool:
