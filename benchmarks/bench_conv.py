@@ -12,7 +12,13 @@ with status 1. Times are medians of ``--repeat`` runs after ``--warmup`` runs,
 measured with ``time.perf_counter``; the implementations of one case are timed
 in turn, round after round, each round in a random order, so that a drift of the
 machine reaches them alike (calls under 10 ms are repeated within a sample,
-their mean the sample). The ratio column is
+their mean the sample). A case whose calls all take under a millisecond (one
+image in float32) is timed one call at a time instead, over as many rounds as
+fill about ``0.15 * repeat`` seconds: on this shared 2-core machine a sample of
+10 ms in a row caught the machine's slow spells for one implementation and not
+the next, and the one-image float32 forward ratio spread from 0.84x to 0.94x
+over four runs of samples, 0.91x to 0.92x over the same four call by call
+(adjoint 0.96x to 1.05x and 1.07x to 1.09x). The ratio column is
 ``time(implementation) / time(structops)`` for the same case and operation:
 above 1 means structops is faster.
 
@@ -61,6 +67,8 @@ from structops.apps.benchtools import format_time, median_time, median_times, py
 
 ROWS: list = []
 FAILURES: list = []
+# a case whose calls all take less than this is timed call by call (see above)
+CALL_BY_CALL_BELOW = 1e-3
 
 
 # ---------------------------------------------------------------- helpers
@@ -157,6 +165,15 @@ def environment(torch):
 
 
 # ---------------------------------------------------------------- sections
+def case_times(funcs, repeat: int, warmup: int) -> list:
+    """Median times of one case's functions: :func:`median_times`, call by call where every call is short."""
+    once = median_times(funcs, 1, warmup, min_sample=0)
+    if max(once) < CALL_BY_CALL_BELOW:
+        rounds = int(np.clip(0.15 * repeat / max(sum(once), 1e-9), repeat, 20000))
+        return median_times(funcs, rounds, 0, min_sample=0)
+    return median_times(funcs, repeat, warmup)
+
+
 def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng, groups=1):
     """Forward and adjoint of one layer on the CPU, every implementation.
 
@@ -251,7 +268,7 @@ def cpu_case(case, kernel, n, batch, repeat, warmup, torch, with_pylops, rng, gr
             check(name, what, g, want)
             if len(timed) > before:  # time torch's call itself, not the check's layout change
                 timed[-1] = (what, name, f, timed[-1][3])
-    ts = median_times([f for _, _, f, _ in timed], repeat, warmup)
+    ts = case_times([f for _, _, f, _ in timed], repeat, warmup)
     for (what, name, _, err), t in zip(timed, ts):
         record(case, what, name, t, err)
 

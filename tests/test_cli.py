@@ -165,6 +165,38 @@ def test_median_times_fills_short_samples_and_keeps_the_order():
     assert 0 < fast_t < 1e-3 <= 3e-3 <= slow_t
 
 
+def test_the_conv_benchmark_times_a_case_of_short_calls_call_by_call():
+    """bench_conv.case_times: one call a sample over many rounds where every call is under a millisecond,
+    the filled samples of median_times otherwise."""
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_conv
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+        time.sleep(2e-4)
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(2e-3)
+
+    ts = bench_conv.case_times([fast, fast], repeat=2, warmup=1)
+    # 1 warm-up and 1 sizing round, then about 0.3 s of rounds of two calls of at least 0.2 ms each
+    assert 2 * 2 + 2 * 20 < calls["fast"] < 2 * 2 + 2 * 0.3 / 4e-4 + 2
+    assert all(2e-4 <= t < 2e-2 for t in ts)
+    calls["fast"] = 0
+    fast_t, slow_t = bench_conv.case_times([fast, slow], repeat=3, warmup=1)
+    # a warm-up and one round, then median_times: a warm-up, the sizing call and samples of 10 ms (3 to 5
+    # calls of 2 ms or more each)
+    assert 2 + 2 + 3 * 3 <= calls["slow"] <= 2 + 2 + 3 * 5
+    assert 2e-4 <= fast_t < 2e-3 <= slow_t
+
+
 def test_median_times_vary_which_function_runs_first_and_after_which():
     from structops.apps.benchtools import median_times
 
