@@ -131,6 +131,9 @@ def test_single_float32_vectors_go_straight_to_torch_and_agree_with_the_batch_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(op.matvec(ro), want_x[:, 0])
+    # a reversed view (negative stride, which torch cannot view): copied
+    np.testing.assert_array_equal(op.matvec(x[::-1].copy()[::-1]), want_x[:, 0])
+    np.testing.assert_array_equal(op.rmatvec(y[::-1].copy()[::-1]), want_y[:, 0])
     # another dtype, a wrong length, a 2-D column: not the vector path
     assert op._vector_call(x.astype(np.float64)) is None
     np.testing.assert_allclose(op.matvec(x.astype(np.float64)), ref @ x.astype(np.float64), rtol=1e-12, atol=1e-12)
@@ -176,7 +179,8 @@ def test_a_float32_layer_unpickled_where_torch_is_missing_keeps_the_library_s_ke
 @pytest.mark.parametrize("shape, g, padding", [((6, 4, 3, 3), 1, "same"), ((6, 4, 3), 2, ((2, 0),)),
                                                ((4, 2, 3, 3), 1, "circular"), ((4, 4, 3, 3), 4, "same")])
 def test_batches_in_any_memory_layout_agree(shape, g, padding):
-    """C-ordered, Fortran-ordered and strided batches, one column and many, on both torch routes."""
+    """C-ordered, Fortran-ordered, strided and reversed batches and vectors, one column and many, on both
+    torch routes (torch views no negative stride: a reversed input is copied)."""
     from structops.operators import torch_kernels
 
     rng = np.random.default_rng(3)
@@ -188,10 +192,16 @@ def test_batches_in_any_memory_layout_agree(shape, g, padding):
     assert torch_kernels.batch_as_axis(op.geometry, 5) == (shape[1] > 1)
     X = rng.standard_normal((op.shape[1], 10))
     Y = rng.standard_normal((op.shape[0], 10))
-    for x, y in ((X, Y), (np.asfortranarray(X), np.asfortranarray(Y)), (X[:, ::2], Y[:, ::2]), (X[:, :1], Y[:, :1])):
+    for x, y in ((X, Y), (np.asfortranarray(X), np.asfortranarray(Y)), (X[:, ::2], Y[:, ::2]), (X[:, :1], Y[:, :1]),
+                 (X[::-1], Y[::-1]), (X[::-1, ::-3], Y[::-1, ::-3]), (X[::-1, :1], Y[::-1, :1])):
         np.testing.assert_allclose(op @ x, ref @ x, rtol=0, atol=1e-12 * np.abs(ref @ x).max())
         np.testing.assert_allclose(op.H @ y, ref.H @ y, rtol=0, atol=1e-12 * np.abs(ref.H @ y).max())
-    np.testing.assert_allclose(op @ X[:, 0], ref @ X[:, 0], rtol=0, atol=1e-12 * np.abs(ref @ X).max())
+    x, y = X[:, 0], Y[:, 0]
+    xx, yy = np.concatenate([x, x]), np.concatenate([y, y])
+    vectors = [(x, y), (x[::-1], y[::-1]), (xx[::2], yy[::2]), (xx[::-2], yy[::-2])]
+    for x, y in vectors + [(x.astype(np.float32), y.astype(np.float32)) for x, y in vectors]:
+        for got, want in ((op @ x, ref @ x), (op.matvec(x), ref @ x), (op.H @ y, ref.H @ y), (op.rmatvec(y), ref.H @ y)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
 
 
 def test_depthwise_float32_auto_sends_single_vectors_to_torch_and_keeps_batches():

@@ -65,7 +65,10 @@ def _F():
 
 
 def _tensor(torch, a):
-    """``torch.from_numpy(a)`` without the warning for read-only arrays (torch only reads them here)."""
+    """``torch.from_numpy(a)`` without the warning for read-only arrays (torch only reads them here), and of a
+    contiguous copy where ``a`` has a negative stride (a reversed input: torch views none)."""
+    if a.ndim and min(a.strides) < 0:
+        a = np.ascontiguousarray(a)
     if a.flags.writeable:
         return torch.from_numpy(a)
     with warnings.catch_warnings():
@@ -239,7 +242,8 @@ def vector(call, x):
     """
     _, shape, from_numpy, conv, weight, kwargs = call
     x = x.reshape(shape)
-    t = from_numpy(x) if x.flags.writeable else _tensor(_F()[0], x)
+    # (a flat vector's view has strides of one sign: the last says whether torch can view it)
+    t = from_numpy(x) if x.flags.writeable and x.strides[-1] > 0 else _tensor(_F()[0], x)
     return conv(t, weight, **kwargs).numpy().reshape(-1)
 
 
