@@ -553,9 +553,53 @@ class ConvGeometry:
         ph = xp.ascontiguousarray(buf.reshape(split).transpose(perm))
         return ph.reshape(self.nphase, c, -1)
 
+    def _phase_windows(self):
+        """Per phase ``r`` (a tuple of residues, one per axis) of a zero-padded grid: ``(r, box, src)``.
+
+        ``box``: the slices of the phase's cells ``q`` that hold input pixels
+        (``q s + r - lo`` within the image; ``None`` if none do), ``src``: those
+        pixels' strided slices of the image. Every pixel is in one phase's
+        window, once (``q = (i + lo) // s < Q`` since the grid covers ``lo + n``).
+
+        :meth:`from_phases` copies each window into its view of the image: one
+        pass, where transposing the phases back and cutting the image out of
+        the padded grid took two copies (the adjoint of 64 -> 64 channels 3x3
+        stride 2 on 56x56, float64, batch 16: 24 ms against 31 to 35; 3 -> 32
+        on 224x224, batch 8: 19 to 22 ms against 28 to 31). :meth:`to_phases`
+        keeps its two copies, a contiguous one and a transposing one: the four
+        strided reads of this way measured slower for one image and for 64
+        channels in a batch of 16.
+        """
+        for r in np.ndindex(*self.stride):
+            box, src = [], []
+            for ax in range(self.ndim):
+                st, (lo, _), n, Q = self.stride[ax], self.padding[ax], self.in_shape[ax], self.Q[ax]
+                q0 = max(0, -((r[ax] - lo) // st))  # the first cell with q st + r - lo >= 0
+                q1 = min(Q, (n - 1 + lo - r[ax]) // st + 1) if n - 1 + lo - r[ax] >= 0 else 0
+                if q0 >= q1:
+                    box = None
+                    break
+                box.append(slice(q0, q1))
+                src.append(slice(q0 * st + r[ax] - lo, (q1 - 1) * st + r[ax] - lo + 1, st))
+            yield r, (None if box is None else tuple(box)), (None if box is None else tuple(src))
+
     def from_phases(self, G, c: int, B: int, batch_last: bool = False, out=None):
         """Adjoint of :meth:`to_phases`: ``(nphase, c, B * cell)`` -> ``(c * N, B)`` (into ``out`` if given)."""
         D = self.ndim
+        if self.nphase > 1 and not self.circular:  # each phase's window copied into its strided view of the image
+            if out is None:
+                out = get_xp(G).empty((c * int(np.prod(self.in_shape)), B), dtype=G.dtype)
+            elif not out.flags.c_contiguous:
+                raise ValueError("out must be a C-contiguous array")
+            img = out.reshape((c,) + self.in_shape + (B,))  # a view: every pixel is written once below
+            if batch_last:
+                ph, lead = G.reshape(tuple(self.stride) + (c,) + self.Q + (B,)), (slice(None),)
+            else:
+                ph, lead, img = G.reshape(tuple(self.stride) + (c, B) + self.Q), (slice(None),) * 2, batch_second(img)
+            for r, box, src in self._phase_windows():
+                if box is not None:
+                    img[lead + src] = ph[r][lead + box]
+            return out
         if self.nphase == 1:
             buf = G.reshape(((c,) + self.P + (B,)) if batch_last else ((c, B) + self.P))
         elif batch_last:  # (s_1, ..., c, Q_1, ..., B) -> (c, Q_1, s_1, ..., B)
