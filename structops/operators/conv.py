@@ -783,7 +783,7 @@ class ConvND(StructuredOperator):
         calls = self._vector_calls[adjoint]
         call = calls.get(x.dtype, False)
         if call is False:
-            dtype = self._torch_dtype(x, adjoint)  # (never compared with ==: a dtype equals None, read as float64)
+            dtype = self._torch_dtype(x, adjoint)  # None checked first: np.dtype(...) == None is True for float64
             call = calls[x.dtype] = (torch_kernels.vector_call(self, x.dtype, adjoint)
                                      if dtype is not None and dtype == x.dtype else None)
         return call if call is not None and x.shape == call[0] else None
@@ -806,21 +806,15 @@ class ConvND(StructuredOperator):
 
     def _matvec(self, x):
         call = self._vector_call(x)
-        if call is not None:
-            return torch_kernels.vector(call, x)
-        dtype = self._torch_dtype(x)
-        if dtype is None or x.ndim != 1:
+        if call is None:  # the general path (_forward: torch's route with its casts and paddings, or the library's)
             return super()._matvec(x)
-        return torch_kernels.forward(self, x.astype(dtype).reshape(-1, 1)).reshape(-1)
+        return torch_kernels.vector(call, x)
 
     def _rmatvec(self, y):
         call = self._vector_call(y, True)
-        if call is not None:
-            return torch_kernels.vector(call, y)
-        dtype = self._torch_dtype(y, True)
-        if dtype is None or y.ndim != 1:
+        if call is None:
             return super()._rmatvec(y)
-        return torch_kernels.adjoint(self, y.astype(dtype).reshape(-1, 1)).reshape(-1)
+        return torch_kernels.vector(call, y)
 
     def _forward(self, X):
         dtype = self._torch_dtype(X)
