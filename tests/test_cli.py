@@ -165,7 +165,7 @@ def test_median_times_fills_short_samples_and_keeps_the_order():
     assert 0 < fast_t < 1e-3 <= 3e-3 <= slow_t
 
 
-def test_the_conv_benchmark_times_a_case_of_short_calls_call_by_call():
+def test_the_conv_benchmark_times_a_case_of_short_calls_call_by_call(monkeypatch):
     """bench_conv.case_times: one call a sample over many rounds where every call is under a millisecond,
     the filled samples of median_times otherwise."""
     import sys
@@ -174,6 +174,15 @@ def test_the_conv_benchmark_times_a_case_of_short_calls_call_by_call():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_conv
+
+    timed = []  # (repeat, warmup, min_sample) of each median_times call
+    real = bench_conv.median_times
+
+    def median_times(funcs, repeat, warmup, sync=None, min_sample=1e-2):
+        timed.append((repeat, warmup, min_sample))
+        return real(funcs, repeat, warmup, sync, min_sample)
+
+    monkeypatch.setattr(bench_conv, "median_times", median_times)
 
     calls = {"fast": 0, "slow": 0}
 
@@ -189,11 +198,13 @@ def test_the_conv_benchmark_times_a_case_of_short_calls_call_by_call():
     # 1 warm-up and 1 sizing round, then about 0.3 s of rounds of two calls of at least 0.2 ms each
     assert 2 * 2 + 2 * 20 < calls["fast"] < 2 * 2 + 2 * 0.3 / 4e-4 + 2
     assert all(2e-4 <= t < 2e-2 for t in ts)
-    calls["fast"] = 0
+    assert timed[0] == (1, 1, 0) and timed[1][1:] == (0, 0) and timed[1][0] * 2 + 4 == calls["fast"]
+    calls["fast"], timed[:] = 0, []
     fast_t, slow_t = bench_conv.case_times([fast, slow], repeat=3, warmup=1)
-    # a warm-up and one round, then median_times: a warm-up, the sizing call and samples of 10 ms (3 to 5
-    # calls of 2 ms or more each)
-    assert 2 + 2 + 3 * 3 <= calls["slow"] <= 2 + 2 + 3 * 5
+    # one round, then median_times' own filled samples (its sizing is tested above): 10 ms of calls of 2 ms
+    # or more, at most 5 a sample, besides a warm-up and the sizing call
+    assert timed == [(1, 1, 0), (3, 1, 1e-2)]
+    assert calls["slow"] <= 2 + 2 + 3 * 5
     assert 2e-4 <= fast_t < 2e-3 <= slow_t
 
 
