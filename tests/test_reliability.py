@@ -464,6 +464,24 @@ def test_bad_arguments_exit_2_with_one_line(argv, tmp_path):
     assert "Traceback" not in r.stderr and "error:" in r.stderr
 
 
+@pytest.mark.parametrize("name", ["landscape", "convex", "regularize", "layers"])
+def test_a_usage_error_leaves_no_output_folder_behind(name, tmp_path):
+    r = _cli(name, "--no-such-option", cwd=tmp_path)
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # argparse converts a string default before it reports the extra argument
+
+
+def test_output_folders_are_created_once_the_arguments_are_read(tmp_path):
+    from structops.apps.args import parse
+    from structops.apps.regularize import build_parser
+
+    args, status = parse(build_parser(), ["--out", str(tmp_path / "a" / "b"), "--quick"])
+    assert status is None and (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("")
+    args, status = parse(build_parser(), ["--out", str(tmp_path / "file")])
+    assert args is None and status == 2
+
+
 def test_spectrum_checks_the_output_path_first(tmp_path):
     t0 = time.perf_counter()
     r = _cli("spectrum", "--size", "64", "--out", str(tmp_path / "missing" / "s.png"))

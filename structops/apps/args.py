@@ -49,9 +49,15 @@ def command(name: str, help: str, *arguments):
 
 
 def parse(parser, argv):
-    """``parser.parse_args(argv)``, or the exit status argparse chose (2 for bad arguments, 0 for --help)."""
+    """``parser.parse_args(argv)``, or the exit status argparse chose (2 for bad arguments, 0 for --help).
+
+    The ``--out`` folders (:func:`output_dir`) are created once every argument
+    has been read, so a usage error leaves nothing behind.
+    """
     try:
-        return parser.parse_args(argv), None
+        args = parser.parse_args(argv)
+        _create_output_dirs(parser, args)
+        return args, None
     except SystemExit as exc:
         return None, int(exc.code or 0)
 
@@ -113,8 +119,18 @@ def _writable_dir(path: str) -> bool:
     return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
+class OutputDir(str):
+    """The text of an ``--out`` folder that :func:`output_dir` checked; :func:`parse` creates it."""
+
+
 def output_dir(text: str) -> str:
-    """A folder to write into: it exists and is writable, or it can be created (it is, now)."""
+    """A folder to write into: it exists and is writable, or it can be created.
+
+    Nothing is created here: argparse converts a string default before it
+    reports an unknown argument, so a command that ends with a usage error
+    would leave its default folder behind. :func:`parse` creates the folders
+    once every argument is read.
+    """
     path = os.path.abspath(text)
     if os.path.exists(path) and not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
@@ -123,11 +139,17 @@ def output_dir(text: str) -> str:
         parent = os.path.dirname(parent)
     if not _writable_dir(parent):
         raise argparse.ArgumentTypeError(f"cannot write into {text!r}: {parent!r} is not writable")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot create {text!r}: {exc.strerror}") from None
-    return text
+    return OutputDir(text)
+
+
+def _create_output_dirs(parser, args) -> None:
+    """Create every :class:`OutputDir` of a parsed namespace, or end with argparse's one-line error."""
+    for value in vars(args).values():
+        if isinstance(value, OutputDir):
+            try:
+                os.makedirs(value, exist_ok=True)
+            except OSError as exc:
+                parser.error(f"cannot create {str(value)!r}: {exc.strerror}")
 
 
 def output_file(text: str) -> str:

@@ -36,7 +36,6 @@ def layers(args) -> int:
           f"sigma_min certified up to {args.smallest_limit} unknowns")
     rep = structops.layer_spectra(model, (3, args.size, args.size), smallest_limit=args.smallest_limit)
     print(rep.table())
-    os.makedirs(args.out, exist_ok=True)
     rep.write_json(os.path.join(args.out, "layers.json"))
     rep.write_csv(os.path.join(args.out, "layers.csv"))
     rep.plot(os.path.join(args.out, "layers.png"))
