@@ -55,7 +55,7 @@ import scipy.sparse as sp
 
 from .._backend import blas_threads, check_finite, to_numpy
 from .fista import power_norm2
-from .interior import DenseBlocks, _batched_matvec, _woodbury_factor, _first_barrier_parameter
+from .interior import DenseBlocks, _batched_matvec, _dual_bound_t, _woodbury_factor, _first_barrier_parameter
 from .patches import PatchOperator, patch_tensor
 
 __all__ = ["ThreeLayerPatterns", "sample_three_layer_patterns", "ThreeLayerCNN", "ThreeLayerFit",
@@ -436,8 +436,7 @@ def _barrier(B, rows: _ConeRows, y, beta, C0, penalty, tol, mu=10.0, max_newton=
         lam2 = np.maximum(1.0 - e2 / g2, 0.0) / (tau * g2)
         Z = (Bf.T @ v).reshape(m, K, h) + rows.transpose(lam1, lam2)
         worst = float(_group_dual_norm(Z.reshape(shape), penalty).max()) if m else 0.0
-        t = min(1.0, beta / worst) if worst > 0 else 1.0
-        return t * float(v @ y) - 0.5 * t * t * float(v @ v)
+        return _dual_bound_t(v, y, beta, worst)
 
     f0 = objective(C)
     bnorm = float(np.sqrt(power_norm2(lambda v: Bf @ v, lambda w: Bf.T @ w, (m * p,), iters=20))) if Bf.size else 0.0
