@@ -422,3 +422,76 @@ def test_channel_rank_truncation_bound_covers_the_svd_s_own_rounding(seed):
     mpmath.mp.dps = 50
     exact = float(min(mpmath.svd_r(mpmath.matrix(A.tolist()), compute_uv=False)))
     assert abs(float(s[0]) - exact) <= info.error_bound
+
+
+# ---------------------------------------------------------------- generic operators: null spaces, repeated values
+def _operator_with_values(sigma, M, seed=0):
+    """A matrix-free ``M x N`` operator ``U diag(sigma) V^T`` (random orthonormal ``U``, ``V``): its exact spectrum."""
+    import scipy.sparse.linalg as spla
+
+    rng = np.random.default_rng(seed)
+    N = len(sigma)
+    U, _ = np.linalg.qr(rng.standard_normal((M, N)))
+    V, _ = np.linalg.qr(rng.standard_normal((N, N)))
+    A = (U * np.asarray(sigma, dtype=float)) @ V.T
+    return spla.aslinearoperator(A)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_lanczos_sees_the_null_space_of_a_rank_deficient_operator(wide):
+    """ARPACK forces its start into the range of its operator: unshifted, it returned the least positive value."""
+    sigma = np.concatenate([np.zeros(40), np.linspace(0.1, 1.0, 210)])
+    op = _operator_with_values(sigma, 300)
+    op = op.H if wide else op
+    for k in (1, 5):
+        s, info = structops.singular_values(op, k=k, which="smallest", dense=False, return_info=True)
+        bound = info.methods[-1][1]  # the smallest values' own (the first note is sigma_max's)
+        assert info.certified and np.all(s <= bound) and bound < 1e-13, (k, s, info)
+
+
+def test_lanczos_finds_every_copy_of_a_repeated_value():
+    """Values repeated 12 times: single-vector Lanczos returned other values in place of missed copies."""
+    top = np.concatenate([np.ones(12), np.linspace(0.1, 0.9, 238)])
+    s, info = structops.singular_values(_operator_with_values(top, 260), k=10, dense=False, return_info=True)
+    assert info.certified
+    np.testing.assert_allclose(s, 1.0, rtol=0, atol=1e-12)
+    low = np.concatenate([np.full(12, 1e-2), np.linspace(0.1, 1.0, 238)])
+    s, info = structops.singular_values(_operator_with_values(low, 260, seed=1), k=10, which="smallest", dense=False,
+                                        return_info=True)
+    assert info.certified
+    np.testing.assert_allclose(s, 1e-2, rtol=1e-9, atol=0)
+
+
+def test_block_lanczos_finds_copies_beyond_its_block():
+    from structops.linalg._common import _Opts
+    from structops.linalg.lanczos import block_krylov_svd
+
+    # 24 identical depthwise channels: every value 24 times (a block of 4 returned 0.27 too little)
+    K = np.repeat(np.random.default_rng(0).standard_normal((1, 1, 3, 3)), 24, axis=0)
+    op = structops.PaddedConvND(K, (10, 10), padding=1, padding_mode="reflect", groups=24)
+    ref = np.linalg.svd(op.tosparse().toarray(), compute_uv=False)
+    opts = _Opts(log=[])
+    s, _, _ = block_krylov_svd(op, 12, opts, False, block=4)
+    np.testing.assert_allclose(s, ref[:12], rtol=0, atol=1e-12)
+    assert opts.log[-1][0] == "block Lanczos, residual-checked"
+
+
+def test_the_smallest_values_of_a_zero_generic_operator_are_zero():
+    op = structops.PaddedConvND(np.zeros((2, 2, 3, 3)), (16, 16), padding=1, padding_mode="reflect")
+    s, info = structops.singular_values(op, k=2, which="smallest", dense=False, return_info=True)
+    assert info.certified and np.array_equal(s, np.zeros(2))
+    s, U, V = structops.singular_vectors(op, k=2, which="smallest", dense=False)
+    assert np.array_equal(s, np.zeros(2)) and np.allclose(U.T @ U, np.eye(2)) and np.allclose(V.T @ V, np.eye(2))
+
+
+def test_a_padded_depthwise_layer_with_zero_channels_is_singular():
+    """Circular padding wider than the kernel, two of three depthwise filters zero: sigma_min = 0, 90 times."""
+    K = np.zeros((3, 1, 3))
+    K[2, 0] = [1.0, 0.5, 0.25]  # |1 + z / 2 + z^2 / 4| >= 1 / 4 on the unit circle: the third channel is well posed
+    op = structops.PaddedConvND(K, (45,), padding=2, padding_mode="circular", groups=3)
+    ref = np.linalg.svd(op.tosparse().toarray(), compute_uv=False)  # assembled from the taps
+    assert np.all(ref[-90:] < 1e-14) and ref[-91] > 0.2
+    for k in (1, 12):
+        s, info = structops.singular_values(op, k=k, which="smallest", dense=False, return_info=True)
+        bound = info.methods[-1][1]  # the smallest values' own (the first note is sigma_max's)
+        assert info.certified and np.all(s <= bound) and bound < 1e-13, (k, s, info)

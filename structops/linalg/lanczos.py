@@ -17,7 +17,7 @@ import scipy.sparse.linalg as spla
 from .._backend import blas_threads, to_numpy
 from .._validate import check_memory
 from ..operators.conv import ConvND
-from ._common import SpectrumNotConvergedError, certified, conv64, not_converged, shape_of
+from ._common import SpectrumNotConvergedError, certified, conv64, not_converged, rounding_floor, shape_of
 
 __all__ = ["lanczos_svd", "block_krylov_svd", "largest_svd"]
 
@@ -83,52 +83,177 @@ def _triplets(P, X, side):
     return s[order], U[:, order], V[:, order], bound[order]
 
 
+def _arpack(G, k, which, tol, maxiter, v0, ncv):
+    """``eigsh`` of ``G``: ``(lam, X, converged, error)``; partial results where ARPACK did not converge."""
+    try:
+        lam, X = spla.eigsh(G, k=k, which="LA" if which == "largest" else "SA", tol=tol, maxiter=maxiter,
+                            v0=v0, ncv=ncv)
+        return lam, X, True, None
+    except spla.ArpackNoConvergence as e:
+        return e.eigenvalues, e.eigenvectors, False, None
+    except spla.ArpackError as e:  # e.g. no shifts could be applied: nothing usable
+        return np.zeros(0), np.zeros((G.shape[0], 0), dtype=G.dtype), False, str(e)
+
+
+def _wanted(P, X, side, k, which):
+    """The ``k`` wanted triplets ``(s, U, V, bound)`` of the Ritz vectors ``X`` (:func:`_triplets`), descending.
+
+    For the smallest values the bound is also at most ``max(s_j, t_j)``, with
+    ``t_1 >= ... >= t_k`` the singular values of ``A V`` (``A^H U`` on the
+    ``out`` side): by Courant-Fischer the ``j``-th of the ``k`` smallest
+    singular values lies in ``[0, t_j]`` for any orthonormal ``V``. Near zero
+    this is the sharp bound, where ``r / s`` from the residuals is not.
+    """
+    s, U, V, bound = _triplets(P, X, side)
+    if which == "largest":
+        return s[:k], U[:, :k], V[:, :k], bound[:k]
+    s, U, V, bound = s[-k:], U[:, -k:], V[:, -k:], bound[-k:]
+    if len(s):
+        B = P.matmat(V) if side == "in" else P.rmatmat(U)
+        t = np.linalg.svd(B, compute_uv=False)
+        bound = np.minimum(bound, np.maximum(s, t))
+    return s, U, V, bound
+
+
+def _normal(P, side, shift=0.0):
+    """The smaller normal operator, ``A^H A`` (``in``) or ``A A^H`` (``out``), plus ``shift I``."""
+    n = P.N if side == "in" else P.M
+    if side == "in":
+        mv = lambda x: P.rmatvec(P.matvec(x)) + shift * x  # noqa: E731
+    else:
+        mv = lambda x: P.matvec(P.rmatvec(x)) + shift * x  # noqa: E731
+    return spla.LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=P.dtype)
+
+
+def _complete(P, side, G, X, k, which, shift, opts, maxiter):
+    """Ritz vectors ``X`` of ``G`` whose ``k`` wanted values miss no copy of a repeated value, and whether that was checked.
+
+    A Krylov method from one start vector sees one direction of each
+    eigenspace, so a value repeated more often than rounding happens to
+    reveal is returned fewer times than it occurs, and the residual check
+    cannot tell (each returned value is a singular value). With ``Q`` the
+    wanted Ritz vectors, one more Lanczos run on ``G`` restricted to the
+    complement of ``Q`` (``Q`` moved to the far end of the spectrum) finds the
+    next value; a value beyond the wanted ones there is a missed copy: it
+    joins the basis, a Rayleigh-Ritz step on ``[X, y]`` follows, and the
+    check repeats (at most ``k + 2`` times). Returns ``(X, checked)``:
+    ``checked`` is False where a check run did not converge.
+    """
+    n = G.shape[0]
+    eps = np.finfo(float).eps
+    for _ in range(k + 2):
+        s, U, V, bound = _wanted(P, X, side, k, which)
+        Q = V if side == "in" else U
+        far = 3.0 * shift if which == "smallest" else 0.0
+
+        def deflated(x, Q=Q, far=far):
+            inside = Q @ (Q.conj().T @ x)
+            y = G.matvec(x - inside)
+            y = y - Q @ (Q.conj().T @ y)
+            return y + far * inside if far else y
+
+        D = spla.LinearOperator((n, n), matvec=deflated, rmatvec=deflated, dtype=G.dtype)
+        edge = float(s.max() if which == "smallest" else s.min())
+        tol = opts.tol / 4
+        if which == "smallest" and shift:
+            tol = tol * edge * edge / (edge * edge + shift)
+        lam, Y, converged, _ = _arpack(D, 1, which, max(tol, 8 * eps), maxiter, None, min(n, 20))
+        if not converged:
+            return X, False
+        nxt = float(np.sqrt(max(float(lam[0]) - shift, 0.0)))
+        top = np.sqrt(shift) if shift else max(float(s.max()), nxt)  # sigma_max
+        margin = float(bound.max()) + rounding_floor(top, max(P.M, P.N))
+        if (nxt >= edge - margin) if which == "smallest" else (nxt <= edge + margin):
+            return X, True
+        if which == "smallest" and shift:  # a missed copy: first as accurate as its own value needs
+            tol_y = opts.tol / 4 * nxt * nxt / (nxt * nxt + shift)
+            if tol_y < tol:
+                _, Y2, refined, _ = _arpack(D, 1, which, max(tol_y, 8 * eps), maxiter, Y[:, 0], min(n, 20))
+                Y = Y2 if refined else Y
+        B, _ = np.linalg.qr(np.concatenate([X, Y], axis=1))  # then Rayleigh-Ritz on [X, y]
+        GB = np.column_stack([G.matvec(b) for b in B.T])
+        H = B.conj().T @ GB
+        _, Z = np.linalg.eigh((H + H.conj().T) / 2)
+        X = B @ Z
+    return X, False
+
+
 def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=None):
     """k extreme singular triplets by ARPACK on the smaller normal operator, residual-checked.
 
     Returns ``(s, U, V)`` with ``s`` descending (``U``, ``V`` None unless ``vectors``).
+
+    Notes
+    -----
+    ARPACK forces its start vector into the range of its operator (``dgetv0``
+    applies it once), so on a singular normal matrix ``G`` it never sees the
+    null space: asked for the smallest eigenvalues of ``G`` it returns the
+    smallest nonzero ones, with residuals that pass the check (a rank-deficient
+    layer's ``sigma_min = 0`` came back as the least positive value). The
+    smallest values are therefore the smallest eigenvalues of
+    ``G + sigma_max^2 I`` (the same eigenvectors, no null space), for
+    ``k >= 2`` with 8 more values than wanted, as :func:`largest_svd` asks,
+    so that repeated values are resolved. ARPACK's stopping test is relative to
+    the shifted eigenvalues; where the first run's values miss the requested
+    accuracy, a second run, started from its Ritz vectors, asks for the
+    accuracy they need. For ``k >= 2`` (either end) :func:`_complete` then
+    looks for copies of repeated values that the run missed.
     """
     P = _Products(op)
     M, N = P.M, P.N
     side = "in" if N <= M else "out"  # the normal operator without a forced null space
     n = min(M, N)
-    # ARPACK's basis (ncv vectors) and a few work vectors of both lengths, plus the operator's own buffers
-    ncv = min(n, max(2 * k + 1, 20))
-    check_memory(8.0 * (ncv + 4) * (min(M, N) + 2 * max(M, N)) * (2 if P.complex else 1),
-                 f"Lanczos on this {M} x {N} operator")
     if k >= n:
         raise ValueError(
             f"Lanczos needs k < min(M, N) = {n}; got k = {k}: use the dense fallback (dense=True) for this operator"
         )
-    if side == "in":
-        mv = lambda x: P.rmatvec(P.matvec(x))  # noqa: E731
+    kk = k if which == "largest" or k == 1 else min(k + 8, n - 1)
+    # ARPACK's basis (ncv vectors) and a few work vectors of both lengths, plus the operator's own buffers
+    ncv = min(n, max(2 * kk + 1, 20))
+    check_memory(8.0 * (ncv + 4) * (min(M, N) + 2 * max(M, N)) * (2 if P.complex else 1),
+                 f"Lanczos on this {M} x {N} operator")
+    shift = 0.0
+    if which == "largest":
+        ref = None
     else:
-        mv = lambda x: P.matvec(P.rmatvec(x))  # noqa: E731
-    G = spla.LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=P.dtype)
+        ref = sigma_max if sigma_max is not None else float(largest_svd(op, 1, opts, False)[0][0])
+        if ref == 0:  # sigma_max = 0 (certified): the zero operator, every singular value is 0
+            opts.note("zero operator (sigma_max = 0)", 0.0)
+            s = np.zeros(k)
+            if not vectors:
+                return s, None, None
+            return s, np.eye(M, k, dtype=P.dtype), np.eye(N, k, dtype=P.dtype)
+        if np.isfinite(ref):
+            shift = ref * ref
+    G = _normal(P, side, shift)
     if v0 is not None and v0_side != side:
         v0 = None
     if v0 is not None:
         v0 = np.asarray(v0, dtype=P.dtype).reshape(-1)
-    ncv = min(n, max(2 * k + 1, 20))
     maxiter = opts.maxiter
     if maxiter is None and which == "smallest":
         maxiter = 300  # restarts; smallest singular values of ill-conditioned operators may never converge
-    arpack_which = "LA" if which == "largest" else "SA"
-    converged = True
-    arpack_error = None
     with blas_threads():
-        try:
-            lam, X = spla.eigsh(G, k=k, which=arpack_which, tol=opts.tol / 4, maxiter=maxiter, v0=v0, ncv=ncv)
-        except spla.ArpackNoConvergence as e:
-            converged = False
-            lam, X = e.eigenvalues, e.eigenvectors
-        except spla.ArpackError as e:  # e.g. no shifts could be applied: nothing usable
-            converged = False
-            lam, X = np.zeros(0), np.zeros((n, 0), dtype=P.dtype)
-            arpack_error = str(e)
+        lam, X, converged, arpack_error = _arpack(G, kk, which, opts.tol / 4, maxiter, v0, ncv)
+        if converged and shift:
+            s, U, V, bound = _wanted(P, X, side, k, which)
+            if not certified(s, bound, ref, opts.tol, max(M, N)):
+                # ARPACK stopped at tol / 4 of the shifted values, s^2 + sigma_max^2: ask for tol / 4 of s^2
+                least = float(s.min())
+                tol2 = opts.tol / 4 * least * least / (least * least + shift)
+                start = X.sum(axis=1)
+                start = start / max(np.linalg.norm(start), np.finfo(float).tiny)
+                noise = np.random.default_rng(0).standard_normal(n)
+                start = (start + 0.1 * noise / np.linalg.norm(noise)).astype(P.dtype)
+                # (near a null space the accuracy asked for is below rounding: ARPACK's own floor, a few eps)
+                lam2, X2, converged2, _ = _arpack(G, kk, which, max(tol2, 8 * np.finfo(float).eps), maxiter, start,
+                                                  ncv)
+                if converged2:  # else the first run's vectors stay, and the certificate says what they are worth
+                    lam, X = lam2, X2
         if not converged:
             vals = np.full(k, np.nan)
-            got = np.sort(np.sqrt(np.maximum(np.asarray(lam, dtype=float), 0)))[::-1]
+            got = np.sort(np.sqrt(np.maximum(np.asarray(lam, dtype=float) - shift, 0)))[::-1]
+            got = got[:k] if which == "largest" else got[-k:]
             if which == "largest":
                 vals[: len(got)] = got
             else:
@@ -144,14 +269,24 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
                 return vals, None, None
             if len(got) == 0:
                 return vals, np.full((M, k), np.nan, P.dtype), np.full((N, k), np.nan, P.dtype)
-        s, U, V, bound = _triplets(P, X, side)
+        checked = True
+        if converged and k >= 2 and (which == "largest" or shift):
+            X, checked = _complete(P, side, G, X, k, which, shift, opts, maxiter)
+        s, U, V, bound = _wanted(P, X, side, min(k, X.shape[1]), which)
     if which == "largest":
         ref = float(s[0])
-    else:
-        ref = sigma_max if sigma_max is not None else float(lanczos_svd(op, 1, "largest", opts, False)[0][0])
     if converged:
         worst = float(bound.max()) / max(ref, np.finfo(float).tiny)
-        if certified(s, bound, ref, opts.tol, max(M, N)):
+        if not checked:
+            not_converged(
+                f"the {k} {which} singular values of a {M} x {N} {type(op).__name__} by Lanczos pass the residual "
+                f"check, but the run that looks for copies of repeated values they may miss did not converge "
+                f"within maxiter={maxiter}; raise maxiter or tol",
+                opts,
+                values=s,
+                residual=worst,
+            )
+        elif certified(s, bound, ref, opts.tol, max(M, N)):
             opts.note("Lanczos (ARPACK), residual-checked", float(bound.max()))
         else:
             not_converged(
@@ -164,9 +299,13 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
             )
     if len(s) < k:  # strict=False after a failure: unconverged entries are NaN
         pad = k - len(s)
-        s = np.concatenate([s, np.full(pad, np.nan)])
-        U = np.concatenate([U, np.full((M, pad), np.nan, U.dtype)], axis=1)
-        V = np.concatenate([V, np.full((N, pad), np.nan, V.dtype)], axis=1)
+        first = which == "smallest"  # the missing values are the larger ones: NaN first, as the values above
+
+        def padded(a, rows):
+            nan = np.full((rows, pad), np.nan, a.dtype) if rows else np.full(pad, np.nan)
+            return np.concatenate([nan, a] if first else [a, nan], axis=-1)
+
+        s, U, V = padded(s, 0), padded(U, M), padded(V, N)
     if vectors:
         return s, U, V
     return s, None, None
@@ -286,16 +425,27 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
                 break
             # the block that continues the Krylov space: every residual G x - theta x lies in its span
             nxt = _orthonormal_block(GV[:, -b:], V, rng, P.complex)
-        s, U, Vv, bound = _triplets(P, X[:, :k], side)
+        checked = True
+        if converged and k >= 2 and m_max < n:  # a multiplicity above the block size: see _complete
+            X, checked = _complete(P, side, _normal(P, side), X, k, "largest", 0.0, opts, opts.maxiter)
+        s, U, Vv, bound = _wanted(P, X, side, k, "largest")
     worst = float(bound.max()) / max(float(s[0]), np.finfo(float).tiny)
-    if converged and certified(s, bound, float(s[0]), opts.tol, max(M, N)):
+    if converged and checked and certified(s, bound, float(s[0]), opts.tol, max(M, N)):
         opts.note("block Lanczos, residual-checked", float(bound.max()))
+    elif not checked:
+        not_converged(
+            f"the {k} largest singular values of a {M} x {N} {type(op).__name__} by block Lanczos pass the residual "
+            "check, but the run that looks for copies of repeated values they may miss did not converge; raise "
+            "maxiter or tol",
+            opts,
+            values=s,
+            residual=worst,
+        )
     else:
         not_converged(
             f"the {k} largest singular values of a {M} x {N} {type(op).__name__} by block Lanczos have "
             f"residual bounds up to {worst:.1e} x sigma_max after {cycle} restarts, above tol={opts.tol:.1e} "
-            "times the values; "
-            "raise maxiter or tol",
+            "times the values; raise maxiter or tol",
             opts,
             values=s,
             residual=worst,
