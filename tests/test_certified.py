@@ -495,3 +495,45 @@ def test_a_padded_depthwise_layer_with_zero_channels_is_singular():
         s, info = structops.singular_values(op, k=k, which="smallest", dense=False, return_info=True)
         bound = info.methods[-1][1]  # the smallest values' own (the first note is sigma_max's)
         assert info.certified and np.all(s <= bound) and bound < 1e-13, (k, s, info)
+
+
+def test_sweep_of_random_padded_layers_on_the_generic_routes():
+    """Reflect, replicate and circular padding (the generic Lanczos routes, dense=False), adversarial kernels:
+    zero filters, identical depthwise channels (repeated values), a rank-one channel mixing. Every answer is
+    within its bound of the dense SVD of the matrix assembled from the taps; refusals are counted, not wrong."""
+    from structops.linalg import SpectrumNotConvergedError
+
+    rng = np.random.default_rng(7)
+    answered = refused = 0
+    for trial in range(24):
+        groups = int(rng.choice([1, 2, 4]))
+        c_in = groups * int(rng.integers(1, 3))
+        c_out = groups * int(rng.integers(1, 3))
+        n = tuple(int(v) for v in rng.integers(8, 14, 2))
+        K = rng.standard_normal((c_out, c_in // groups, 3, 3)) / 3
+        kind = trial % 4
+        if kind == 1:
+            K[: c_out // 2 + 1] = 0  # zero filters: a null space
+        elif kind == 2:
+            K[:] = K[:1]  # identical filters: every value repeated
+        elif kind == 3:
+            K = np.einsum("o,i...->oi...", rng.standard_normal(c_out), K[0])  # rank one across channels
+        mode = ("reflect", "replicate", "circular")[trial % 3]
+        stride = int(rng.choice([1, 1, 2]))
+        op = structops.PaddedConvND(K, n, padding=1, padding_mode=mode, stride=stride, groups=groups)
+        ref = np.linalg.svd(op.tosparse().toarray(), compute_uv=False)
+        r = min(op.shape)
+        for which in ("largest", "smallest"):
+            for k in (1, 3):
+                if k >= r - 1:
+                    continue
+                try:
+                    s, info = structops.singular_values(op, k=k, which=which, dense=False, return_info=True)
+                except SpectrumNotConvergedError:
+                    refused += 1
+                    continue
+                want = ref[:k] if which == "largest" else ref[r - k:r]
+                slack = 1e-12 * ref[0] + 1e-300
+                assert np.all(np.abs(s - want) <= info.error_bound + slack), (trial, which, k, s, want, info)
+                answered += 1
+    assert answered >= 60, (answered, refused)
