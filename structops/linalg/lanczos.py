@@ -118,15 +118,20 @@ def _wanted(P, X, side, k, which):
 def _normal(P, side, shift=0.0):
     """The smaller normal operator, ``A^H A`` (``in``) or ``A A^H`` (``out``), plus ``shift I``."""
     n = P.N if side == "in" else P.M
+    # single vectors through the operator's vector products (ARPACK's hot path), blocks through its batched ones
     if side == "in":
-        mv = lambda x: P.rmatvec(P.matvec(x)) + shift * x  # noqa: E731
+        vec, mat = (lambda x: P.rmatvec(P.matvec(x))), (lambda X: P.rmatmat(P.matmat(X)))  # noqa: E731
     else:
-        mv = lambda x: P.matvec(P.rmatvec(x)) + shift * x  # noqa: E731
-    return spla.LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=P.dtype)
+        vec, mat = (lambda x: P.matvec(P.rmatvec(x))), (lambda X: P.matmat(P.rmatmat(X)))  # noqa: E731
+    if shift:
+        mv, mm = (lambda x: vec(x) + shift * x), (lambda X: mat(X) + shift * X)  # noqa: E731
+    else:
+        mv, mm = vec, mat
+    return spla.LinearOperator((n, n), matvec=mv, rmatvec=mv, matmat=mm, rmatmat=mm, dtype=P.dtype)
 
 
-def _complete(P, side, G, X, k, which, shift, opts, maxiter):
-    """Ritz vectors ``X`` of ``G`` whose ``k`` wanted values miss no copy of a repeated value, and whether that was checked.
+def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
+    """Ritz vectors ``X`` of ``G`` whose ``k`` wanted values miss no copy of a repeated value.
 
     A Krylov method from one start vector sees one direction of each
     eigenspace, so a value repeated more often than rounding happens to
@@ -136,13 +141,16 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter):
     complement of ``Q`` (``Q`` moved to the far end of the spectrum) finds the
     next value; a value beyond the wanted ones there is a missed copy: it
     joins the basis, a Rayleigh-Ritz step on ``[X, y]`` follows, and the
-    check repeats (at most ``k + 2`` times). Returns ``(X, checked)``:
-    ``checked`` is False where a check run did not converge.
+    check repeats (at most ``k + 2`` times). ``wanted`` is :func:`_wanted` of
+    ``X`` where the caller has it. Returns ``(X, wanted, checked)``, ``wanted``
+    that of the returned ``X`` (or None) and ``checked`` False where a check
+    run did not converge.
     """
     n = G.shape[0]
     eps = np.finfo(float).eps
     for _ in range(k + 2):
-        s, U, V, bound = _wanted(P, X, side, k, which)
+        wanted = _wanted(P, X, side, k, which) if wanted is None else wanted
+        s, U, V, bound = wanted
         Q = V if side == "in" else U
         far = 3.0 * shift if which == "smallest" else 0.0
 
@@ -159,23 +167,22 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter):
             tol = tol * edge * edge / (edge * edge + shift)
         lam, Y, converged, _ = _arpack(D, 1, which, max(tol, 8 * eps), maxiter, None, min(n, 20))
         if not converged:
-            return X, False
+            return X, wanted, False
         nxt = float(np.sqrt(max(float(lam[0]) - shift, 0.0)))
         top = np.sqrt(shift) if shift else max(float(s.max()), nxt)  # sigma_max
         margin = float(bound.max()) + rounding_floor(top, max(P.M, P.N))
         if (nxt >= edge - margin) if which == "smallest" else (nxt <= edge + margin):
-            return X, True
+            return X, wanted, True
         if which == "smallest" and shift:  # a missed copy: first as accurate as its own value needs
             tol_y = opts.tol / 4 * nxt * nxt / (nxt * nxt + shift)
             if tol_y < tol:
                 _, Y2, refined, _ = _arpack(D, 1, which, max(tol_y, 8 * eps), maxiter, Y[:, 0], min(n, 20))
                 Y = Y2 if refined else Y
         B, _ = np.linalg.qr(np.concatenate([X, Y], axis=1))  # then Rayleigh-Ritz on [X, y]
-        GB = np.column_stack([G.matvec(b) for b in B.T])
-        H = B.conj().T @ GB
+        H = B.conj().T @ G.matmat(B)
         _, Z = np.linalg.eigh((H + H.conj().T) / 2)
-        X = B @ Z
-    return X, False
+        X, wanted = B @ Z, None
+    return X, None, False
 
 
 def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=None):
@@ -235,8 +242,10 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
         maxiter = 300  # restarts; smallest singular values of ill-conditioned operators may never converge
     with blas_threads():
         lam, X, converged, arpack_error = _arpack(G, kk, which, opts.tol / 4, maxiter, v0, ncv)
+        wanted = None  # _wanted of X, once worked out
         if converged and shift:
-            s, U, V, bound = _wanted(P, X, side, k, which)
+            wanted = _wanted(P, X, side, k, which)
+            s, U, V, bound = wanted
             if not certified(s, bound, ref, opts.tol, max(M, N)):
                 # ARPACK stopped at tol / 4 of the shifted values, s^2 + sigma_max^2: ask for tol / 4 of s^2
                 least = float(s.min())
@@ -249,7 +258,7 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
                 lam2, X2, converged2, _ = _arpack(G, kk, which, max(tol2, 8 * np.finfo(float).eps), maxiter, start,
                                                   ncv)
                 if converged2:  # else the first run's vectors stay, and the certificate says what they are worth
-                    lam, X = lam2, X2
+                    lam, X, wanted = lam2, X2, None
         if not converged:
             vals = np.full(k, np.nan)
             got = np.sort(np.sqrt(np.maximum(np.asarray(lam, dtype=float) - shift, 0)))[::-1]
@@ -271,8 +280,8 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
                 return vals, np.full((M, k), np.nan, P.dtype), np.full((N, k), np.nan, P.dtype)
         checked = True
         if converged and k >= 2 and (which == "largest" or shift):
-            X, checked = _complete(P, side, G, X, k, which, shift, opts, maxiter)
-        s, U, V, bound = _wanted(P, X, side, min(k, X.shape[1]), which)
+            X, wanted, checked = _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted)
+        s, U, V, bound = _wanted(P, X, side, min(k, X.shape[1]), which) if wanted is None else wanted
     if which == "largest":
         ref = float(s[0])
     if converged:
@@ -389,10 +398,8 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
     m_max = int(min(n, max(b * depth, k + 3 * b)))
     check_memory(16.0 * n * (m_max + b) * (2 if P.complex else 1) + 8.0 * (M + N) * b,
                  f"block Lanczos on this {M} x {N} operator")
-    if side == "in":
-        G = lambda X: P.rmatmat(P.matmat(X))  # noqa: E731
-    else:
-        G = lambda X: P.matmat(P.rmatmat(X))  # noqa: E731
+    normal = _normal(P, side)
+    G = normal.matmat
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, b))
     if P.complex:
@@ -425,10 +432,10 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
                 break
             # the block that continues the Krylov space: every residual G x - theta x lies in its span
             nxt = _orthonormal_block(GV[:, -b:], V, rng, P.complex)
-        checked = True
+        checked, wanted = True, None
         if converged and k >= 2 and m_max < n:  # a multiplicity above the block size: see _complete
-            X, checked = _complete(P, side, _normal(P, side), X, k, "largest", 0.0, opts, opts.maxiter)
-        s, U, Vv, bound = _wanted(P, X, side, k, "largest")
+            X, wanted, checked = _complete(P, side, normal, X, k, "largest", 0.0, opts, opts.maxiter)
+        s, U, Vv, bound = _wanted(P, X, side, k, "largest") if wanted is None else wanted
     worst = float(bound.max()) / max(float(s[0]), np.finfo(float).tiny)
     if converged and checked and certified(s, bound, float(s[0]), opts.tol, max(M, N)):
         opts.note("block Lanczos, residual-checked", float(bound.max()))

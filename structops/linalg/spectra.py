@@ -281,18 +281,16 @@ def singular_values(op, k=None, which="largest", *, tol=None, maxiter=None, stri
     return _finish(_generic_values(op, k, which, opts), opts, t0)
 
 
-def _kernel_scaled(op, opts, compute):
-    """``compute(op, opts)`` on ``op`` scaled to a kernel of unit size where it has one (``kernel`` and
-    ``with_kernel``, as :class:`~structops.PaddedConvND`), the values and bounds scaled back; else ``None``.
+def _on_unit_kernel(op, opts, compute):
+    """``(compute(op', opts'), scale)`` with ``op = scale op'`` and ``max |K'|`` in ``[1, 2)`` (:func:`_scaled`),
+    the bounds of the notes ``compute`` makes scaled back into ``opts``.
 
     A power of two, so exact: the normal operator squares the layer, and a kernel of 1e-150 underflowed
-    there (block Lanczos refused its sigma_max with a residual of 0.4 sigma_max).
+    there (block Lanczos refused a reflect-padded layer's sigma_max with a residual of 0.4 sigma_max).
     """
-    if not (hasattr(op, "with_kernel") and hasattr(op, "kernel")) or isinstance(op, ConvND):
-        return None
     scaled, scale = _scaled(op)
     if scale == 1.0:
-        return None
+        return compute(op, opts), 1.0
     inner = opts.replace(log=[] if opts.log is not None else None)
     out = compute(scaled, inner)
     for method, bound in inner.log or ():
@@ -300,10 +298,19 @@ def _kernel_scaled(op, opts, compute):
     return out, scale
 
 
+def _has_kernel(op) -> bool:
+    """Whether ``op`` can be rescaled through its kernel (``kernel`` and ``with_kernel``, as :class:`~structops.PaddedConvND`)."""
+    return hasattr(op, "with_kernel") and hasattr(op, "kernel")
+
+
 def _generic_values(op, k, which, opts):
-    done = _kernel_scaled(op, opts, lambda o, inner: _generic_values(o, k, which, inner))
-    if done is not None:
-        return done[0] * done[1]
+    if _has_kernel(op):
+        s, scale = _on_unit_kernel(op, opts, lambda o, inner: _lanczos_or_dense_values(o, k, which, inner))
+        return s * scale if scale != 1.0 else s
+    return _lanczos_or_dense_values(op, k, which, opts)
+
+
+def _lanczos_or_dense_values(op, k, which, opts):
     M, N, k = _check_k(op, k, which)
     if k is None:
         if not _dense_ok(M, N, opts):
@@ -360,8 +367,9 @@ def _finish(s, opts, t0):
     return s, SpectrumInfo.from_log(opts.log, time.perf_counter() - t0)
 
 
-def _scaled(op: ConvND):
-    """``(op', scale)`` with ``op = scale op'`` and ``max |K'|`` in ``[1, 2)`` (exact: a power of two)."""
+def _scaled(op):
+    """``(op', scale)`` with ``op = scale op'`` and ``max |K'|`` in ``[1, 2)`` (exact: a power of two), for an
+    operator with ``kernel`` and ``with_kernel`` (:class:`ConvND`, :class:`~structops.PaddedConvND`)."""
     K = to_numpy(op.kernel)
     e = scale_exponent(K, 20)
     if e == 0:
@@ -375,16 +383,16 @@ def _scaled(op: ConvND):
 
 def _conv_values(op, k, which, opts):
     """Singular values of an irreducible layer, computed on its kernel scaled to unit size."""
-    op, scale = _scaled(op)
-    inner = opts.replace(log=[] if opts.log is not None else None)
-    sym = symbol_of(op, memo=True)
-    if sym is not None:
-        s = select(sym.values(inner.per_frequency), k, which)
-        inner.note("exact per-frequency symbol", sym.error_bound)
-    else:
-        s = _zero_padded_values(op, k, which, inner)
-    for method, bound in inner.log or ():
-        opts.note(method, bound * scale)
+
+    def values(op, opts):
+        sym = symbol_of(op, memo=True)
+        if sym is not None:
+            s = select(sym.values(opts.per_frequency), k, which)
+            opts.note("exact per-frequency symbol", sym.error_bound)
+            return s
+        return _zero_padded_values(op, k, which, opts)
+
+    s, scale = _on_unit_kernel(op, opts, values)
     return s * scale if scale != 1.0 else s
 
 
@@ -577,10 +585,14 @@ def singular_vectors(op, k=1, which="largest", *, tol=None, maxiter=None, strict
 
 
 def _generic_vectors(op, k, which, opts, v0=None, v0_side=None):
-    done = _kernel_scaled(op, opts, lambda o, inner: _generic_vectors(o, k, which, inner, v0, v0_side))
-    if done is not None:
-        (s, U, V), scale = done
-        return s * scale, U, V
+    if _has_kernel(op):
+        (s, U, V), scale = _on_unit_kernel(
+            op, opts, lambda o, inner: _lanczos_or_dense_vectors(o, k, which, inner, v0, v0_side))
+        return (s * scale if scale != 1.0 else s), U, V
+    return _lanczos_or_dense_vectors(op, k, which, opts, v0, v0_side)
+
+
+def _lanczos_or_dense_vectors(op, k, which, opts, v0=None, v0_side=None):
     M, N, k = _check_k(op, k, which, default_k=1)
     dense_auto = opts.dense is None and min(M, N) <= _DENSE_PREFERRED
     if opts.dense or dense_auto or k >= min(M, N) - 1:
