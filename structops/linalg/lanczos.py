@@ -83,14 +83,16 @@ def _triplets(P, X, side):
     return s[order], U[:, order], V[:, order], bound[order]
 
 
-def _arpack(G, k, which, tol, maxiter, v0, ncv):
+def _arpack(G, k, which, tol, maxiter, v0, ncv, seed=0):
     """``eigsh`` of ``G``: ``(lam, X, converged, error)``; partial results where ARPACK did not converge.
 
-    Without ``v0`` the start is a seeded random vector: ARPACK's own comes from
-    LAPACK's process-wide seed, so its results would depend on what ran before.
+    Without ``v0`` the start is a random vector drawn from ``seed``: ARPACK's
+    own comes from LAPACK's process-wide seed, so its results would depend on
+    what ran before. Runs that must see directions an earlier run did not
+    (the copies check) take their own ``seed``.
     """
     if v0 is None:
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(seed)
         v0 = rng.standard_normal(G.shape[0])
         if np.issubdtype(G.dtype, np.complexfloating):
             v0 = v0 + 1j * rng.standard_normal(G.shape[0])
@@ -108,6 +110,20 @@ def _arpack(G, k, which, tol, maxiter, v0, ncv):
     size = float(np.abs(lam).max()) if len(lam) else 0.0
     slack = 10.0 * (tol * np.abs(lam) + np.sqrt(G.shape[0]) * np.finfo(float).eps * size)
     return lam, X, bool(np.all(residual <= slack)), None
+
+
+def _nudged(x, seed):
+    """``x / ||x||`` plus a random vector of norm 0.1 drawn from ``seed``: a start near ``x`` for ARPACK.
+
+    Started at a near-eigenvector itself, ARPACK's Krylov space is nearly
+    invariant from the first step and its runs stall or misreport convergence.
+    """
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(x.shape[0])
+    if np.iscomplexobj(x):
+        noise = noise + 1j * rng.standard_normal(x.shape[0])
+    start = x / max(np.linalg.norm(x), np.finfo(float).tiny) + 0.1 * noise / np.linalg.norm(noise)
+    return start.astype(x.dtype, copy=False)
 
 
 def _tight(G, k, which, tol, maxiter, v0, ncv):
@@ -186,7 +202,7 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
     """
     n = G.shape[0]
     eps = np.finfo(float).eps
-    for _ in range(k + 2):
+    for round_ in range(k + 2):
         wanted = _wanted(P, X, side, k, which) if wanted is None else wanted
         s, U, V, bound = wanted
         Q = V if side == "in" else U
@@ -203,7 +219,8 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
         tol = opts.tol / 4
         if which == "smallest" and shift:
             tol = tol * edge * edge / (edge * edge + shift)
-        lam, Y, converged, _ = _arpack(D, 1, which, max(tol, 8 * eps), maxiter, None, min(n, 20))
+        # a start of its own: in each eigenspace, the first run's start (seed 0) points where that run already saw
+        lam, Y, converged, _ = _arpack(D, 1, which, max(tol, 8 * eps), maxiter, None, min(n, 20), seed=1 + round_)
         if not converged:
             return X, wanted, False
         nxt = float(np.sqrt(max(float(lam[0]) - shift, 0.0)))
@@ -214,7 +231,8 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
         if which == "smallest" and shift:  # a missed copy: first as accurate as its own value needs
             tol_y = opts.tol / 4 * nxt * nxt / (nxt * nxt + shift)
             if tol_y < tol:
-                _, Y2, refined, _ = _tight(D, 1, which, tol_y, maxiter, Y[:, 0], min(n, 20))
+                start = _nudged(Y[:, 0], 1 + round_)
+                _, Y2, refined, _ = _tight(D, 1, which, tol_y, maxiter, start, min(n, 20))
                 Y = Y2 if refined else Y
         X, wanted = _ritz(P, side, np.concatenate([X, Y], axis=1)), None  # then Rayleigh-Ritz on [X, y]
     return X, None, False
@@ -286,10 +304,7 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
                 # ARPACK stopped at tol / 4 of the shifted values, s^2 + sigma_max^2: ask for tol / 4 of s^2
                 least = float(s.min())
                 tol2 = opts.tol / 4 * least * least / (least * least + shift)
-                start = X.sum(axis=1)
-                start = start / max(np.linalg.norm(start), np.finfo(float).tiny)
-                noise = np.random.default_rng(0).standard_normal(n)
-                start = (start + 0.1 * noise / np.linalg.norm(noise)).astype(P.dtype)
+                start = _nudged(X.sum(axis=1), 0)
                 # (near a null space the accuracy asked for is below rounding: ARPACK's own floor, a few eps)
                 lam2, X2, converged2, _ = _tight(G, kk, which, tol2, maxiter, start, ncv)
                 if converged2:  # else the first run's vectors stay, and the certificate says what they are worth
