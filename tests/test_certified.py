@@ -501,6 +501,21 @@ def _zero_channel_layer():
     return structops.PaddedConvND(K, (45,), padding=2, padding_mode="circular", groups=3)
 
 
+def test_vectors_of_zero_values_that_the_products_do_not_determine_are_refused():
+    """Tall with a null space: A v = 0 leaves the left vector u free (it must lie in the null space of A^T), and
+    u = A v / s was rounding noise (A^T u - s v of 0.4 sigma_max, U not orthonormal), returned as certified."""
+    from structops.linalg import SpectrumNotConvergedError
+
+    op = _zero_channel_layer()
+    s = structops.singular_values(op, k=5, which="smallest", dense=False)  # the values stay certified
+    assert np.all(s < 1e-13)
+    with pytest.raises(SpectrumNotConvergedError, match="not their left vectors"):
+        structops.singular_vectors(op, k=5, which="smallest", dense=False)
+    s, U, V = structops.singular_vectors(op, k=5, dense=False)  # the largest are determined
+    A = op.tosparse().toarray()
+    assert np.linalg.norm(A.T @ U - V * s) < 1e-10 and np.linalg.norm(A @ V - U * s) < 1e-10
+
+
 def test_the_null_space_certificate_holds_from_any_start_vector():
     """The 12 smallest of the layer above from 20 random ARPACK starts: every one 0, certified below 1e-13.
     (One inaccurate copy had mixed into every null vector through a Rayleigh-Ritz step on the shifted normal

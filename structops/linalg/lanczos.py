@@ -135,6 +135,13 @@ def _tight(G, k, which, tol, maxiter, v0, ncv):
     return result
 
 
+def _pair_residual(P, s, U, V):
+    """``sqrt((||A v - s u||^2 + ||A^H u - s v||^2) / 2)`` for each triplet: the bound the vectors themselves meet."""
+    R1 = np.linalg.norm(P.matmat(V) - U * s, axis=0)
+    R2 = np.linalg.norm(P.rmatmat(U) - V * s, axis=0)
+    return np.sqrt((R1**2 + R2**2) / 2)
+
+
 def _wanted(P, X, side, k, which):
     """The ``k`` wanted triplets ``(s, U, V, bound)`` of the Ritz vectors ``X`` (:func:`_triplets`), descending.
 
@@ -345,9 +352,7 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
                 values=s,
                 residual=worst,
             )
-        elif certified(s, bound, ref, opts.tol, max(M, N)):
-            opts.note("Lanczos (ARPACK), residual-checked", float(bound.max()))
-        else:
+        elif not certified(s, bound, ref, opts.tol, max(M, N)):
             not_converged(
                 f"the {which} singular values of a {M} x {N} {type(op).__name__} by Lanczos have residual "
                 f"bounds up to {worst:.1e} x sigma_max, above tol={opts.tol:.1e} times the values; raise maxiter "
@@ -356,6 +361,21 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
                 values=s,
                 residual=worst,
             )
+        elif vectors and not certified(s, pair := _pair_residual(P, s, U, V), ref, opts.tol, max(M, N)):
+            # the values' bound near zero is Courant-Fischer's, which says nothing of the other side's vectors
+            pair = float(pair.max()) / max(ref, np.finfo(float).tiny)
+            other = "left" if side == "in" else "right"
+            not_converged(
+                f"the {k} {which} singular values of a {M} x {N} {type(op).__name__} by Lanczos are certified, but "
+                f"not their {other} vectors (a triplet residual up to {pair:.1e} x sigma_max): near zero, the "
+                f"product of a {'right' if side == 'in' else 'left'} vector does not determine the {other} one; "
+                "dense=True gives them for operators that fit in memory",
+                opts,
+                values=s,
+                residual=pair,
+            )
+        else:
+            opts.note("Lanczos (ARPACK), residual-checked", float(bound.max()))
     if len(s) < k:  # strict=False after a failure: unconverged entries are NaN
         pad = k - len(s)
         first = which == "smallest"  # the missing values are the larger ones: NaN first, as the values above

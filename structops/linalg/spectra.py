@@ -571,6 +571,15 @@ def singular_vectors(op, k=1, which="largest", *, tol=None, maxiter=None, strict
         operators (for degenerate singular values, any orthonormal basis of
         the singular subspace may be returned).
 
+    Notes
+    -----
+    Off the exact routes, the vectors of values at rounding level are refused
+    where the products do not determine them: on a tall operator with a null
+    space, ``A v = 0`` leaves the left vector free (it must lie in the null
+    space of ``A^H``), and ``u = A v / s`` would be rounding noise. The values
+    themselves stay certified (:func:`singular_values`); ``dense=True`` gives
+    the vectors of operators that fit in memory.
+
     Examples
     --------
     >>> import numpy as np, structops
