@@ -83,6 +83,15 @@ def _triplets(P, X, side):
     return s[order], U[:, order], V[:, order], bound[order]
 
 
+def _gaussian(n, dtype, seed):
+    """A standard normal vector of length ``n`` drawn from ``seed``, complex for a complex ``dtype``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n)
+    if dtype.kind == "c":
+        x = x + 1j * rng.standard_normal(n)
+    return x.astype(dtype, copy=False)
+
+
 def _arpack(G, k, which, tol, maxiter, v0, ncv, seed=0):
     """``eigsh`` of ``G``: ``(lam, X, converged, error)``; partial results where ARPACK did not converge.
 
@@ -92,11 +101,7 @@ def _arpack(G, k, which, tol, maxiter, v0, ncv, seed=0):
     (the copies check) take their own ``seed``.
     """
     if v0 is None:
-        rng = np.random.default_rng(seed)
-        v0 = rng.standard_normal(G.shape[0])
-        if np.issubdtype(G.dtype, np.complexfloating):
-            v0 = v0 + 1j * rng.standard_normal(G.shape[0])
-        v0 = v0.astype(G.dtype)
+        v0 = _gaussian(G.shape[0], np.dtype(G.dtype), seed)
     try:
         lam, X = spla.eigsh(G, k=k, which="LA" if which == "largest" else "SA", tol=tol, maxiter=maxiter,
                             v0=v0, ncv=ncv)
@@ -118,10 +123,7 @@ def _nudged(x, seed):
     Started at a near-eigenvector itself, ARPACK's Krylov space is nearly
     invariant from the first step and its runs stall or misreport convergence.
     """
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal(x.shape[0])
-    if np.iscomplexobj(x):
-        noise = noise + 1j * rng.standard_normal(x.shape[0])
+    noise = _gaussian(x.shape[0], x.dtype, seed)
     start = x / max(np.linalg.norm(x), np.finfo(float).tiny) + 0.1 * noise / np.linalg.norm(noise)
     return start.astype(x.dtype, copy=False)
 
@@ -135,31 +137,27 @@ def _tight(G, k, which, tol, maxiter, v0, ncv):
     return result
 
 
-def _pair_residual(P, s, U, V):
-    """``sqrt((||A v - s u||^2 + ||A^H u - s v||^2) / 2)`` for each triplet: the bound the vectors themselves meet."""
-    R1 = np.linalg.norm(P.matmat(V) - U * s, axis=0)
-    R2 = np.linalg.norm(P.rmatmat(U) - V * s, axis=0)
-    return np.sqrt((R1**2 + R2**2) / 2)
-
-
 def _wanted(P, X, side, k, which):
-    """The ``k`` wanted triplets ``(s, U, V, bound)`` of the Ritz vectors ``X`` (:func:`_triplets`), descending.
+    """The ``k`` wanted triplets ``(s, U, V, bound, residual)`` of the Ritz vectors ``X``, descending.
 
-    For the smallest values the bound is also at most ``max(s_j, t_j)``, with
+    ``residual`` is the triplet residual of :func:`_triplets`, the bound the
+    vectors meet; ``bound`` bounds the values. For the smallest values it is
+    also at most ``max(s_j, t_j)``, with
     ``t_1 >= ... >= t_k`` the singular values of ``A V`` (``A^H U`` on the
     ``out`` side): by Courant-Fischer the ``j``-th of the ``k`` smallest
     singular values lies in ``[0, t_j]`` for any orthonormal ``V``. Near zero
     this is the sharp bound, where ``r / s`` from the residuals is not.
     """
-    s, U, V, bound = _triplets(P, X, side)
+    s, U, V, residual = _triplets(P, X, side)
     if which == "largest":
-        return s[:k], U[:, :k], V[:, :k], bound[:k]
-    s, U, V, bound = s[-k:], U[:, -k:], V[:, -k:], bound[-k:]
+        return s[:k], U[:, :k], V[:, :k], residual[:k], residual[:k]
+    s, U, V, residual = s[-k:], U[:, -k:], V[:, -k:], residual[-k:]
+    bound = residual
     if len(s):
         B = P.matmat(V) if side == "in" else P.rmatmat(U)
         t = np.linalg.svd(B, compute_uv=False)
-        bound = np.minimum(bound, np.maximum(s, t))
-    return s, U, V, bound
+        bound = np.minimum(residual, np.maximum(s, t))
+    return s, U, V, bound, residual
 
 
 def _normal(P, side, shift=0.0):
@@ -211,7 +209,7 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
     eps = np.finfo(float).eps
     for round_ in range(k + 2):
         wanted = _wanted(P, X, side, k, which) if wanted is None else wanted
-        s, U, V, bound = wanted
+        s, U, V, bound, _ = wanted
         Q = V if side == "in" else U
         far = 3.0 * shift if which == "smallest" else 0.0
 
@@ -306,7 +304,7 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
         if converged and shift:
             X = _ritz(P, side, X)  # ARPACK's Ritz vectors of G + sigma_max^2 I mix values below sqrt(eps) sigma_max
             wanted = _wanted(P, X, side, k, which)
-            s, U, V, bound = wanted
+            s, U, V, bound, _ = wanted
             if not certified(s, bound, ref, opts.tol, max(M, N)):
                 # ARPACK stopped at tol / 4 of the shifted values, s^2 + sigma_max^2: ask for tol / 4 of s^2
                 least = float(s.min())
@@ -338,7 +336,7 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
         checked = True
         if converged and k >= 2 and (which == "largest" or shift):
             X, wanted, checked = _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted)
-        s, U, V, bound = _wanted(P, X, side, min(k, X.shape[1]), which) if wanted is None else wanted
+        s, U, V, bound, residual = _wanted(P, X, side, min(k, X.shape[1]), which) if wanted is None else wanted
     if which == "largest":
         ref = float(s[0])
     if converged:
@@ -361,9 +359,9 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
                 values=s,
                 residual=worst,
             )
-        elif vectors and not certified(s, pair := _pair_residual(P, s, U, V), ref, opts.tol, max(M, N)):
+        elif vectors and not certified(s, residual, ref, opts.tol, max(M, N)):
             # the values' bound near zero is Courant-Fischer's, which says nothing of the other side's vectors
-            pair = float(pair.max()) / max(ref, np.finfo(float).tiny)
+            pair = float(residual.max()) / max(ref, np.finfo(float).tiny)
             other = "left" if side == "in" else "right"
             not_converged(
                 f"the {k} {which} singular values of a {M} x {N} {type(op).__name__} by Lanczos are certified, but "
@@ -505,7 +503,7 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
         checked, wanted = True, None
         if converged and k >= 2 and m_max < n:  # a multiplicity above the block size: see _complete
             X, wanted, checked = _complete(P, side, normal, X, k, "largest", 0.0, opts, opts.maxiter)
-        s, U, Vv, bound = _wanted(P, X, side, k, "largest") if wanted is None else wanted
+        s, U, Vv, bound, _ = _wanted(P, X, side, k, "largest") if wanted is None else wanted
     worst = float(bound.max()) / max(float(s[0]), np.finfo(float).tiny)
     if converged and checked and certified(s, bound, float(s[0]), opts.tol, max(M, N)):
         opts.note("block Lanczos, residual-checked", float(bound.max()))
