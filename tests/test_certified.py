@@ -484,6 +484,21 @@ def test_the_smallest_values_of_a_zero_generic_operator_are_zero():
     assert np.array_equal(s, np.zeros(2)) and np.allclose(U.T @ U, np.eye(2)) and np.allclose(V.T @ V, np.eye(2))
 
 
+def test_the_largest_values_of_a_zero_generic_operator_are_zero_with_unit_vectors():
+    """Its k = 1 left vector was the zero vector (u = A v / s with A v = 0, a zero residual), and k >= 2 was
+    refused (ARPACK cannot start the copies check on the zero operator: its start vector maps to zero)."""
+    import pylops
+
+    for op in (structops.PaddedConvND(np.zeros((2, 2, 3, 3)), (16, 16), padding=1, padding_mode="reflect"),
+               pylops.MatrixMult(np.zeros((30, 20)))):
+        for k in (1, 3):
+            s, info = structops.singular_values(op, k=k, dense=False, return_info=True)
+            assert info.certified and np.array_equal(s, np.zeros(k))
+            s, U, V = structops.singular_vectors(op, k=k, dense=False)
+            assert np.array_equal(s, np.zeros(k))
+            assert np.allclose(U.T @ U, np.eye(k), atol=1e-14) and np.allclose(V.T @ V, np.eye(k), atol=1e-14)
+
+
 def test_a_padded_depthwise_layer_with_zero_channels_is_singular():
     """Circular padding wider than the kernel, two of three depthwise filters zero: sigma_min = 0, 90 times."""
     op = _zero_channel_layer()  # |1 + z / 2 + z^2 / 4| >= 1 / 4 on the unit circle: the third channel is well posed
@@ -501,19 +516,68 @@ def _zero_channel_layer():
     return structops.PaddedConvND(K, (45,), padding=2, padding_mode="circular", groups=3)
 
 
-def test_vectors_of_zero_values_that_the_products_do_not_determine_are_refused():
-    """Tall with a null space: A v = 0 leaves the left vector u free (it must lie in the null space of A^T), and
-    u = A v / s was rounding noise (A^T u - s v of 0.4 sigma_max, U not orthonormal), returned as certified."""
-    from structops.linalg import SpectrumNotConvergedError
+def _assert_triplets(A, s, U, V, atol):
+    """Each triplet's bound ``sqrt((||A v - s u||^2 + ||A^H u - s v||^2) / 2)`` within ``1e-10 s + atol
+    sigma_max`` (the certificate at the default tol, ``atol`` for the rounding floor); ``U``, ``V`` orthonormal."""
+    sigma_max = np.linalg.norm(A, 2)
+    r1, r2 = np.linalg.norm(A @ V - U * s, axis=0), np.linalg.norm(A.conj().T @ U - V * s, axis=0)
+    bound = np.sqrt((r1**2 + r2**2) / 2)
+    assert np.all(bound <= 1e-10 * s + atol * sigma_max), bound / sigma_max
+    for X in (U, V):
+        assert np.abs(X.conj().T @ X - np.eye(len(s))).max() < 1e-12
 
+
+@pytest.mark.parametrize("adjoint", [False, True], ids=["tall", "wide"])
+def test_vectors_of_zero_values_are_found_on_their_own_side(adjoint):
+    """Tall with a null space: A v = 0 leaves the left vector u free (it must lie in the null space of A^T), and
+    u = A v / s was rounding noise (A^T u - s v of 0.4 sigma_max, U not orthonormal); the left vectors are the
+    null vectors of A A^T (wide: the right vectors those of A^T A). Measured: residuals up to 2.9e-14 sigma_max."""
     op = _zero_channel_layer()
-    s = structops.singular_values(op, k=5, which="smallest", dense=False)  # the values stay certified
-    assert np.all(s < 1e-13)
+    A = op.tosparse().toarray()
+    op, A = (op.H, A.T) if adjoint else (op, A)
+    for k in (1, 5, 12):
+        s, U, V = structops.singular_vectors(op, k=k, which="smallest", dense=False)
+        assert np.all(s < 1e-13)
+        _assert_triplets(A, s, U, V, 1e-12)
+    s, U, V = structops.singular_vectors(op, k=5, dense=False)  # the largest were always determined
+    _assert_triplets(A, s, U, V, 1e-12)
+
+
+def _singular_square(complex_):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((40, 40)) + (1j * rng.standard_normal((40, 40)) if complex_ else 0)
+    A[[1, 4], :] = 0
+    A[:, [2, 5]] = 0
+    return A
+
+
+@pytest.mark.parametrize(
+    "A",
+    [np.diag(np.where(np.isin(np.arange(40), [3, 7, 11]), 0.0, np.arange(1.0, 41.0))), _singular_square(False),
+     _singular_square(True)],
+    ids=["diagonal", "square", "complex"],
+)
+def test_vectors_of_a_square_singular_operator(A):
+    """Square with exact zeros: the left null vectors were refused (a triplet residual of 0.3 sigma_max);
+    measured now, residuals of the zero values up to 7.5e-15 sigma_max, for k up to one more than the nullity."""
+    import pylops
+
+    op = pylops.MatrixMult(A, dtype=A.dtype)
+    for k in (1, 2, 3):
+        s, U, V = structops.singular_vectors(op, k=k, which="smallest", dense=False)
+        assert U.dtype == A.dtype and np.all(s[-2:] < 1e-12)
+        _assert_triplets(A, s, U, V, 1e-12)
+
+
+def test_vectors_no_other_side_run_can_find_are_refused(monkeypatch):
+    from structops.linalg import SpectrumNotConvergedError, lanczos
+
+    monkeypatch.setattr(lanczos, "_partners", lambda P, side, s, U, V, residual, *args: (U, V, residual))
+    op = _zero_channel_layer()
     with pytest.raises(SpectrumNotConvergedError, match="not their left vectors"):
         structops.singular_vectors(op, k=5, which="smallest", dense=False)
-    s, U, V = structops.singular_vectors(op, k=5, dense=False)  # the largest are determined
-    A = op.tosparse().toarray()
-    assert np.linalg.norm(A.T @ U - V * s) < 1e-10 and np.linalg.norm(A @ V - U * s) < 1e-10
+    s = structops.singular_values(op, k=5, which="smallest", dense=False)  # the values stay certified
+    assert np.all(s < 1e-13)
 
 
 def test_the_null_space_certificate_holds_from_any_start_vector():

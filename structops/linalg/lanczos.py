@@ -100,7 +100,8 @@ def _arpack(G, k, which, tol, maxiter, v0, ncv, seed=0):
     what ran before. Runs that must see directions an earlier run did not
     (the copies check) take their own ``seed``.
     """
-    if v0 is None:
+    drawn = v0 is None
+    if drawn:
         v0 = _gaussian(G.shape[0], np.dtype(G.dtype), seed)
     try:
         lam, X = spla.eigsh(G, k=k, which="LA" if which == "largest" else "SA", tol=tol, maxiter=maxiter,
@@ -108,9 +109,15 @@ def _arpack(G, k, which, tol, maxiter, v0, ncv, seed=0):
     except spla.ArpackNoConvergence as e:
         return e.eigenvalues, e.eigenvectors, False, None
     except spla.ArpackError as e:  # e.g. no shifts could be applied: nothing usable
-        return np.zeros(0), np.zeros((G.shape[0], 0), dtype=G.dtype), False, str(e)
+        if not drawn or np.any(G.matvec(v0)):
+            return np.zeros(0), np.zeros((G.shape[0], 0), dtype=G.dtype), False, str(e)
+        # G v0 = 0 ("starting vector is zero"): a random start lies in a proper null space with probability 0, so
+        # G = 0 (the zero operator, or a copies check on its complement); any orthonormal vectors are eigenvectors
+        extra = [_gaussian(G.shape[0], np.dtype(G.dtype), seed + 1 + j) for j in range(k - 1)]
+        X, _ = np.linalg.qr(np.stack([v0, *extra], axis=1))
+        lam = np.zeros(k)
     # ARPACK's convergence test is on Ritz estimates, which a start close to an eigenvector can make far too
-    # small (a residual of 5e-8 reported below 5e-15): the true residuals are checked
+    # small (a residual of 5e-8 reported below 5e-15): the true residuals are checked (above: G X = 0 exactly)
     residual = np.linalg.norm(G.matmat(X) - X * lam, axis=0)
     size = float(np.abs(lam).max()) if len(lam) else 0.0
     slack = 10.0 * (tol * np.abs(lam) + np.sqrt(G.shape[0]) * np.finfo(float).eps * size)
@@ -189,6 +196,18 @@ def _ritz(P, side, W):
     return B @ Zh.conj().T
 
 
+def _deflated(G, Q, far):
+    """``G`` on the complement of the orthonormal columns ``Q``, which it moves to ``far`` (0: to zero)."""
+
+    def product(x):
+        inside = Q @ (Q.conj().T @ x)
+        y = G.matvec(x - inside)
+        y = y - Q @ (Q.conj().T @ y)
+        return y + far * inside if far else y
+
+    return spla.LinearOperator(G.shape, matvec=product, rmatvec=product, dtype=G.dtype)
+
+
 def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
     """Ritz vectors ``X`` of ``G`` whose ``k`` wanted values miss no copy of a repeated value.
 
@@ -213,13 +232,7 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
         Q = V if side == "in" else U
         far = 3.0 * shift if which == "smallest" else 0.0
 
-        def deflated(x, Q=Q, far=far):
-            inside = Q @ (Q.conj().T @ x)
-            y = G.matvec(x - inside)
-            y = y - Q @ (Q.conj().T @ y)
-            return y + far * inside if far else y
-
-        D = spla.LinearOperator((n, n), matvec=deflated, rmatvec=deflated, dtype=G.dtype)
+        D = _deflated(G, Q, far)
         edge = float(s.max() if which == "smallest" else s.min())
         tol = opts.tol / 4
         if which == "smallest" and shift:
@@ -241,6 +254,86 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
                 Y = Y2 if refined else Y
         X, wanted = _ritz(P, side, np.concatenate([X, Y], axis=1)), None  # then Rayleigh-Ritz on [X, y]
     return X, None, False
+
+
+def _partners(P, side, s, U, V, residual, sigma_max, opts, maxiter):
+    """The other side's vectors where one product does not determine them: ``(U, V, residual)``.
+
+    On the ``in`` side a left vector is ``u = A v / s``. At a value at rounding
+    level that is rounding noise, and where ``A v = 0`` exactly, a zero vector;
+    ``u`` must instead be a unit vector in (near) the null space of ``A^H``,
+    orthogonal to the determined left vectors. Those are the smallest
+    eigenvectors of ``A A^H + sigma_max^2 I`` on the complement of the
+    determined vectors, by ARPACK, resolved by :func:`_ritz`; a two-sided
+    Rayleigh-Ritz step, the SVD ``W^H A V_b = Y S Z^H``, pairs them with the
+    right vectors ``V_b`` (``U_b = W Y``, ``V_b Z``). The ``out`` side likewise
+    with the sides swapped. The triplets' residuals are then worked out again
+    for every column, so a pairing that failed shows in them; where no vectors
+    were found the inputs come back, a zero vector with residual ``sigma_max``.
+    """
+    M, N = P.M, P.N
+    floor = rounding_floor(sigma_max, max(M, N))
+    lost = (s == 0) | (residual > np.maximum(opts.tol * np.abs(s), floor))
+    residual = np.where(s == 0, np.maximum(residual, sigma_max), residual)  # the zero vector is no unit vector
+    c = int(lost.sum())
+    other = "out" if side == "in" else "in"
+    mine, theirs = (V, U) if side == "in" else (U, V)
+    known = theirs[:, ~lost]
+    n = M if other == "out" else N
+    if c and sigma_max == 0:  # the zero operator (every s lost): any orthonormal vectors are singular vectors
+        theirs = np.eye(n, c, dtype=theirs.dtype)
+        return (theirs, mine, np.zeros_like(residual)) if side == "in" else (mine, theirs, np.zeros_like(residual))
+    if c == 0 or c + known.shape[1] >= n - 1:
+        return U, V, residual
+    shift = sigma_max * sigma_max
+    G = _deflated(_normal(P, other, shift), known, 3.0 * shift)
+    kk = min(c + 8, n - known.shape[1] - 1)  # more Ritz vectors than wanted: the span resolves small values better
+    _, W, found, _ = _tight(G, kk, "smallest", 0.0, maxiter, None, min(n, max(2 * kk + 1, 20)))
+    if not found or W.shape[1] < c:
+        return U, V, residual
+    W = _ritz(P, other, W - known @ (known.conj().T @ W))
+    if c >= 2:  # a Krylov run sees one direction of the null space: the copies check finds the others
+        W, wanted, found = _complete(P, other, G, W, c, "smallest", shift, opts, maxiter)
+        if not found:
+            return U, V, residual
+        W = wanted[2] if other == "in" else wanted[1]
+    else:
+        W = W[:, -1:]  # descending: the smallest last
+    lost_mine = mine[:, lost]
+    image = P.matmat(lost_mine) if side == "in" else P.rmatmat(lost_mine)
+    Y, _, Zh = np.linalg.svd(W.conj().T @ image)
+    mine, theirs = mine.copy(), theirs.copy()
+    mine[:, lost], theirs[:, lost] = lost_mine @ Zh.conj().T, W @ Y
+    U, V = (theirs, mine) if side == "in" else (mine, theirs)
+    R1 = np.linalg.norm(P.matmat(V) - U * s, axis=0)
+    R2 = np.linalg.norm(P.rmatmat(U) - V * s, axis=0)
+    return U, V, np.sqrt((R1**2 + R2**2) / 2)
+
+
+def _checked_vectors(P, side, op, which, s, U, V, residual, sigma_max, opts, maxiter, method):
+    """Vectors of certified values, with :func:`_partners` where needed: ``(U, V, refused)``.
+
+    The values' bound near zero is Courant-Fischer's, which says nothing of
+    the other side's vectors: they are held to their own triplet residual,
+    and refused (:func:`not_converged`) where they fail it.
+    """
+    M, N = P.M, P.N
+    with blas_threads():
+        U, V, residual = _partners(P, side, s, U, V, residual, sigma_max, opts, maxiter)
+    if certified(s, residual, sigma_max, opts.tol, max(M, N)):
+        return U, V, False
+    pair = float(residual.max()) / max(sigma_max, np.finfo(float).tiny)
+    other = "left" if side == "in" else "right"
+    not_converged(
+        f"the {len(s)} {which} singular values of a {M} x {N} {type(op).__name__} by {method} are certified, but not "
+        f"their {other} vectors (a triplet residual up to {pair:.1e} x sigma_max): near zero, the product of a "
+        f"{'right' if side == 'in' else 'left'} vector does not determine the {other} one, and no vectors on its "
+        "side were found that do; dense=True gives them for operators that fit in memory",
+        opts,
+        values=s,
+        residual=pair,
+    )
+    return U, V, True
 
 
 def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=None):
@@ -359,21 +452,11 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
                 values=s,
                 residual=worst,
             )
-        elif vectors and not certified(s, residual, ref, opts.tol, max(M, N)):
-            # the values' bound near zero is Courant-Fischer's, which says nothing of the other side's vectors
-            pair = float(residual.max()) / max(ref, np.finfo(float).tiny)
-            other = "left" if side == "in" else "right"
-            not_converged(
-                f"the {k} {which} singular values of a {M} x {N} {type(op).__name__} by Lanczos are certified, but "
-                f"not their {other} vectors (a triplet residual up to {pair:.1e} x sigma_max): near zero, the "
-                f"product of a {'right' if side == 'in' else 'left'} vector does not determine the {other} one; "
-                "dense=True gives them for operators that fit in memory",
-                opts,
-                values=s,
-                residual=pair,
-            )
         else:
-            opts.note("Lanczos (ARPACK), residual-checked", float(bound.max()))
+            if vectors:
+                U, V, refused = _checked_vectors(P, side, op, which, s, U, V, residual, ref, opts, maxiter, "Lanczos")
+            if not (vectors and refused):
+                opts.note("Lanczos (ARPACK), residual-checked", float(bound.max()))
     if len(s) < k:  # strict=False after a failure: unconverged entries are NaN
         pad = k - len(s)
         first = which == "smallest"  # the missing values are the larger ones: NaN first, as the values above
@@ -503,10 +586,14 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
         checked, wanted = True, None
         if converged and k >= 2 and m_max < n:  # a multiplicity above the block size: see _complete
             X, wanted, checked = _complete(P, side, normal, X, k, "largest", 0.0, opts, opts.maxiter)
-        s, U, Vv, bound, _ = _wanted(P, X, side, k, "largest") if wanted is None else wanted
+        s, U, Vv, bound, residual = _wanted(P, X, side, k, "largest") if wanted is None else wanted
     worst = float(bound.max()) / max(float(s[0]), np.finfo(float).tiny)
     if converged and checked and certified(s, bound, float(s[0]), opts.tol, max(M, N)):
-        opts.note("block Lanczos, residual-checked", float(bound.max()))
+        if vectors:
+            U, Vv, refused = _checked_vectors(P, side, op, "largest", s, U, Vv, residual, float(s[0]), opts,
+                                              opts.maxiter, "block Lanczos")
+        if not (vectors and refused):
+            opts.note("block Lanczos, residual-checked", float(bound.max()))
     elif not checked:
         not_converged(
             f"the {k} largest singular values of a {M} x {N} {type(op).__name__} by block Lanczos pass the residual "

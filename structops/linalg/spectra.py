@@ -573,12 +573,15 @@ def singular_vectors(op, k=1, which="largest", *, tol=None, maxiter=None, strict
 
     Notes
     -----
-    Off the exact routes, the vectors of values at rounding level are refused
-    where the products do not determine them: on a tall operator with a null
-    space, ``A v = 0`` leaves the left vector free (it must lie in the null
-    space of ``A^H``), and ``u = A v / s`` would be rounding noise. The values
-    themselves stay certified (:func:`singular_values`); ``dense=True`` gives
-    the vectors of operators that fit in memory.
+    Off the exact routes, the products do not determine the other side's
+    vectors of values at rounding level: on an operator with a null space,
+    ``A v = 0`` leaves the left vector free (it must lie in the null space of
+    ``A^H``), and ``u = A v / s`` would be rounding noise. Those vectors are
+    found on their own side, as the smallest eigenvectors of ``A A^H``
+    orthogonal to the determined ones, and paired with ``V`` by the SVD of
+    ``U^H A V``. Every triplet is held to the residual test of the values;
+    where it fails, the vectors are refused and the values stay certified
+    (:func:`singular_values`).
 
     Examples
     --------
