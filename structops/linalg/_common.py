@@ -119,20 +119,33 @@ def shape_of(op):
     return int(shape[0]), int(shape[1])
 
 
-def rounding_floor(sigma_max, n) -> float:
-    """``10 sqrt(n) eps sigma_max``: the rounding level of a backward-stable method on an ``n``-dimensional operator."""
-    return 10.0 * math.sqrt(max(int(n), 1)) * np.finfo(np.float64).eps * float(sigma_max)
+EPS64 = float(np.finfo(np.float64).eps)
 
 
-def certified(s, bound, sigma_max, tol, n=1) -> bool:
+def product_eps(dtype) -> float:
+    """The unit roundoff of products in ``dtype``: single precision's for float32/complex64, else double's."""
+    dtype = np.dtype(dtype)
+    return float(np.finfo(dtype).eps) if dtype.kind in "fc" else EPS64
+
+
+def rounding_floor(sigma_max, n, eps=EPS64) -> float:
+    """``10 sqrt(n) eps sigma_max``: the rounding level of a backward-stable method on an ``n``-dimensional operator.
+
+    ``eps`` is the unit roundoff of the operator's products (:func:`product_eps`).
+    """
+    return 10.0 * math.sqrt(max(int(n), 1)) * float(eps) * float(sigma_max)
+
+
+def certified(s, bound, sigma_max, tol, n=1, eps=EPS64) -> bool:
     """The one meaning of ``tol``: every ``bound_i <= max(tol s_i, 10 sqrt(n) eps sigma_max)``.
 
     ``bound_i`` bounds the distance from ``s_i`` to a singular value; the
     floor (:func:`rounding_floor`, ``n = max(M, N)``) is the rounding level of
-    a backward-stable method, below which no value can be resolved.
+    a backward-stable method, below which no value can be resolved: in double
+    precision, or in single where the operator's products are (``eps``).
     """
     s, bound = np.asarray(s, dtype=float), np.asarray(bound, dtype=float)
-    return bool(np.all(bound <= np.maximum(tol * np.abs(s), rounding_floor(sigma_max, n))))
+    return bool(np.all(bound <= np.maximum(tol * np.abs(s), rounding_floor(sigma_max, n, eps))))
 
 
 def select(s, k, which):
@@ -165,8 +178,18 @@ def scale_exponent(K, limit: float, small: bool = True) -> int:
     return math.frexp(a)[1] - 1
 
 
-def conv64(op: ConvND) -> ConvND:
-    """The same layer with a double-precision kernel (the layer itself if it has one)."""
+def has_kernel(op) -> bool:
+    """Whether ``op`` is a layer given by its kernel (``kernel`` and ``with_kernel``: :class:`ConvND`,
+    :class:`~structops.PaddedConvND`), which can be rescaled or moved to double precision through it."""
+    return hasattr(op, "with_kernel") and hasattr(op, "kernel")
+
+
+def conv64(op):
+    """The same layer with a double-precision kernel (the layer itself if it has one; see :func:`has_kernel`).
+
+    The spectrum of a layer is that of its kernel's values: its products in single precision would carry
+    single precision's rounding (``1e-7 sigma_max``) into every residual.
+    """
     K = op.kernel
     if K.dtype in (np.float64, np.complex128):
         return op

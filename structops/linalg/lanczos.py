@@ -3,7 +3,8 @@ r"""Extreme singular triplets of any linear operator by Lanczos (ARPACK), every 
 For a computed triplet ``(s, u, v)`` the residuals ``r_1 = ||A v - s u||`` and
 ``r_2 = ||A^H u - s v||`` bound the distance from ``s`` to a singular value of
 ``A`` by ``sqrt((r_1^2 + r_2^2) / 2)``; a result is accepted only when that
-bound is at most ``max(tol * s, 10 sqrt(max(M, N)) eps sigma_max)``. Otherwise
+bound is at most ``max(tol * s, 10 sqrt(max(M, N)) eps sigma_max)``, ``eps`` the unit roundoff of
+the operator's products (single precision's for a float32 operator). Otherwise
 :class:`~structops.SpectrumNotConvergedError` is raised (or, with
 ``strict=False``, a :class:`~structops.linalg.spectra.SpectrumNotConvergedWarning`
 is issued and unconverged values are NaN).
@@ -16,17 +17,22 @@ import scipy.sparse.linalg as spla
 
 from .._backend import blas_threads, to_numpy
 from .._validate import check_memory
-from ..operators.conv import ConvND
-from ._common import SpectrumNotConvergedError, certified, conv64, not_converged, rounding_floor, shape_of
+from ._common import (EPS64, SpectrumNotConvergedError, certified, conv64, has_kernel, not_converged, product_eps,
+                      rounding_floor, shape_of)
 
 __all__ = ["lanczos_svd", "block_krylov_svd", "largest_svd"]
 
 
 class _Products:
-    """Host float64 products of an operator (casts single precision, moves device arrays)."""
+    """Host float64 products of an operator (casts single precision, moves device arrays).
+
+    ``eps`` is the unit roundoff of the operator's own products: single
+    precision's for a float32 operator, whose products no method can resolve
+    beyond it.
+    """
 
     def __init__(self, op):
-        if isinstance(op, ConvND):
+        if has_kernel(op):
             op = conv64(op)
         if isinstance(op, np.ndarray) or (hasattr(op, "__array__") and not hasattr(op, "matvec")):
             A = np.asarray(to_numpy(op))
@@ -37,6 +43,7 @@ class _Products:
         self.dtype = np.dtype(np.complex128 if self.complex else np.float64)
         self.xp = getattr(op, "xp", np)
         self.opdtype = np.dtype(getattr(op, "dtype", np.float64))
+        self.eps = product_eps(self.opdtype)
 
     def _in(self, x):
         return self.xp.asarray(x.astype(self.opdtype, copy=False))
@@ -92,13 +99,14 @@ def _gaussian(n, dtype, seed):
     return x.astype(dtype, copy=False)
 
 
-def _arpack(G, k, which, tol, maxiter, v0, ncv, seed=0):
+def _arpack(G, k, which, tol, maxiter, v0, ncv, seed=0, eps=EPS64):
     """``eigsh`` of ``G``: ``(lam, X, converged, error)``; partial results where ARPACK did not converge.
 
     Without ``v0`` the start is a random vector drawn from ``seed``: ARPACK's
     own comes from LAPACK's process-wide seed, so its results would depend on
     what ran before. Runs that must see directions an earlier run did not
-    (the copies check) take their own ``seed``.
+    (the copies check) take their own ``seed``. ``eps``: the unit roundoff of
+    ``G``'s products, for the check of ARPACK's convergence.
     """
     drawn = v0 is None
     if drawn:
@@ -120,7 +128,7 @@ def _arpack(G, k, which, tol, maxiter, v0, ncv, seed=0):
     # small (a residual of 5e-8 reported below 5e-15): the true residuals are checked (above: G X = 0 exactly)
     residual = np.linalg.norm(G.matmat(X) - X * lam, axis=0)
     size = float(np.abs(lam).max()) if len(lam) else 0.0
-    slack = 10.0 * (tol * np.abs(lam) + np.sqrt(G.shape[0]) * np.finfo(float).eps * size)
+    slack = 10.0 * (tol * np.abs(lam) + np.sqrt(G.shape[0]) * eps * size)
     return lam, X, bool(np.all(residual <= slack)), None
 
 
@@ -135,12 +143,11 @@ def _nudged(x, seed):
     return start.astype(x.dtype, copy=False)
 
 
-def _tight(G, k, which, tol, maxiter, v0, ncv):
+def _tight(G, k, which, tol, maxiter, v0, ncv, eps=EPS64):
     """:func:`_arpack` at ``tol``, at least ``8 eps``; where ARPACK cannot get there (near rounding), at ``64 eps``."""
-    eps = np.finfo(float).eps
-    result = _arpack(G, k, which, max(tol, 8 * eps), maxiter, v0, ncv)
+    result = _arpack(G, k, which, max(tol, 8 * eps), maxiter, v0, ncv, eps=eps)
     if not result[2] and tol < 64 * eps:
-        result = _arpack(G, k, which, 64 * eps, maxiter, v0, ncv)
+        result = _arpack(G, k, which, 64 * eps, maxiter, v0, ncv, eps=eps)
     return result
 
 
@@ -225,7 +232,7 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
     run did not converge.
     """
     n = G.shape[0]
-    eps = np.finfo(float).eps
+    eps = P.eps
     for round_ in range(k + 2):
         wanted = _wanted(P, X, side, k, which) if wanted is None else wanted
         s, U, V, bound, _ = wanted
@@ -238,19 +245,19 @@ def _complete(P, side, G, X, k, which, shift, opts, maxiter, wanted=None):
         if which == "smallest" and shift:
             tol = tol * edge * edge / (edge * edge + shift)
         # a start of its own: in each eigenspace, the first run's start (seed 0) points where that run already saw
-        lam, Y, converged, _ = _arpack(D, 1, which, max(tol, 8 * eps), maxiter, None, min(n, 20), seed=1 + round_)
+        lam, Y, converged, _ = _arpack(D, 1, which, max(tol, 8 * eps), maxiter, None, min(n, 20), 1 + round_, eps)
         if not converged:
             return X, wanted, False
         nxt = float(np.sqrt(max(float(lam[0]) - shift, 0.0)))
         top = np.sqrt(shift) if shift else max(float(s.max()), nxt)  # sigma_max
-        margin = float(bound.max()) + rounding_floor(top, max(P.M, P.N))
+        margin = float(bound.max()) + rounding_floor(top, max(P.M, P.N), eps)
         if (nxt >= edge - margin) if which == "smallest" else (nxt <= edge + margin):
             return X, wanted, True
         if which == "smallest" and shift:  # a missed copy: first as accurate as its own value needs
             tol_y = opts.tol / 4 * nxt * nxt / (nxt * nxt + shift)
             if tol_y < tol:
                 start = _nudged(Y[:, 0], 1 + round_)
-                _, Y2, refined, _ = _tight(D, 1, which, tol_y, maxiter, start, min(n, 20))
+                _, Y2, refined, _ = _tight(D, 1, which, tol_y, maxiter, start, min(n, 20), eps)
                 Y = Y2 if refined else Y
         X, wanted = _ritz(P, side, np.concatenate([X, Y], axis=1)), None  # then Rayleigh-Ritz on [X, y]
     return X, None, False
@@ -272,7 +279,7 @@ def _partners(P, side, s, U, V, residual, sigma_max, opts, maxiter):
     were found the inputs come back, a zero vector with residual ``sigma_max``.
     """
     M, N = P.M, P.N
-    floor = rounding_floor(sigma_max, max(M, N))
+    floor = rounding_floor(sigma_max, max(M, N), P.eps)
     lost = (s == 0) | (residual > np.maximum(opts.tol * np.abs(s), floor))
     residual = np.where(s == 0, np.maximum(residual, sigma_max), residual)  # the zero vector is no unit vector
     c = int(lost.sum())
@@ -288,7 +295,7 @@ def _partners(P, side, s, U, V, residual, sigma_max, opts, maxiter):
     shift = sigma_max * sigma_max
     G = _deflated(_normal(P, other, shift), known, 3.0 * shift)
     kk = min(c + 8, n - known.shape[1] - 1)  # more Ritz vectors than wanted: the span resolves small values better
-    _, W, found, _ = _tight(G, kk, "smallest", 0.0, maxiter, None, min(n, max(2 * kk + 1, 20)))
+    _, W, found, _ = _tight(G, kk, "smallest", 0.0, maxiter, None, min(n, max(2 * kk + 1, 20)), P.eps)
     if not found or W.shape[1] < c:
         return U, V, residual
     W = _ritz(P, other, W - known @ (known.conj().T @ W))
@@ -320,7 +327,7 @@ def _checked_vectors(P, side, op, which, s, U, V, residual, sigma_max, opts, max
     M, N = P.M, P.N
     with blas_threads():
         U, V, residual = _partners(P, side, s, U, V, residual, sigma_max, opts, maxiter)
-    if certified(s, residual, sigma_max, opts.tol, max(M, N)):
+    if certified(s, residual, sigma_max, opts.tol, max(M, N), P.eps):
         return U, V, False
     pair = float(residual.max()) / max(sigma_max, np.finfo(float).tiny)
     other = "left" if side == "in" else "right"
@@ -392,19 +399,21 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
     if maxiter is None and which == "smallest":
         maxiter = 300  # restarts; smallest singular values of ill-conditioned operators may never converge
     with blas_threads():
-        lam, X, converged, arpack_error = _arpack(G, kk, which, opts.tol / 4, maxiter, v0, ncv)
+        # (ARPACK cannot resolve single-precision products beyond a few of their eps)
+        lam, X, converged, arpack_error = _arpack(G, kk, which, max(opts.tol / 4, 8 * P.eps), maxiter, v0, ncv,
+                                                  eps=P.eps)
         wanted = None  # _wanted of X, once worked out
         if converged and shift:
             X = _ritz(P, side, X)  # ARPACK's Ritz vectors of G + sigma_max^2 I mix values below sqrt(eps) sigma_max
             wanted = _wanted(P, X, side, k, which)
             s, U, V, bound, _ = wanted
-            if not certified(s, bound, ref, opts.tol, max(M, N)):
+            if not certified(s, bound, ref, opts.tol, max(M, N), P.eps):
                 # ARPACK stopped at tol / 4 of the shifted values, s^2 + sigma_max^2: ask for tol / 4 of s^2
                 least = float(s.min())
                 tol2 = opts.tol / 4 * least * least / (least * least + shift)
                 start = _nudged(X.sum(axis=1), 0)
                 # (near a null space the accuracy asked for is below rounding: ARPACK's own floor, a few eps)
-                lam2, X2, converged2, _ = _tight(G, kk, which, tol2, maxiter, start, ncv)
+                lam2, X2, converged2, _ = _tight(G, kk, which, tol2, maxiter, start, ncv, P.eps)
                 if converged2:  # else the first run's vectors stay, and the certificate says what they are worth
                     lam, X, wanted = lam2, _ritz(P, side, X2), None
         if not converged:
@@ -443,7 +452,7 @@ def lanczos_svd(op, k, which, opts, vectors, v0=None, v0_side=None, sigma_max=No
                 values=s,
                 residual=worst,
             )
-        elif not certified(s, bound, ref, opts.tol, max(M, N)):
+        elif not certified(s, bound, ref, opts.tol, max(M, N), P.eps):
             not_converged(
                 f"the {which} singular values of a {M} x {N} {type(op).__name__} by Lanczos have residual "
                 f"bounds up to {worst:.1e} x sigma_max, above tol={opts.tol:.1e} times the values; raise maxiter "
@@ -578,7 +587,7 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
             X, GX = V @ Z, GV @ Z
             sv = np.sqrt(np.maximum(theta[:k], 0.0))
             r = np.linalg.norm(GX[:, :k] - X[:, :k] * theta[:k], axis=0) / np.maximum(sv, np.finfo(float).tiny)
-            if m_max == n or certified(sv, 4.0 * r, float(sv[0]), opts.tol, max(M, N)):
+            if m_max == n or certified(sv, 4.0 * r, float(sv[0]), opts.tol, max(M, N), P.eps):
                 converged = True
                 break
             # the block that continues the Krylov space: every residual G x - theta x lies in its span
@@ -588,7 +597,7 @@ def block_krylov_svd(op, k, opts, vectors, v0=None, v0_side=None, *, block=None,
             X, wanted, checked = _complete(P, side, normal, X, k, "largest", 0.0, opts, opts.maxiter)
         s, U, Vv, bound, residual = _wanted(P, X, side, k, "largest") if wanted is None else wanted
     worst = float(bound.max()) / max(float(s[0]), np.finfo(float).tiny)
-    if converged and checked and certified(s, bound, float(s[0]), opts.tol, max(M, N)):
+    if converged and checked and certified(s, bound, float(s[0]), opts.tol, max(M, N), P.eps):
         if vectors:
             U, Vv, refused = _checked_vectors(P, side, op, "largest", s, U, Vv, residual, float(s[0]), opts,
                                               opts.maxiter, "block Lanczos")

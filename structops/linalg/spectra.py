@@ -105,6 +105,7 @@ from ._common import (
     SpectrumNotConvergedWarning,
     _Opts,
     conv64,
+    has_kernel,
     not_converged,
     rounding_floor,
     scale_exponent,
@@ -176,7 +177,7 @@ def _dense_matrix(op):
     # the matrix, a copy for the SVD and its workspace
     check_memory(3.0 * M * N * (16 if np.dtype(getattr(op, "dtype", np.float64)).kind == "c" else 8),
                  f"the dense SVD of this {M} x {N} operator")
-    if isinstance(op, ConvND):
+    if has_kernel(op):
         op = conv64(op)
     if hasattr(op, "__array__") and not hasattr(op, "matvec"):
         A = to_numpy(op)
@@ -298,13 +299,8 @@ def _on_unit_kernel(op, opts, compute):
     return out, scale
 
 
-def _has_kernel(op) -> bool:
-    """Whether ``op`` can be rescaled through its kernel (``kernel`` and ``with_kernel``, as :class:`~structops.PaddedConvND`)."""
-    return hasattr(op, "with_kernel") and hasattr(op, "kernel")
-
-
 def _generic_values(op, k, which, opts):
-    if _has_kernel(op):
+    if has_kernel(op):
         s, scale = _on_unit_kernel(op, opts, lambda o, inner: _lanczos_or_dense_values(o, k, which, inner))
         return s * scale if scale != 1.0 else s
     return _lanczos_or_dense_values(op, k, which, opts)
@@ -597,7 +593,7 @@ def singular_vectors(op, k=1, which="largest", *, tol=None, maxiter=None, strict
 
 
 def _generic_vectors(op, k, which, opts, v0=None, v0_side=None):
-    if _has_kernel(op):
+    if has_kernel(op):
         (s, U, V), scale = _on_unit_kernel(
             op, opts, lambda o, inner: _lanczos_or_dense_vectors(o, k, which, inner, v0, v0_side))
         return (s * scale if scale != 1.0 else s), U, V
