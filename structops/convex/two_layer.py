@@ -266,6 +266,23 @@ class _Problem:
         self._rows = None
         self._gram = None
         self._barrier = {}
+        self._double = None
+
+    def in_double(self):
+        """This program on double-precision copies of the images and targets (itself if it has them).
+
+        Its objectives and bounds are the certificates: from single-precision
+        residuals the dual bound carries their rounding (a relative gap of
+        ``4e-6`` where the objective was within ``4e-8`` of the optimum).
+        """
+        dtype = np.dtype(self.patches.dtype)
+        if dtype in (np.float64, np.complex128):
+            return self
+        if self._double is None:
+            double = np.complex128 if dtype.kind == "c" else np.float64
+            patches = self.patches.on(self.patches.data.astype(double))
+            self._double = _Problem(patches, self.y.astype(double), self.beta, self.gates, self.relu)
+        return self._double
 
     @property
     def n_groups(self) -> int:
@@ -452,7 +469,10 @@ def _solve_relu(model: _GatedSum, y, beta, C0, tol, feas_tol, max_outer, max_inn
 
 
 def _objective(prob, groups, C):
-    """The program's objective on the groups ``groups`` (and the largest cone violation, relative)."""
+    """The program's objective on the groups ``groups`` (and the largest cone violation, relative), in double
+    precision (:meth:`_Problem.in_double`)."""
+    prob = prob.in_double()
+    C = C.astype(prob.patches.dtype, copy=False)
     model = prob.restricted(groups)
     pred, viol, scale = model.predict_and_violation(C) if prob.relu else (model.predict(C), 0.0, 1.0)
     r = prob.y - pred
@@ -586,7 +606,8 @@ def _prune(prob, groups, C, tol):
 def _solve_restricted(prob, groups, C0, inner_tol, first_order):
     """The program on ``groups``: by the barrier method when small, else by ``first_order`` and a Newton polish.
 
-    Returns ``(C, iterations)`` (Newton steps or first-order iterations).
+    Returns ``(C, iterations)`` (Newton steps or first-order iterations); ``C`` from the barrier is in double
+    precision, as it solved them.
     """
     xp = prob.xp
     if _barrier_takes(prob, len(groups)):
@@ -601,7 +622,7 @@ def _solve_restricted(prob, groups, C0, inner_tol, first_order):
             with blas_threads():  # dense systems of a few hundred unknowns: one BLAS thread is fastest
                 res = barrier_group_program(blocks, rows, to_numpy(prob.y), prob.beta, to_numpy(C0), dirs,
                                             gap_tol=max(inner_tol, 1e-13))
-            return xp.asarray(res.C, dtype=prob.patches.dtype), res.newton_steps
+            return xp.asarray(res.C, dtype=prob.in_double().patches.dtype), res.newton_steps  # as solved
     C, k = first_order(prob.restricted(groups), C0, inner_tol)
     return _polish(prob, groups, C), k
 
@@ -616,15 +637,17 @@ def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_
     bound, and the ``grow`` groups that violate optimality most join the set.
     Returns ``(C_full, objective, lower_bound, rounds, iterations, converged, history)``.
     """
-    xp, beta, y = prob.xp, prob.beta, prob.y
+    xp, beta = prob.xp, prob.beta
+    cert = prob.in_double()  # the residuals, scores and bounds in double precision; the solves in the data's
+    y = cert.y
     h = prob.patches.h
     t0 = time.perf_counter() if t0 is None else t0
-    sc = prob.scores(y, need=beta)
+    sc = cert.scores(y, need=beta)
     ws = [int(j) for j in np.argsort(-sc)[:start] if sc[j] > beta]
     C_ws = xp.zeros((len(ws), h), dtype=prob.patches.dtype)
     history, its, converged = [], 0, False
     obj = 0.5 * float(y @ y)
-    lb = prob.lower_bound(y, sc)
+    lb = cert.lower_bound(y, sc)
     floor = max(tol * 1e-2, 1e-14)
     # early sets are provisional: solved loosely, then tighter with the gap; a start from every violating group
     # is expected to be the last set, solved to the tolerance (the barrier's certificate is then the program's)
@@ -633,15 +656,20 @@ def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_
     for rounds in range(1, max_rounds + 1):
         if ws:
             groups = np.asarray(ws)
-            C_ws, k = _solve_restricted(prob, groups, C_ws, inner_tol, solve)
+            solved, k = _solve_restricted(prob, groups, C_ws, inner_tol, solve)
+            C_ws = solved.astype(prob.patches.dtype, copy=False)  # the groups returned, in the data's precision
             its += k
-            pred = prob.restricted(groups).predict(C_ws)
+            model = cert.restricted(groups)
+            pred = model.predict(C_ws.astype(y.dtype, copy=False))
+            # any residual gives a valid bound: that of the solve's own groups where they are in double precision
+            # (those rounded to single precision move it by their rounding, 3e-5 relative at beta = 1e-3)
+            r_dual = y - (model.predict(solved) if solved.dtype != C_ws.dtype else pred)
         else:
-            pred = xp.zeros_like(y)
+            pred, r_dual = xp.zeros_like(y), y
         r = y - pred
-        obj = _convex_objective(r, C_ws, beta)
-        sc = prob.scores(r, need=beta)
-        lb = max(lb, prob.lower_bound(r, sc))
+        obj = _convex_objective(r, C_ws.astype(y.dtype, copy=False), beta)
+        sc = cert.scores(r_dual, need=beta)
+        lb = max(lb, cert.lower_bound(r_dual, sc))
         history.append((time.perf_counter() - t0, obj, lb, len(ws)))
         rel = (obj - lb) / max(abs(obj), np.finfo(float).tiny)
         if rel <= tol:
@@ -793,12 +821,14 @@ def relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 
     P = gates.P
     V, W = C[:P], C[P:]
     nz = np.nonzero(to_numpy(_group_norms(C)) > 0)[0]
+    cert = prob.in_double()  # the objectives in double precision, as the bound
+    C64 = C.astype(cert.y.dtype, copy=False)
     if len(nz):
-        pred, viol, _ = prob.restricted(nz).predict_and_violation(C[xp.asarray(nz)])
-        r = y - pred
+        pred, viol, _ = cert.restricted(nz).predict_and_violation(C64[xp.asarray(nz)])
+        r = cert.y - pred
     else:
-        r, viol = y, 0.0
-    obj = _convex_objective(r, C, beta)
+        r, viol = cert.y, 0.0
+    obj = _convex_objective(r, C64, beta)
     lb = min(lb, obj)
     filters, weights, neurons = recover_network(V, W)
     net = TwoLayerCNN(filters, weights)
@@ -806,12 +836,12 @@ def relu_cnn(patches: PatchOperator, y, beta: float, gates: Gates, tol: float = 
     mf, mw, first = merge_parallel_neurons(filters, weights)
     if len(mw) < len(weights):
         merged = TwoLayerCNN(mf, mw)
-        before = net.objective(patches, y, beta)
-        if merged.objective(patches, y, beta) <= before + 1e-12 * max(abs(before), np.finfo(float).tiny):
+        before = net.objective(cert.patches, cert.y, beta)
+        if merged.objective(cert.patches, cert.y, beta) <= before + 1e-12 * max(abs(before), np.finfo(float).tiny):
             filters, weights, neurons, net = mf, mw, neurons[first], merged
     return ConvexCNNFit(formulation="relu", V=V, W=W, gates=gates, beta=float(beta), objective=obj,
                         lower_bound=lb, max_violation=viol, filters=filters, weights=weights, neurons=neurons,
-                        nonconvex_objective=net.objective(patches, y, beta), iterations=its,
+                        nonconvex_objective=net.objective(cert.patches, cert.y, beta), iterations=its,
                         seconds=time.perf_counter() - t0, converged=converged, history=history)
 
 
