@@ -446,7 +446,7 @@ def test_lanczos_sees_the_null_space_of_a_rank_deficient_operator(wide):
     for k in (1, 5):
         s, info = structops.singular_values(op, k=k, which="smallest", dense=False, return_info=True)
         bound = info.methods[-1][1]  # the smallest values' own (the first note is sigma_max's)
-        assert info.certified and np.all(s <= bound) and bound < 1e-13, (k, s, info)
+        assert info.certified and np.all(s <= bound) and bound < 3e-13, (k, s, info)
 
 
 def test_lanczos_finds_every_copy_of_a_repeated_value():
@@ -507,7 +507,7 @@ def test_a_padded_depthwise_layer_with_zero_channels_is_singular():
     for k in (1, 12):
         s, info = structops.singular_values(op, k=k, which="smallest", dense=False, return_info=True)
         bound = info.methods[-1][1]  # the smallest values' own (the first note is sigma_max's)
-        assert info.certified and np.all(s <= bound) and bound < 1e-13, (k, s, info)
+        assert info.certified and np.all(s <= bound) and bound < 3e-13, (k, s, info)
 
 
 def _zero_channel_layer():
@@ -581,7 +581,8 @@ def test_vectors_no_other_side_run_can_find_are_refused(monkeypatch):
 
 
 def test_the_null_space_certificate_holds_from_any_start_vector():
-    """The 12 smallest of the layer above from 20 random ARPACK starts: every one 0, certified below 1e-13.
+    """The 12 smallest of the layer above from 20 random ARPACK starts: every one 0, certified below 3e-13
+    (measured: 9.4e-14, the rounding floor 10 sqrt(n) eps sigma_max = 5.6e-14 of the products included).
     (One inaccurate copy had mixed into every null vector through a Rayleigh-Ritz step on the shifted normal
     matrix, which cannot tell values below sqrt(eps) sigma_max apart: 4 of these starts were refused.)"""
     from structops.linalg._common import _Opts
@@ -594,7 +595,7 @@ def test_the_null_space_certificate_holds_from_any_start_vector():
         opts = _Opts(log=[])
         s, _, _ = lanczos_svd(op, 12, "smallest", opts, False, v0=v0, v0_side="in", sigma_max=sigma_max)
         assert opts.log[-1][0] == "Lanczos (ARPACK), residual-checked", (seed, opts.log)
-        assert opts.log[-1][1] < 1e-13 and np.all(s <= opts.log[-1][1]), (seed, s, opts.log)
+        assert opts.log[-1][1] < 3e-13 and np.all(s <= opts.log[-1][1]), (seed, s, opts.log)
 
 
 def test_generic_spectra_do_not_depend_on_what_ran_before():
@@ -618,7 +619,7 @@ def test_the_copies_check_starts_where_the_first_run_did_not():
         op = structops.PaddedConvND(K, (11, 12), padding=1, padding_mode="circular", groups=2)
         s, info = structops.singular_values(op, k=6, which="smallest", dense=False, return_info=True)
         bound = info.methods[-1][1]  # the smallest values' own
-        assert info.certified and np.all(s <= bound) and bound < 1e-13, (seed, s, info)
+        assert info.certified and np.all(s <= bound) and bound < 3e-13, (seed, s, info)
 
 
 def test_sweep_of_random_padded_layers_on_the_generic_routes():
@@ -667,7 +668,7 @@ def test_sweep_of_random_padded_layers_on_the_generic_routes():
 def test_a_single_precision_operator_is_certified_to_its_own_rounding(dtype):
     """A float32 operator's products carry single-precision rounding (residuals of 1e-7 sigma_max), which no
     method resolves: at the default tol its values were refused, after 100 block Lanczos restarts; the floor
-    is now that of the products' precision. Measured: errors at most 0.10 of the reported bound."""
+    is now that of the products' precision. Measured: errors at most 6e-4 of the reported bound."""
     import pylops
 
     rng = np.random.default_rng(0)
@@ -680,7 +681,7 @@ def test_a_single_precision_operator_is_certified_to_its_own_rounding(dtype):
     for which, k in itertools.product(("largest", "smallest"), (1, 3)):
         s, info = structops.singular_values(op, k=k, which=which, dense=False, return_info=True)
         want = ref[:k] if which == "largest" else ref[-k:]
-        assert info.certified and info.error_bound <= floor, (which, k, info)
+        assert info.certified and info.error_bound <= 2 * floor, (which, k, info)  # the residual's, plus the floor
         assert np.all(np.abs(s - want) <= info.error_bound), (which, k, s - want, info.error_bound)
     # a double-precision operator keeps double's floor: the same matrix in float64 is certified far below it
     s, info = structops.singular_values(pylops.MatrixMult(A64, dtype=A64.dtype), k=3, dense=False, return_info=True)
@@ -703,3 +704,19 @@ def test_a_single_precision_layer_has_the_spectrum_of_its_kernel_values(mode):
     s, U, V = structops.singular_vectors(ops[0], k=3, dense=False)
     A = ops[1].tosparse().toarray()
     _assert_triplets(A, s, U, V, 1e-12)
+
+
+def test_reported_bounds_charge_the_rounding_of_the_products():
+    """A residual computed with the operator's own products does not see their rounding: on float32 matrices with
+    graded columns the error of sigma_max exceeded the residual bound in 2 of 40 (9.1e-8 against 8.2e-8
+    sigma_max). The reported bound adds the rounding floor 10 sqrt(n) eps sigma_max: measured errors at most
+    0.009 of it."""
+    import pylops
+
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        A = (rng.standard_normal((98, 107)) * np.logspace(0, -6, 107)).astype(np.float32)
+        ref = np.linalg.svd(A.astype(np.float64), compute_uv=False)
+        s, info = structops.singular_values(pylops.MatrixMult(A, dtype=np.float32), k=1, dense=False,
+                                            return_info=True)
+        assert info.certified and abs(s[0] - ref[0]) <= info.error_bound, (seed, s[0] - ref[0], info)
