@@ -659,15 +659,16 @@ def _working_set(prob: _Problem, tol, solve, start: int = 8, grow: int = 8, max_
             solved, k = _solve_restricted(prob, groups, C_ws, inner_tol, solve)
             C_ws = solved.astype(prob.patches.dtype, copy=False)  # the groups returned, in the data's precision
             its += k
+            C64 = C_ws.astype(y.dtype, copy=False)
             model = cert.restricted(groups)
-            pred = model.predict(C_ws.astype(y.dtype, copy=False))
+            pred = model.predict(C64)
             # any residual gives a valid bound: that of the solve's own groups where they are in double precision
             # (those rounded to single precision move it by their rounding, 3e-5 relative at beta = 1e-3)
             r_dual = y - (model.predict(solved) if solved.dtype != C_ws.dtype else pred)
         else:
-            pred, r_dual = xp.zeros_like(y), y
+            C64, pred, r_dual = C_ws.astype(y.dtype, copy=False), xp.zeros_like(y), y
         r = y - pred
-        obj = _convex_objective(r, C_ws.astype(y.dtype, copy=False), beta)
+        obj = _convex_objective(r, C64, beta)
         sc = cert.scores(r_dual, need=beta)
         lb = max(lb, cert.lower_bound(r_dual, sc))
         history.append((time.perf_counter() - t0, obj, lb, len(ws)))

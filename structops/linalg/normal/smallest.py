@@ -480,7 +480,8 @@ def smallest_singular_values_lu(A, k=1, tol=1e-10, maxiter=None, *, block=None, 
     p = min(n, block if block is not None else max(2 * k, k + 6))
     A.eliminate_zeros()
     rows = A.tocsr()
-    if (np.diff(A.indptr) == 0).any() or (np.diff(rows.indptr) == 0).any():
+    per_column, per_row = np.diff(A.indptr), np.diff(rows.indptr)
+    if (per_column == 0).any() or (per_row == 0).any():
         # an empty row or column (a zero filter, an unread input): SuperLU's factorisation fails on it, and its
         # BLAS prints illegal-argument messages on the way
         raise np.linalg.LinAlgError("the matrix has an empty row or column: it is singular")
@@ -491,8 +492,7 @@ def smallest_singular_values_lu(A, k=1, tol=1e-10, maxiter=None, *, block=None, 
     fac = LayerLU(None, False, lu)
     absA = abs(A)
     anorm = float(math.sqrt(absA.sum(axis=0).max() * absA.sum(axis=1).max())) if A.nnz else 0.0
-    m = int(max(np.diff(A.indptr).max(initial=0), np.diff(rows.indptr).max(initial=0)))
-    gamma = (m + 10 * math.log2(n + 1) + 10) * EPS
+    gamma = (int(max(per_column.max(), per_row.max())) + 10 * math.log2(n + 1) + 10) * EPS
     state = _Run(k=k, tol=tol, anorm=anorm, floor=10 * math.sqrt(n) * EPS * anorm, gamma=gamma, square=True)
     state.extended = rows.astype(np.longdouble)
     V = np.random.default_rng(seed).standard_normal((n, p))
